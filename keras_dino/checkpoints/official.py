@@ -1,0 +1,240 @@
+"""The one place that maps official DINO (PyTorch) tensor names and layouts to ours.
+
+Every function here works on plain `{name: numpy array}` state dicts, so it serves
+`.pth` files (read without torch), their `.npz` twins and checkpoints we write back.
+"""
+
+import re
+
+import keras
+import numpy as np
+
+# How an official tensor becomes the Keras variable's value, and back.
+_TO_KERAS = {
+    "same": lambda a: a,
+    "linear": lambda a: a.T,  # nn.Linear (out, in) -> Dense kernel (in, out)
+    "conv": lambda a: a.transpose(2, 3, 1, 0),  # Conv2d (E, C, p, p) -> (p, p, C, E)
+    "gain": lambda a: a.reshape(-1),  # weight_g (out, 1) -> (out,)
+}
+_TO_OFFICIAL = {
+    "same": lambda a: a,
+    "linear": lambda a: a.T,
+    "conv": lambda a: a.transpose(3, 2, 0, 1),
+    "gain": lambda a: a.reshape(-1, 1),
+}
+# Official buffers that have no Keras counterpart and are safe to ignore.
+_IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
+
+
+class CheckpointKeyError(KeyError):
+    """A state dict's keys do not match the model: lists the missing and unexpected ones."""
+
+    def __str__(self):  # KeyError quotes its message; show it as written.
+        return str(self.args[0])
+
+
+class CheckpointShapeError(ValueError):
+    """A tensor of the checkpoint does not have the shape the model expects."""
+
+
+def _dense(prefix, layer, kind="linear"):
+    entries = {f"{prefix}.weight": (layer.kernel, kind)}
+    if layer.use_bias:
+        entries[f"{prefix}.bias"] = (layer.bias, "same")
+    return entries
+
+
+def _layer_norm(prefix, layer):
+    return {f"{prefix}.weight": (layer.gamma, "same"), f"{prefix}.bias": (layer.beta, "same")}
+
+
+def backbone_variable_map(backbone) -> dict:
+    """`{official name: (keras variable, layout kind)}` for a `VisionTransformer`.
+
+    Example:
+
+    >>> from keras_dino.models import vit_tiny
+    >>> model = vit_tiny(16, depth=1)
+    >>> model.build((None, 224, 224, 3))
+    >>> sorted(backbone_variable_map(model))[:3]
+    ['blocks.0.attn.proj.bias', 'blocks.0.attn.proj.weight', 'blocks.0.attn.qkv.bias']
+    """
+    backbone.build((None, None, None, 3))
+    entries = {
+        "cls_token": (backbone.cls_token, "same"),
+        "pos_embed": (backbone.pos_embed, "same"),
+    }
+    proj = backbone.patch_embed.proj
+    entries["patch_embed.proj.weight"] = (proj.kernel, "conv")
+    entries["patch_embed.proj.bias"] = (proj.bias, "same")
+    for i, block in enumerate(backbone.blocks):
+        p = f"blocks.{i}"
+        entries.update(_layer_norm(f"{p}.norm1", block.norm1))
+        entries.update(_dense(f"{p}.attn.qkv", block.attn.qkv))
+        entries.update(_dense(f"{p}.attn.proj", block.attn.proj))
+        entries.update(_layer_norm(f"{p}.norm2", block.norm2))
+        entries.update(_dense(f"{p}.mlp.fc1", block.mlp.fc1))
+        entries.update(_dense(f"{p}.mlp.fc2", block.mlp.fc2))
+    entries.update(_layer_norm("norm", backbone.norm))
+    return entries
+
+
+def head_variable_map(head) -> dict:
+    """`{official name: (keras variable, layout kind)}` for a `DINOHead`."""
+    if not head.built:
+        raise ValueError("build the DINOHead (or give it in_dim) before mapping its weights.")
+    entries = {}
+    if head.nlayers == 1:  # the official head then holds a bare nn.Linear as `mlp`.
+        entries.update(_dense("mlp", head.mlp[0]))
+    for i, layer in enumerate(head.mlp if head.nlayers > 1 else []):
+        if isinstance(layer, keras.layers.Dense):
+            entries.update(_dense(f"mlp.{i}", layer))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            entries[f"mlp.{i}.weight"] = (layer.gamma, "same")
+            entries[f"mlp.{i}.bias"] = (layer.beta, "same")
+            entries[f"mlp.{i}.running_mean"] = (layer.moving_mean, "same")
+            entries[f"mlp.{i}.running_var"] = (layer.moving_variance, "same")
+    entries["last_layer.weight_g"] = (head.last_layer.kernel_g, "gain")
+    entries["last_layer.weight_v"] = (head.last_layer.kernel_v, "linear")
+    return entries
+
+
+def load_state_dict(variable_map: dict, state_dict: dict, what: str = "model") -> None:
+    """Assigns official tensors to Keras variables, checking names and shapes first.
+
+    Nothing is assigned unless every key matches: missing and unexpected keys are listed
+    in a `CheckpointKeyError`, and a shape mismatch raises `CheckpointShapeError` with
+    the tensor's name and both shapes.
+    """
+    keys = {k for k in state_dict if not _IGNORED.search(k)}
+    missing = sorted(set(variable_map) - keys)
+    unexpected = sorted(keys - set(variable_map))
+    if missing or unexpected:
+        lines = [f"the checkpoint does not match the {what}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        raise CheckpointKeyError("\n".join(lines))
+    values = {}
+    for name, (variable, kind) in variable_map.items():
+        array = np.asarray(state_dict[name])
+        converted = _TO_KERAS[kind](array)
+        if tuple(converted.shape) != tuple(variable.shape):
+            expected = _TO_OFFICIAL[kind](np.zeros(variable.shape, np.int8)).shape
+            raise CheckpointShapeError(
+                f"shape mismatch for '{name}' in the {what}: the checkpoint has "
+                f"{tuple(array.shape)}, the model expects {tuple(expected)}."
+            )
+        values[name] = converted
+    for name, (variable, _) in variable_map.items():
+        variable.assign(values[name].astype(variable.dtype))
+
+
+def state_dict_of(variable_map: dict) -> dict:
+    """The official-layout `{name: numpy array}` of the mapped Keras variables."""
+    return {
+        name: np.ascontiguousarray(_TO_OFFICIAL[kind](keras.ops.convert_to_numpy(variable)))
+        for name, (variable, kind) in variable_map.items()
+    }
+
+
+def strip_prefixes(state_dict: dict, prefixes=("module.", "backbone.")) -> dict:
+    """Removes leading `module.` then `backbone.` as the official loader does."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def split_backbone_and_head(state_dict: dict) -> tuple[dict, dict]:
+    """Splits a MultiCropWrapper state dict (`module.`-prefixed or not) in two parts."""
+    backbone, head = {}, {}
+    for key, value in state_dict.items():
+        if key.startswith("module."):
+            key = key[len("module.") :]
+        if key.startswith("head."):
+            head[key[len("head.") :]] = value
+        elif key.startswith("backbone."):
+            backbone[key[len("backbone.") :]] = value
+        else:
+            backbone[key] = value
+    return backbone, head
+
+
+def infer_backbone_config(state_dict: dict, num_heads: int | None = None) -> dict:
+    """`VisionTransformer` arguments read off the tensors of a backbone state dict.
+
+    Embedding width, depth, patch size, MLP ratio, qkv bias and training resolution are
+    determined by the tensors. The number of heads is not: pass it, or it is taken from
+    the official architecture of that width (3, 6, 12 heads for 192, 384, 768; 64-wide
+    heads otherwise).
+    """
+    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
+        if key not in state_dict:
+            raise CheckpointKeyError(
+                f"not a DINO Vision Transformer state dict: no '{key}' among its "
+                f"{len(state_dict)} keys (first: {', '.join(list(state_dict)[:5])})."
+            )
+    embed_dim = int(state_dict["cls_token"].shape[-1])
+    patch_size = int(state_dict["patch_embed.proj.weight"].shape[-1])
+    depth = 1 + max(
+        (int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))),
+        default=-1,
+    )
+    num_patches = int(state_dict["pos_embed"].shape[1]) - 1
+    side = int(round(num_patches**0.5))
+    if num_heads is None:
+        official = {192: 3, 384: 6, 768: 12, 1024: 16}
+        if embed_dim in official:
+            num_heads = official[embed_dim]
+        elif embed_dim % 64 == 0:
+            num_heads = embed_dim // 64
+        else:
+            raise ValueError(
+                f"cannot infer the number of attention heads of a {embed_dim}-wide model; "
+                "pass num_heads=..."
+            )
+    config = dict(
+        img_size=side * patch_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        qkv_bias="blocks.0.attn.qkv.bias" in state_dict,
+    )
+    if depth:
+        config["mlp_ratio"] = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    return config
+
+
+def infer_head_config(state_dict: dict) -> dict:
+    """`DINOHead` arguments read off the tensors of a head state dict."""
+    if "last_layer.weight_v" not in state_dict:
+        raise CheckpointKeyError(
+            "not a DINO head state dict: no 'last_layer.weight_v' among its keys "
+            f"({', '.join(sorted(state_dict)[:8])})."
+        )
+    dense = sorted(
+        int(m.group(1))
+        for k, v in state_dict.items()
+        if (m := re.fullmatch(r"mlp\.(\d+)\.weight", k)) and np.ndim(v) == 2
+    )
+    if dense:
+        first = state_dict[f"mlp.{dense[0]}.weight"]
+    elif "mlp.weight" in state_dict:
+        first = state_dict["mlp.weight"]
+    else:
+        raise CheckpointKeyError("the head state dict has no MLP weights ('mlp.<i>.weight').")
+    weight_v = state_dict["last_layer.weight_v"]
+    return dict(
+        in_dim=int(first.shape[1]),
+        out_dim=int(weight_v.shape[0]),
+        bottleneck_dim=int(weight_v.shape[1]),
+        hidden_dim=int(first.shape[0]) if len(dense) > 1 else 2048,
+        nlayers=max(len(dense), 1),
+        use_bn=any(k.endswith("running_mean") for k in state_dict),
+    )

@@ -1,0 +1,223 @@
+"""`load_pretrained`: official DINO weights (presets or local files) as Keras models."""
+
+import json
+import os
+import pathlib
+import zipfile
+
+import keras
+import numpy as np
+
+from keras_dino.checkpoints import official
+from keras_dino.models.dino_head import DINOHead
+from keras_dino.models.multicrop import MultiCropWrapper
+from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
+
+_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
+
+# name: (arch, patch size, released backbone file, full training checkpoint file)
+PRESETS = {
+    "dino_vits16": ("vit_small", 16, "dino_deitsmall16_pretrain"),
+    "dino_vits8": ("vit_small", 8, "dino_deitsmall8_pretrain"),
+    "dino_vitb16": ("vit_base", 16, "dino_vitbase16_pretrain"),
+    "dino_vitb8": ("vit_base", 8, "dino_vitbase8_pretrain"),
+}
+
+
+class PretrainedDownloadError(OSError):
+    """A preset's weights could not be downloaded."""
+
+
+def preset_url(name: str, with_head: bool = False) -> str:
+    """Official download URL of a preset: the released backbone, or the full checkpoint.
+
+    Example:
+
+    >>> preset_url("dino_vits16")
+    'https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth'
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}'; known presets: {', '.join(PRESETS)}.")
+    stem = PRESETS[name][2]
+    file = f"{stem}_full_checkpoint.pth" if with_head else f"{stem}.pth"
+    return f"{_BASE_URL}/{stem}/{file}"
+
+
+def _cache_dir() -> pathlib.Path:
+    base = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return pathlib.Path(base) / "models" / "keras_dino"  # parents[2] of a file is KERAS_HOME
+
+
+def _fetch(name: str, with_head: bool) -> str:
+    url = preset_url(name, with_head)
+    fname = url.rsplit("/", 1)[1]
+    target = _cache_dir() / fname
+    if target.is_file():
+        return str(target)
+    try:
+        return keras.utils.get_file(
+            fname, origin=url, cache_dir=str(target.parents[2]), cache_subdir="models/keras_dino"
+        )
+    except Exception as error:  # network errors come in many types; all end here.
+        raise PretrainedDownloadError(
+            f"could not download the '{name}' weights from {url} ({type(error).__name__}: "
+            f"{error}). If this machine is offline, download that file elsewhere and put it "
+            f"at {target}, or pass its local path to load_pretrained."
+        ) from error
+
+
+def _as_dict(args) -> dict:
+    if args is None:
+        return {}
+    if isinstance(args, str):
+        return json.loads(args)
+    if isinstance(args, dict):
+        return dict(args)
+    return dict(vars(args))
+
+
+def read_state(path) -> dict:
+    """Reads `.pth` (without torch or pickled code) or `.npz` checkpoints by content."""
+    from keras_dino.checkpoints.torch_format import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+def _backbone_kwargs(state_dict, arch, patch_size, args, overrides):
+    num_heads = overrides.pop("num_heads", None)
+    args_arch = args.get("arch")
+    for name in (arch, args_arch):
+        if name in ARCHITECTURES and num_heads is None:
+            num_heads = ARCHITECTURES[name]["num_heads"]
+    vit_kwargs = args.get("vit_kwargs") or {}
+    if num_heads is None and "num_heads" in vit_kwargs:
+        num_heads = vit_kwargs["num_heads"]
+    config = official.infer_backbone_config(state_dict, num_heads=num_heads)
+    if arch in ARCHITECTURES:
+        expected = ARCHITECTURES[arch]
+        found = (config["embed_dim"], config["depth"])
+        if found != (expected["embed_dim"], expected["depth"]):
+            raise ValueError(
+                f"the checkpoint holds a model of width {found[0]} and depth {found[1]}, "
+                f"not a {arch} (width {expected['embed_dim']}, depth {expected['depth']})."
+            )
+    if patch_size is not None and patch_size != config["patch_size"]:
+        raise ValueError(
+            f"patch_size={patch_size} was asked for, but the checkpoint's patch embedding "
+            f"has patch size {config['patch_size']}."
+        )
+    config.update(overrides)
+    return config
+
+
+def _build_backbone(state_dict, arch, patch_size, args, overrides):
+    config = _backbone_kwargs(state_dict, arch, patch_size, args, dict(overrides))
+    backbone = VisionTransformer(**config)
+    official.load_state_dict(official.backbone_variable_map(backbone), state_dict, "backbone")
+    return backbone
+
+
+def _build_head(head_state, args):
+    if not head_state:
+        raise official.CheckpointKeyError(
+            "with_head=True needs a checkpoint that contains the DINO head (a full training "
+            "checkpoint); this one holds a backbone only."
+        )
+    config = official.infer_head_config(head_state)
+    config["norm_last_layer"] = bool(args.get("norm_last_layer", True))
+    head = DINOHead(**config)
+    official.load_state_dict(official.head_variable_map(head), head_state, "DINO head")
+    return head
+
+
+def load_pretrained(
+    name_or_path,
+    arch: str | None = None,
+    patch_size: int | None = None,
+    checkpoint_key: str = "teacher",
+    with_head: bool = False,
+    **model_kwargs,
+):
+    """Official DINO weights as a Keras model.
+
+    Args:
+        name_or_path: a preset name (`dino_vits16`, `dino_vits8`, `dino_vitb16`,
+            `dino_vitb8`, downloaded once into the Keras cache), or a local file: a
+            released backbone `.pth`, a full training `checkpoint.pth`, the same as
+            `.npz`, or a keras_dino `.keras` / `.weights.h5` file. `.pth` files are
+            read without torch and without running pickled code.
+        arch: `vit_tiny`, `vit_small` or `vit_base`; inferred from the tensors if omitted
+            (and needed for `.weights.h5` files).
+        patch_size: checked against the checkpoint (inferred if omitted).
+        checkpoint_key: `"teacher"` or `"student"` for full training checkpoints.
+        with_head: also build the DINO head; returns a `MultiCropWrapper` whose
+            `backbone` and `head` hold the weights.
+        **model_kwargs: extra `VisionTransformer` arguments (e.g. `num_heads` for
+            non-standard widths, `drop_path_rate`, `use_fused_attention`).
+
+    Returns:
+        A `VisionTransformer`, or a `MultiCropWrapper` when `with_head`.
+
+    Example:
+
+    ```python
+    model = keras_dino.load_pretrained("dino_vits16")
+    features = model(keras_dino.preprocess_images(images))      # (B, 384)
+    attention = model.get_last_selfattention(x)                  # (B, 6, 197, 197)
+    ```
+    """
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path in PRESETS:
+        preset_arch, preset_patch, _ = PRESETS[name_or_path]
+        arch = arch or preset_arch
+        patch_size = patch_size or preset_patch
+        path = _fetch(name_or_path, with_head)
+    else:
+        path = name_or_path
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"'{path}' is neither a preset ({', '.join(PRESETS)}) nor an existing file."
+            )
+    if path.endswith(".keras"):
+        return keras.saving.load_model(path)
+    if path.endswith(".weights.h5"):
+        return _load_keras_weights(path, arch, patch_size, with_head, model_kwargs)
+
+    checkpoint = read_state(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(checkpoint).__name__}).")
+    args = _as_dict(checkpoint.get("args"))
+    if checkpoint_key in checkpoint and isinstance(checkpoint[checkpoint_key], dict):
+        state = checkpoint[checkpoint_key]
+    elif "student" in checkpoint or "teacher" in checkpoint:
+        raise KeyError(
+            f"checkpoint_key '{checkpoint_key}' is not in {path}; it has "
+            f"{', '.join(k for k in checkpoint if isinstance(checkpoint[k], dict))}."
+        )
+    else:
+        state = checkpoint
+    state = {k: np.asarray(v) for k, v in state.items()}
+    backbone_state, head_state = official.split_backbone_and_head(state)
+    backbone = _build_backbone(backbone_state, arch, patch_size, args, model_kwargs)
+    if not with_head:
+        return backbone
+    head = _build_head(head_state, args)
+    return MultiCropWrapper(backbone, head)
+
+
+def _load_keras_weights(path, arch, patch_size, with_head, model_kwargs):
+    if arch not in ARCHITECTURES and not model_kwargs:
+        raise ValueError(
+            f"{path} holds weights only; pass arch= (one of {', '.join(ARCHITECTURES)}) "
+            "and patch_size=, or the VisionTransformer arguments, to build the model."
+        )
+    config = dict(ARCHITECTURES.get(arch, {}))
+    config.update(model_kwargs)
+    config["patch_size"] = patch_size or config.get("patch_size", 16)
+    model = VisionTransformer(**config)
+    model.build((None, None, None, 3))
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"could not load {path} into a {config}: {error}") from error
+    return model

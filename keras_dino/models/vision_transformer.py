@@ -1,0 +1,241 @@
+"""The DINO Vision Transformer, numerically identical to the official model."""
+
+import keras
+from keras import ops
+
+from keras_dino.layers.patch_embedding import PatchEmbedding
+from keras_dino.layers.position_embedding import interpolate_pos_encoding
+from keras_dino.layers.transformer_block import LAYER_NORM_EPSILON, TransformerBlock
+
+
+@keras.saving.register_keras_serializable(package="keras_dino")
+class VisionTransformer(keras.Model):
+    """Vision Transformer backbone returning the CLS embedding, as in official DINO.
+
+    Takes NHWC images of any height and width that are multiples of `patch_size`
+    (normalised as by `keras_dino.preprocess_images`); the position embeddings,
+    learned for `img_size`, are interpolated exactly as the official
+    `interpolate_pos_encoding` does. The official method names are kept:
+    `get_last_selfattention` and `get_intermediate_layers`.
+
+    Args:
+        img_size: training resolution, which fixes the number of position embeddings.
+        patch_size: side of the square patches.
+        embed_dim: token width.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden size relative to `embed_dim`.
+        qkv_bias: bias in the qkv projections (True for every DINO model).
+        qk_scale: override of the attention scale.
+        drop_rate: dropout after the projections and the position embedding.
+        attn_drop_rate: dropout on attention weights.
+        drop_path_rate: stochastic depth, increased linearly to this rate over the blocks.
+        use_fused_attention: use `keras.ops.dot_product_attention` in the blocks.
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = vit_tiny(patch_size=16)
+    >>> images = np.zeros((2, 96, 64, 3), "float32")
+    >>> tuple(model(images).shape)
+    (2, 192)
+    >>> tuple(model.get_last_selfattention(images).shape)
+    (2, 3, 25, 25)
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        use_fused_attention: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}.")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.qkv_bias = qkv_bias
+        self.qk_scale = qk_scale
+        self.drop_rate = drop_rate
+        self.attn_drop_rate = attn_drop_rate
+        self.drop_path_rate = drop_path_rate
+        self.use_fused_attention = use_fused_attention
+        self.num_patches = (img_size // patch_size) ** 2
+        policy = self.dtype_policy
+
+        self.patch_embed = PatchEmbedding(patch_size, embed_dim, dtype=policy, name="patch_embed")
+        self.pos_drop = keras.layers.Dropout(drop_rate, dtype=policy, name="pos_drop")
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = [
+            TransformerBlock(
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=rate,
+                use_fused_attention=use_fused_attention,
+                dtype=policy,
+                name=f"blocks_{i}",
+            )
+            for i, rate in enumerate(rates)
+        ]
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=LAYER_NORM_EPSILON, dtype=policy, name="norm"
+        )
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        channels = 3 if input_shape is None or input_shape[-1] is None else input_shape[-1]
+        trunc = keras.initializers.TruncatedNormal(stddev=0.02)
+        self.cls_token = self.add_weight(
+            name="cls_token", shape=(1, 1, self.embed_dim), initializer=trunc
+        )
+        self.pos_embed = self.add_weight(
+            name="pos_embed", shape=(1, self.num_patches + 1, self.embed_dim), initializer=trunc
+        )
+        self.patch_embed.build((None, self.img_size, self.img_size, channels))
+        token_shape = (None, self.num_patches + 1, self.embed_dim)
+        for block in self.blocks:
+            block.build(token_shape)
+        self.norm.build(token_shape)
+        self.built = True
+
+    # The official model's methods, channels-last.
+    def _grid(self, images):
+        height, width = images.shape[1], images.shape[2]
+        if height is None or width is None:
+            raise ValueError(
+                "VisionTransformer needs the image height and width to be known when the "
+                f"model is traced (got shape {tuple(images.shape)}): position embeddings are "
+                "interpolated per grid size. Give the input a static spatial shape."
+            )
+        if images.shape[-1] != 3 and images.shape[-1] is not None:
+            raise ValueError(
+                f"expected channels-last RGB images (..., H, W, 3); got shape {tuple(images.shape)}."
+            )
+        return height // self.patch_size, width // self.patch_size
+
+    def interpolate_pos_encoding(self, grid_h: int, grid_w: int):
+        """Position embeddings `(1, 1 + grid_h * grid_w, E)` for a patch grid."""
+        pos_embed = ops.convert_to_tensor(self.pos_embed)
+        return interpolate_pos_encoding(pos_embed, grid_h, grid_w)
+
+    def prepare_tokens(self, images, training=None):
+        """Patch tokens with the class token prepended and position embeddings added."""
+        grid_h, grid_w = self._grid(images)
+        x = self.patch_embed(images)
+        batch = ops.shape(x)[0]
+        cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (batch, 1, self.embed_dim))
+        x = ops.concatenate([cls, x], axis=1)
+        x = x + ops.cast(self.interpolate_pos_encoding(grid_h, grid_w), x.dtype)
+        return self.pos_drop(x, training=training)
+
+    def call(self, images, training=None):
+        x = self.prepare_tokens(images, training=training)
+        for block in self.blocks:
+            x = block(x, training=training)
+        return self.norm(x)[:, 0]
+
+    def forward_features(self, images, training=None):
+        """All normalised output tokens `(B, 1 + N, E)`, class token first."""
+        x = self.prepare_tokens(images, training=training)
+        for block in self.blocks:
+            x = block(x, training=training)
+        return self.norm(x)
+
+    def get_last_selfattention(self, images):
+        """Attention weights of the last block, `(B, heads, 1 + N, 1 + N)`, in float32."""
+        x = self.prepare_tokens(images, training=False)
+        for block in self.blocks[:-1]:
+            x = block(x, training=False)
+        _, attn = self.blocks[-1](x, training=False, return_attention=True)
+        return attn
+
+    def get_intermediate_layers(self, images, n: int = 1):
+        """The normalised tokens `(B, 1 + N, E)` output by each of the last `n` blocks."""
+        if not 1 <= n <= self.depth:
+            raise ValueError(f"n must be in [1, {self.depth}]; got {n}.")
+        x = self.prepare_tokens(images, training=False)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, training=False)
+            if i >= self.depth - n:
+                outputs.append(self.norm(x))
+        return outputs
+
+    def compute_output_spec(self, images, training=None):
+        return keras.KerasTensor((images.shape[0], self.embed_dim), dtype=self.compute_dtype)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "qkv_bias": self.qkv_bias,
+            "qk_scale": self.qk_scale,
+            "drop_rate": self.drop_rate,
+            "attn_drop_rate": self.attn_drop_rate,
+            "drop_path_rate": self.drop_path_rate,
+            "use_fused_attention": self.use_fused_attention,
+        }
+
+
+def _factory(embed_dim, depth, num_heads, doc_name):
+    def make(patch_size: int = 16, **kwargs) -> VisionTransformer:
+        kwargs.setdefault("name", f"{doc_name}{patch_size}")
+        return VisionTransformer(
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=4,
+            qkv_bias=True,
+            **kwargs,
+        )
+
+    make.__name__ = doc_name.rstrip("_")
+    make.__doc__ = f"""The official `{make.__name__}`: embed dim {embed_dim}, depth {depth}, {num_heads} heads.
+
+    Args:
+        patch_size: 16 and 8 are the released sizes; any size dividing the images works.
+        **kwargs: other `VisionTransformer` arguments (`drop_path_rate`, `img_size`, ...).
+
+    Example:
+
+    >>> model = {make.__name__}(patch_size=8, drop_path_rate=0.1)
+    >>> model.embed_dim
+    {embed_dim}
+    """
+    return make
+
+
+vit_tiny = _factory(192, 12, 3, "vit_tiny_")
+vit_small = _factory(384, 12, 6, "vit_small_")
+vit_base = _factory(768, 12, 12, "vit_base_")
+
+ARCHITECTURES = {
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+}

@@ -1,0 +1,76 @@
+"""Turning raw images into the normalised input the official evaluation feeds the model."""
+
+from keras import ops
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_images(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """`(x / 255 - mean) / std` on 0..255 NHWC images, in float32.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = normalize_images(np.full((1, 2, 2, 3), 255, "uint8"))
+    >>> [round(float(v), 4) for v in np.asarray(x)[0, 0, 0]]
+    [2.2489, 2.4286, 2.64]
+    """
+    x = ops.cast(images, "float32") / 255.0
+    mean = ops.convert_to_tensor(mean, "float32")
+    std = ops.convert_to_tensor(std, "float32")
+    return (x - mean) / std
+
+
+def preprocess_images(images, size: int = 224, resize_size: int | None = None):
+    """Raw images to model input, as the official `eval_*.py` transforms do.
+
+    Resizes the shorter side to `resize_size` (256 for `size=224`, i.e. `size * 8 / 7`)
+    with antialiased bicubic interpolation, center-crops `size x size`, and normalises
+    with the ImageNet mean and std, all channels-last.
+
+    Args:
+        images: uint8 (or float 0..255) images, `(H, W, 3)` or a batch `(B, H, W, 3)`
+            of images of one size.
+        size: side of the square output.
+        resize_size: shorter side after the resize; defaults to `round(size * 256 / 224)`.
+
+    Returns:
+        float32 `(B, size, size, 3)` (or `(size, size, 3)` for a single image).
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = preprocess_images(np.zeros((300, 451, 3), "uint8"))
+    >>> tuple(x.shape)
+    (224, 224, 3)
+    """
+    images = ops.convert_to_tensor(images)
+    single = len(images.shape) == 3
+    if single:
+        images = images[None]
+    if len(images.shape) != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"expected RGB images (H, W, 3) or (B, H, W, 3); got shape {tuple(images.shape)}."
+        )
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        raise ValueError("preprocess_images needs images of known height and width.")
+    resize_size = resize_size or int(round(size * 256 / 224))
+    # torchvision Resize(int): the shorter side becomes resize_size, the other is truncated.
+    if height <= width:
+        new_h, new_w = resize_size, int(resize_size * width / height)
+    else:
+        new_h, new_w = int(resize_size * height / width), resize_size
+    x = ops.cast(images, "float32")
+    if (new_h, new_w) != (height, width):
+        x = ops.image.resize(x, (new_h, new_w), interpolation="bicubic", antialias=True)
+        # PIL produces uint8: round and clip like it does.
+        x = ops.clip(ops.round(x), 0.0, 255.0)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    if top < 0 or left < 0:
+        raise ValueError(f"images of {height}x{width} are too small to crop {size}x{size}.")
+    x = x[:, top : top + size, left : left + size, :]
+    x = normalize_images(x)
+    return x[0] if single else x

@@ -1,0 +1,53 @@
+"""Shared test helpers: where the official fixtures live and which backend runs."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "official_dino"
+IMAGES = SHARED / "images"
+DATASETS = SHARED / "datasets"
+
+
+def pytest_report_header(config):
+    import keras
+
+    return f"keras {keras.__version__}, backend {keras.backend.backend()}, shared {SHARED}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `tf_only` need TensorFlow itself; they run in the TF process only."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return
+    deselected = [item for item in items if item.get_closest_marker("tf_only")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("tf_only")]
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+    if not FIXTURES.is_dir():
+        raise FileNotFoundError(
+            f"official fixtures not found at {FIXTURES}; set KERAS_DINO_SHARED to the shared/ folder"
+        )
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def official_inputs(fixtures_dir):
+    """The fixture images, normalised exactly as the official tools do, NHWC float32."""
+    data = np.load(fixtures_dir / "inputs.npz")
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    out = {}
+    for size in ("224x224", "96x96", "480x320"):
+        u8 = data[f"{size}/uint8_nhwc"]
+        out[size] = ((u8.astype(np.float32) / np.float32(255) - mean) / std).astype(np.float32)
+    return out

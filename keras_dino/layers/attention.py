@@ -73,6 +73,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             dim, kernel_initializer=linear_kernel_initializer(), dtype=self.dtype_policy, name="proj"
         )
         self.proj.build(input_shape)
+        self.attn_drop.build(None)
+        self.proj_drop.build(None)
 
     def call(self, x, training=None, return_attention=False):
         batch, tokens, dim = ops.shape(x)[0], ops.shape(x)[1], x.shape[-1]

@@ -37,6 +37,7 @@ class MLP(keras.layers.Layer):
             input_shape[-1], kernel_initializer=init(), dtype=self.dtype_policy, name="fc2"
         )
         self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+        self.drop.build(None)
 
     def call(self, x, training=None):
         x = gelu_exact(self.fc1(x))
@@ -122,6 +123,7 @@ class TransformerBlock(keras.layers.Layer):
             int(dim * self.mlp_ratio), drop=self.drop_rate, dtype=self.dtype_policy, name="mlp"
         )
         self.mlp.build(input_shape)
+        self.drop_path.build(input_shape)
 
     def call(self, x, training=None, return_attention=False):
         y = self.attn(self.norm1(x), training=training, return_attention=return_attention)

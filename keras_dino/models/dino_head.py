@@ -6,6 +6,7 @@ from keras import ops
 from keras_dino.layers.activations import gelu_exact
 from keras_dino.layers.initializers import linear_kernel_initializer
 from keras_dino.layers.weight_norm_dense import WeightNormDense
+from keras_dino.losses import at_least_float32
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -85,8 +86,10 @@ class DINOHead(keras.Model):
                         name=f"mlp_{len(self.mlp)}",
                     )
                 )
+        # The 65,536-way projection and everything after it stay in (at least) float32.
+        last_dtype = "float32" if policy.compute_dtype in ("float16", "bfloat16") else policy
         self.last_layer = WeightNormDense(
-            out_dim, train_g=not norm_last_layer, dtype="float32", name="last_layer"
+            out_dim, train_g=not norm_last_layer, dtype=last_dtype, name="last_layer"
         )
         self.in_dim = in_dim
         if in_dim is not None:
@@ -109,14 +112,16 @@ class DINOHead(keras.Model):
                 x = layer(x, training=training)
             else:
                 x = layer(x)
-        x = ops.cast(x, "float32")
+        x = at_least_float32(x)
         # F.normalize(x, dim=-1, p=2): x / max(||x||, 1e-12).
         norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
         x = x / ops.maximum(norm, 1e-12)
         return self.last_layer(x)
 
     def compute_output_spec(self, x, training=None):
-        return keras.KerasTensor(tuple(x.shape[:-1]) + (self.out_dim,), dtype="float32")
+        return keras.KerasTensor(
+            tuple(x.shape[:-1]) + (self.out_dim,), dtype=self.last_layer.compute_dtype
+        )
 
     def get_config(self):
         return {

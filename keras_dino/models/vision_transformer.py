@@ -115,6 +115,7 @@ class VisionTransformer(keras.Model):
         for block in self.blocks:
             block.build(token_shape)
         self.norm.build(token_shape)
+        self.pos_drop.build(token_shape)
         self.built = True
 
     # The official model's methods, channels-last.

@@ -1,0 +1,478 @@
+"""`DINO`: self-distillation with no labels, trained with `model.fit`."""
+
+import keras
+from keras import ops
+
+from keras_dino import callbacks as dino_callbacks
+from keras_dino.checkpoints import official
+from keras_dino.losses import batch_center, dino_loss
+from keras_dino.models.dino_head import DINOHead
+from keras_dino.models.multicrop import MultiCropWrapper
+from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
+from keras_dino.training import distribute
+from keras_dino.training.optimizers import OPTIMIZERS, DINOOptimizer
+from keras_dino.training.schedules import DINOSchedules
+
+# Hyper-parameters with the names and defaults of the official main_dino.py.
+OFFICIAL_DEFAULTS = dict(
+    arch="vit_small",
+    patch_size=16,
+    out_dim=65536,
+    norm_last_layer=True,
+    momentum_teacher=0.996,
+    use_bn_in_head=False,
+    warmup_teacher_temp=0.04,
+    teacher_temp=0.04,
+    warmup_teacher_temp_epochs=0,
+    weight_decay=0.04,
+    weight_decay_end=0.4,
+    clip_grad=3.0,
+    batch_size_per_gpu=64,
+    epochs=100,
+    freeze_last_layer=1,
+    lr=0.0005,
+    warmup_epochs=10,
+    min_lr=1e-6,
+    optimizer="adamw",
+    drop_path_rate=0.1,
+    global_crops_scale=(0.4, 1.0),
+    local_crops_number=8,
+    local_crops_scale=(0.05, 0.4),
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_dino")
+class DINO(keras.Model):
+    """A DINO student/teacher pair with the complete official training recipe.
+
+    Train with `model.fit(dataset)`, each element a tuple of crops: the 2 global crops
+    first, then the local crops, each a float32 NHWC batch, already normalised (see
+    `keras_dino.data.multicrop_dataset`). One step: the student sees every crop (one
+    backbone call per resolution, one head call), the teacher the 2 global crops; the
+    loss is the cross-entropy between the centered, sharpened teacher and the student
+    over all pairs of different views; the gradient (of the global batch) is clipped
+    per parameter; the optimizer steps with the per-iteration learning rate and weight
+    decay (the head's last layer frozen for `freeze_last_layer` epochs); then, inside
+    the same compiled step, the teacher follows the student by EMA and the center
+    follows the teacher outputs. The EMA and the centering are configured through the
+    `keras_dino.callbacks.TeacherEMA` and `Centering` callbacks (defaults are used
+    when none are passed).
+
+    All arguments carry the names and defaults of the official `main_dino.py`
+    (`arch`, `patch_size`, `out_dim`, `norm_last_layer`, `momentum_teacher`,
+    `use_bn_in_head`, `warmup_teacher_temp`, `teacher_temp`,
+    `warmup_teacher_temp_epochs`, `weight_decay`, `weight_decay_end`, `clip_grad`,
+    `batch_size_per_gpu`, `epochs`, `freeze_last_layer`, `lr`, `warmup_epochs`,
+    `min_lr`, `optimizer`, `drop_path_rate`, `local_crops_number`, ...). In addition:
+
+    Args:
+        batch_size: the global batch size used to scale `lr` (`lr * batch_size / 256`);
+            by default the batch size the training step sees times the number of
+            replicas.
+        student_temp: student temperature (0.1).
+        center_momentum: momentum of the center (0.9).
+        vit_kwargs: overrides of the backbone architecture (e.g. `embed_dim`, `depth`,
+            `num_heads` for a custom size, `use_fused_attention`).
+        head_kwargs: `DINOHead` arguments (`hidden_dim`, `bottleneck_dim`, `nlayers`).
+        steps_per_epoch: fixes the schedules' iterations per epoch; by default the
+            number of steps `fit` runs per epoch.
+
+    Example:
+
+    ```python
+    model = keras_dino.DINO(arch="vit_small", patch_size=16, epochs=100)
+    model.compile()                 # the official AdamW with its schedules
+    model.fit(keras_dino.data.multicrop_dataset("/data/imagenet/train", 64), epochs=100)
+    ```
+    """
+
+    def __init__(
+        self,
+        arch: str = "vit_small",
+        patch_size: int = 16,
+        out_dim: int = 65536,
+        norm_last_layer: bool = True,
+        momentum_teacher: float = 0.996,
+        use_bn_in_head: bool = False,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: int = 0,
+        weight_decay: float = 0.04,
+        weight_decay_end: float = 0.4,
+        clip_grad: float = 3.0,
+        batch_size_per_gpu: int | None = None,
+        epochs: int = 100,
+        freeze_last_layer: int = 1,
+        lr: float = 0.0005,
+        warmup_epochs: int = 10,
+        min_lr: float = 1e-6,
+        optimizer: str = "adamw",
+        drop_path_rate: float = 0.1,
+        local_crops_number: int = 8,
+        global_crops_scale=(0.4, 1.0),
+        local_crops_scale=(0.05, 0.4),
+        batch_size: int | None = None,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        vit_kwargs: dict | None = None,
+        head_kwargs: dict | None = None,
+        steps_per_epoch: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got '{optimizer}'.")
+        if warmup_teacher_temp_epochs > epochs:
+            raise ValueError("warmup_teacher_temp_epochs cannot exceed epochs.")
+        self.hparams = dict(
+            arch=arch,
+            patch_size=patch_size,
+            out_dim=out_dim,
+            norm_last_layer=norm_last_layer,
+            momentum_teacher=momentum_teacher,
+            use_bn_in_head=use_bn_in_head,
+            warmup_teacher_temp=warmup_teacher_temp,
+            teacher_temp=teacher_temp,
+            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+            weight_decay=weight_decay,
+            weight_decay_end=weight_decay_end,
+            clip_grad=clip_grad,
+            batch_size_per_gpu=batch_size_per_gpu,
+            epochs=epochs,
+            freeze_last_layer=freeze_last_layer,
+            lr=lr,
+            warmup_epochs=warmup_epochs,
+            min_lr=min_lr,
+            optimizer=optimizer,
+            drop_path_rate=drop_path_rate,
+            local_crops_number=local_crops_number,
+            global_crops_scale=tuple(global_crops_scale),
+            local_crops_scale=tuple(local_crops_scale),
+            batch_size=batch_size,
+            student_temp=student_temp,
+            center_momentum=center_momentum,
+            vit_kwargs=dict(vit_kwargs or {}),
+            head_kwargs=dict(head_kwargs or {}),
+            steps_per_epoch=steps_per_epoch,
+        )
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.schedules = DINOSchedules(
+            base_lr=lr,
+            min_lr=min_lr,
+            epochs=epochs,
+            warmup_epochs=warmup_epochs,
+            weight_decay=weight_decay,
+            weight_decay_end=weight_decay_end,
+            momentum_teacher=momentum_teacher,
+            warmup_teacher_temp=warmup_teacher_temp,
+            teacher_temp=teacher_temp,
+            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+            freeze_last_layer=freeze_last_layer,
+            steps_per_epoch=steps_per_epoch,
+        )
+        vit_config = dict(ARCHITECTURES.get(arch, {}))
+        vit_config.update(self.hparams["vit_kwargs"])
+        missing = {"embed_dim", "depth", "num_heads"} - set(vit_config)
+        if missing:
+            raise ValueError(
+                f"unknown arch '{arch}' (known: {', '.join(ARCHITECTURES)}); give "
+                f"vit_kwargs with {', '.join(sorted(missing))} for a custom architecture."
+            )
+        vit_config["patch_size"] = patch_size
+        head_config = dict(self.hparams["head_kwargs"])
+        head_config.update(out_dim=out_dim, use_bn=use_bn_in_head)
+        embed_dim = vit_config["embed_dim"]
+
+        student_backbone = VisionTransformer(
+            **vit_config, drop_path_rate=drop_path_rate, name="student_backbone"
+        )
+        student_head = DINOHead(
+            **head_config, norm_last_layer=norm_last_layer, in_dim=embed_dim, name="student_head"
+        )
+        teacher_backbone = VisionTransformer(**vit_config, name="teacher_backbone")
+        teacher_head = DINOHead(**head_config, in_dim=embed_dim, name="teacher_head")
+        self.student = MultiCropWrapper(student_backbone, student_head, name="student")
+        self.teacher = MultiCropWrapper(teacher_backbone, teacher_head, name="teacher")
+        self.student.build()
+        self.teacher.build()
+        self.teacher.trainable = False
+        self.center = self.add_weight(
+            shape=(1, out_dim), initializer="zeros", trainable=False, name="center"
+        )
+        self.student_map = self._official_map(self.student)
+        self.teacher_map = self._official_map(self.teacher)
+        # The teacher starts as a copy of the student (official: load_state_dict).
+        for name, (variable, _) in self.teacher_map.items():
+            variable.assign(self.student_map[name][0])
+        self._ema_pairs = [
+            (self.student_map[name][0], self.teacher_map[name][0]) for name in self.student_map
+        ]
+        self._resume_epoch = 0
+        self.built = True
+
+    @staticmethod
+    def _official_map(wrapper):
+        entries = {
+            f"backbone.{k}": v for k, v in official.backbone_variable_map(wrapper.backbone).items()
+        }
+        entries.update(
+            {f"head.{k}": v for k, v in official.head_variable_map(wrapper.head).items()}
+        )
+        return entries
+
+    # ------------------------------------------------------------------ inference
+    def call(self, crops, training=None):
+        """Student logits of a list of crops (crop-major), as the official student."""
+        return self.student(crops, training=training)
+
+    @property
+    def backbone(self):
+        """The teacher backbone: the model DINO evaluates and exports."""
+        return self.teacher.backbone
+
+    # ------------------------------------------------------------------ compile
+    def make_optimizer(self, name: str | None = None) -> DINOOptimizer:
+        """The official optimizer (`adamw`, `sgd` or `lars`) driven by this run's schedules."""
+        name = name or self.hparams["optimizer"]
+        return OPTIMIZERS[name](self.schedules, clip_grad=self.hparams["clip_grad"])
+
+    def compile(self, optimizer=None, **kwargs):
+        """Compiles with the official optimizer unless another is given.
+
+        Takes the usual Keras options (`steps_per_execution`, `jit_compile`, ...).
+        Compiling again keeps the existing optimizer and its state (e.g. restored from
+        an official checkpoint) unless a new optimizer is passed.
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError("DINO computes its own loss; do not pass loss= to compile.")
+        kwargs.pop("loss", None)
+        if optimizer is None:
+            current = getattr(self, "optimizer", None)
+            current = getattr(current, "inner_optimizer", current)
+            optimizer = current if isinstance(current, DINOOptimizer) else self.make_optimizer()
+        elif isinstance(optimizer, str):
+            optimizer = self.make_optimizer(optimizer)
+        super().compile(optimizer=optimizer, **kwargs)
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if isinstance(inner, DINOOptimizer) and not inner.built:
+            self._configure_optimizer(inner)
+            self.optimizer.build(self.trainable_variables)
+
+    def _configure_optimizer(self, optimizer):
+        names = {id(v): name for name, (v, _) in self.student_map.items()}
+        kinds = {id(v): kind for _, (v, kind) in self.student_map.items()}
+        variables = self.trainable_variables
+        decay, ndim, freezable = [], [], []
+        for v in variables:
+            name = names.get(id(v), v.path)
+            # Official rank: weight_g is (out, 1) there, (out,) here.
+            rank = 2 if kinds.get(id(v)) == "gain" else len(v.shape)
+            decay.append(not (name.endswith(".bias") or rank == 1))
+            ndim.append(rank)
+            freezable.append(name.startswith("head.last_layer."))
+        optimizer.configure(variables, decay=decay, official_ndim=ndim, freezable=freezable)
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def _crops(data):
+        if isinstance(data, dict):
+            raise ValueError("DINO trains on tuples of crops, not dicts.")
+        if isinstance(data, (tuple, list)) and len(data) == 1 and isinstance(data[0], (tuple, list)):
+            data = data[0]
+        if not isinstance(data, (tuple, list)) or len(data) < 2:
+            raise ValueError(
+                "each training element must be a tuple of crops: 2 global crops first, then "
+                f"the local crops; got {type(data).__name__}."
+            )
+        crops = list(data)
+        for i, crop in enumerate(crops):
+            if len(crop.shape) != 4 or crop.shape[-1] != 3:
+                raise ValueError(
+                    f"crop {i} must be a float NHWC batch (B, H, W, 3); got shape {tuple(crop.shape)}."
+                )
+        return crops
+
+    def _set_base_lr(self, crops):
+        if self.hparams["batch_size"]:
+            global_batch = self.hparams["batch_size"]
+        else:
+            per_replica = crops[0].shape[0]
+            if per_replica is None:
+                raise ValueError(
+                    "the batch size is not static, so the learning rate cannot be scaled by "
+                    "it: batch with drop_remainder=True or pass DINO(batch_size=...)."
+                )
+            global_batch = per_replica * distribute.num_replicas()
+        self.schedules.base_lr = self.hparams["lr"] * global_batch / 256.0
+
+    def _forward(self, crops, step):
+        temp = self.schedules.teacher_temperature(step)
+        teacher_output = ops.stop_gradient(self.teacher(crops[:2], training=True))
+        student_output = self.student(crops, training=True)
+        loss = dino_loss(
+            student_output,
+            teacher_output,
+            ops.convert_to_tensor(self.center),
+            temp,
+            self.student_temp,
+            len(crops),
+        )
+        return loss, teacher_output
+
+    def _after_update(self, loss, teacher_output, step):
+        momentum = self.schedules.momentum(step)
+        updates = [
+            (t, t * momentum + (1.0 - momentum) * ops.cast(s, t.dtype)) for s, t in self._ema_pairs
+        ]
+        total, count = batch_center(teacher_output)
+        total = distribute.cross_replica_sum(total)
+        mean = total / float(count * distribute.num_replicas())
+        cm = self.center_momentum
+        updates.append((self.center, self.center * cm + mean * (1.0 - cm)))
+        distribute.assign_all(updates)
+        self._loss_tracker.update_state(loss)
+        return {
+            "loss": self._loss_tracker.result(),
+            "lr": self.schedules.lr(step),
+            "wd": self.schedules.wd(step),
+            "momentum": momentum,
+            "teacher_temp": self.schedules.teacher_temperature(step),
+        }
+
+    def train_step(self, *args):
+        backend = keras.backend.backend()
+        if backend == "jax":
+            return self._jax_train_step(*args)
+        (data,) = args
+        crops = self._crops(data)
+        self._set_base_lr(crops)
+        step = ops.cast(self.optimizer.iterations, "float32")
+        variables = self.trainable_variables
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                loss, teacher_output = self._forward(crops, step)
+                scaled = self.optimizer.scale_loss(loss / distribute.num_replicas())
+            grads = tape.gradient(scaled, variables)
+            self.optimizer.apply(grads, variables)
+            return self._after_update(loss, teacher_output, step)
+        if backend == "torch":
+            import torch
+
+            self.zero_grad()
+            loss, teacher_output = self._forward(crops, step)
+            self.optimizer.scale_loss(loss).backward()
+            grads = [v.value.grad for v in variables]
+            with torch.no_grad():
+                self.optimizer.apply(grads, variables)
+                return self._after_update(loss.detach(), teacher_output, step)
+        raise NotImplementedError(f"DINO does not support the {backend} backend.")
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_values, metrics_values = state
+        crops = self._crops(data)
+        self._set_base_lr(crops)
+        optimizer_map = list(zip(self.optimizer.variables, optimizer_values))
+
+        def loss_fn(trainable_values, non_trainable_values):
+            mapping = (
+                list(zip(self.trainable_variables, trainable_values))
+                + list(zip(self.non_trainable_variables, non_trainable_values))
+                + optimizer_map
+            )
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                step = ops.cast(self.optimizer.iterations, "float32")
+                loss, teacher_output = self._forward(crops, step)
+                scaled = self.optimizer.scale_loss(loss)
+            updated = [
+                _current(scope, v, old)
+                for v, old in zip(self.non_trainable_variables, non_trainable_values)
+            ]
+            return scaled, (loss, teacher_output, step, updated)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, aux), grads = grad_fn(trainable, non_trainable)
+        loss, teacher_output, step, non_trainable = aux
+        trainable, optimizer_values = self.optimizer.stateless_apply(
+            optimizer_values, grads, trainable
+        )
+        groups = [
+            (self.trainable_variables, trainable),
+            (self.non_trainable_variables, non_trainable),
+            (self.optimizer.variables, optimizer_values),
+            (self.metrics_variables, metrics_values),
+        ]
+        mapping = [pair for variables, values in groups for pair in zip(variables, values)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = self._after_update(loss, teacher_output, step)
+        non_trainable = [
+            _current(scope, v, old) for v, old in zip(self.non_trainable_variables, non_trainable)
+        ]
+        metrics_values = [
+            _current(scope, v, old) for v, old in zip(self.metrics_variables, metrics_values)
+        ]
+        return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+
+    def test_step(self, *args):
+        raise NotImplementedError(
+            "DINO has no supervised evaluation step; use keras_dino.evaluation (k-NN, "
+            "linear probe) on model.backbone."
+        )
+
+    def fit(self, x=None, y=None, *, epochs=None, callbacks=None, **kwargs):
+        """`keras.Model.fit` with the DINO callbacks and the schedules set up.
+
+        `epochs` defaults to the model's `epochs` hyper-parameter (the length of the
+        schedules). A model restored from an official checkpoint resumes at its epoch.
+        """
+        if self.optimizer is None:
+            self.compile()
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, dino_callbacks.TeacherEMA) for c in callbacks):
+            callbacks.append(dino_callbacks.TeacherEMA())
+        if not any(isinstance(c, dino_callbacks.Centering) for c in callbacks):
+            callbacks.append(dino_callbacks.Centering())
+        if not any(isinstance(c, dino_callbacks.StopOnNonFiniteLoss) for c in callbacks):
+            callbacks.append(dino_callbacks.StopOnNonFiniteLoss())
+        callbacks.insert(0, _ScheduleSetup())
+        if self._resume_epoch and "initial_epoch" not in kwargs:
+            kwargs["initial_epoch"] = self._resume_epoch
+        # The schedules' constants are read when the step is traced: trace it anew.
+        self.train_function = None
+        return super().fit(
+            x, y, epochs=self.epochs if epochs is None else epochs, callbacks=callbacks, **kwargs
+        )
+
+    # ------------------------------------------------------------------ config
+    def get_config(self):
+        config = {**super().get_config(), **self.hparams}
+        config["global_crops_scale"] = list(config["global_crops_scale"])
+        config["local_crops_scale"] = list(config["local_crops_scale"])
+        return config
+
+
+def _current(scope, variable, fallback):
+    value = scope.get_current_value(variable)
+    return fallback if value is None else value
+
+
+class _ScheduleSetup(keras.callbacks.Callback):
+    """Fixes the schedules' steps per epoch from `fit` and the resume point."""
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        steps = model.steps_per_epoch or self.params.get("steps")
+        if not steps:
+            raise ValueError(
+                "DINO needs the number of steps per epoch for its schedules, and fit could "
+                "not tell it (an infinite or unsized dataset): pass steps_per_epoch= to fit."
+            )
+        model.schedules.steps_per_epoch = int(steps)
+        if model._resume_epoch and int(ops.convert_to_numpy(model.optimizer.iterations)) == 0:
+            model.optimizer.iterations.assign(model._resume_epoch * int(steps))

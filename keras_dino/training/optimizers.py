@@ -1,0 +1,204 @@
+"""The official DINO optimizers with torch's arithmetic, on every backend.
+
+DINO needs what Keras optimizers do not give: a weight decay that changes every
+iteration (and is not frozen at trace time on JAX), decay skipped exactly for biases and
+1-D tensors of the official model, per-parameter gradient clipping of the cross-replica
+gradient, and a head layer that is frozen for the first epochs with no update at all
+(no moments, no decay, no step count). All of it happens in `update_step`, which every
+backend calls once per variable with the already all-reduced gradient.
+"""
+
+import keras
+from keras import ops
+
+from keras_dino.training.schedules import DINOSchedules
+
+
+class _ScheduleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, schedules: DINOSchedules):
+        self.schedules = schedules
+
+    def __call__(self, step):
+        return self.schedules.lr(step)
+
+    def get_config(self):
+        return {}
+
+
+class DINOOptimizer(keras.optimizers.Optimizer):
+    """Base of the DINO optimizers: schedules, decay groups, clipping and freezing.
+
+    Args:
+        schedules: the run's `DINOSchedules` (learning rate, weight decay, freezing).
+        clip_grad: per-parameter gradient norm limit (0 disables it), applied as the
+            official `clip_gradients`: `g *= clip / (||g|| + 1e-6)` when that is < 1.
+
+    Call `configure(variables, decay=..., official_ndim=..., freezable=...)` before the
+    optimizer is built; `keras_dino.DINO.compile` does it.
+    """
+
+    def __init__(self, schedules: DINOSchedules | None = None, clip_grad: float = 3.0, **kwargs):
+        schedules = schedules or DINOSchedules()
+        kwargs.setdefault("learning_rate", _ScheduleLearningRate(schedules))
+        super().__init__(**kwargs)
+        self.schedules = schedules
+        self.clip_grad = float(clip_grad or 0.0)
+        self._flags = {}
+
+    def configure(self, variables, decay, official_ndim, freezable):
+        """Per-variable flags: weight decay, the official tensor rank, frozen-at-start."""
+        for v, d, n, f in zip(variables, decay, official_ndim, freezable, strict=True):
+            self._flags[self._var_key(v)] = (bool(d), int(n), bool(f))
+
+    def _flags_of(self, variable):
+        # Unconfigured variables behave like weight matrices that are never frozen.
+        return self._flags.get(self._var_key(variable), (True, 2, False))
+
+    def _clip(self, grad):
+        if not self.clip_grad:
+            return grad
+        norm = ops.sqrt(ops.sum(ops.square(grad)))
+        coef = self.clip_grad / (norm + 1e-6)
+        return ops.where(coef < 1.0, grad * coef, grad)
+
+    def _commit(self, active, pairs):
+        """Assigns `(variable, new value)` pairs, or keeps the old values if not active."""
+        for var, new in pairs:
+            if active is True:
+                self.assign(var, new)
+            else:
+                self.assign(var, ops.where(active, new, ops.convert_to_tensor(var)))
+
+    def update_step(self, gradient, variable, learning_rate):
+        decay, ndim, freezable = self._flags_of(variable)
+        step = self.iterations
+        lr = ops.cast(learning_rate, variable.dtype)
+        wd = ops.cast(self.schedules.wd(step), variable.dtype) if decay else None
+        active = self.schedules.last_layer_trains(step) if freezable else True
+        grad = self._clip(ops.cast(gradient, variable.dtype))
+        self._apply(grad, variable, lr, wd, ndim, active)
+
+    def _apply(self, grad, variable, lr, wd, ndim, active):
+        raise NotImplementedError
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("learning_rate", None)
+        return {**config, "clip_grad": self.clip_grad}
+
+
+class AdamW(DINOOptimizer):
+    """torch.optim.AdamW arithmetic: per-parameter step counts, eps 1e-8 outside the sqrt.
+
+    `p *= 1 - lr * wd; m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
+    p -= lr / (1 - b1^k) * m / (sqrt(v) / sqrt(1 - b2^k) + eps)`, where `k` counts the
+    steps this parameter was actually updated (a frozen layer's count lags).
+
+    Example:
+
+    >>> from keras_dino.training.schedules import DINOSchedules
+    >>> opt = AdamW(DINOSchedules(epochs=1, warmup_epochs=0, steps_per_epoch=10))
+    >>> opt.beta_1, opt.epsilon
+    (0.9, 1e-08)
+    """
+
+    def __init__(self, schedules=None, beta_1=0.9, beta_2=0.999, epsilon=1e-8, name="adamw", **kw):
+        super().__init__(schedules, name=name, **kw)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.exp_avg = self.add_optimizer_variables(variables, "exp_avg")
+        self.exp_avg_sq = self.add_optimizer_variables(variables, "exp_avg_sq")
+        self.steps = [
+            self.add_variable((), initializer="zeros", dtype="float32", name=f"step_{i}")
+            for i, _ in enumerate(variables)
+        ]
+
+    def _apply(self, grad, variable, lr, wd, ndim, active):
+        i = self._get_variable_index(variable)
+        m, v, k = self.exp_avg[i], self.exp_avg_sq[i], self.steps[i]
+        k_new = k + 1.0
+        p = variable * (1.0 - lr * wd) if wd is not None else variable
+        m_new = m + (grad - m) * (1.0 - self.beta_1)
+        v_new = v * self.beta_2 + grad * grad * (1.0 - self.beta_2)
+        bias1 = 1.0 - ops.power(ops.cast(self.beta_1, "float32"), k_new)
+        bias2 = 1.0 - ops.power(ops.cast(self.beta_2, "float32"), k_new)
+        denom = ops.sqrt(v_new) / ops.cast(ops.sqrt(bias2), variable.dtype) + self.epsilon
+        p_new = p - ops.cast(lr / bias1, variable.dtype) * (m_new / denom)
+        self._commit(active, [(m, m_new), (v, v_new), (k, k_new), (variable, p_new)])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+        }
+
+
+class SGD(DINOOptimizer):
+    """torch.optim.SGD with momentum 0.9 and coupled weight decay, as the official option.
+
+    `g += wd * p; buf = momentum * buf + g; p -= lr * buf`.
+    """
+
+    def __init__(self, schedules=None, momentum=0.9, name="sgd", **kwargs):
+        super().__init__(schedules, name=name, **kwargs)
+        self.momentum = momentum
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentum_buffers = self.add_optimizer_variables(variables, "momentum_buffer")
+
+    def _apply(self, grad, variable, lr, wd, ndim, active):
+        buf = self.momentum_buffers[self._get_variable_index(variable)]
+        if wd is not None:
+            grad = grad + wd * variable
+        buf_new = buf * self.momentum + grad
+        self._commit(active, [(buf, buf_new), (variable, variable - lr * buf_new)])
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum}
+
+
+class LARS(DINOOptimizer):
+    """The official LARS: weight decay and trust ratio `eta ||p|| / ||dp||` on tensors
+    that are not 1-D, then momentum.
+    """
+
+    def __init__(self, schedules=None, momentum=0.9, eta=0.001, name="lars", **kwargs):
+        super().__init__(schedules, name=name, **kwargs)
+        self.momentum = momentum
+        self.eta = eta
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.mu = self.add_optimizer_variables(variables, "mu")
+
+    def _apply(self, grad, variable, lr, wd, ndim, active):
+        mu = self.mu[self._get_variable_index(variable)]
+        if ndim != 1:
+            if wd is not None:
+                grad = grad + wd * variable
+            param_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            update_norm = ops.sqrt(ops.sum(ops.square(grad)))
+            ratio = self.eta * param_norm / ops.where(update_norm > 0, update_norm, 1.0)
+            q = ops.where((param_norm > 0) & (update_norm > 0), ratio, 1.0)
+            grad = grad * q
+        mu_new = mu * self.momentum + grad
+        self._commit(active, [(mu, mu_new), (variable, variable - lr * mu_new)])
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "eta": self.eta}
+
+
+OPTIMIZERS = {"adamw": AdamW, "sgd": SGD, "lars": LARS}

@@ -1,0 +1,140 @@
+"""DINO's per-iteration schedules: learning rate, weight decay, teacher momentum and
+temperature, computed inside the compiled step from the iteration counter.
+
+`cosine_scheduler` is the official numpy recipe (used to check and to document);
+`DINOSchedules` evaluates the same values with `keras.ops` from a step tensor, so the
+schedules follow the optimizer's own counter on every backend and under
+`steps_per_execution > 1` without any host round trip.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+from keras import ops
+
+
+def cosine_scheduler(
+    base_value: float,
+    final_value: float,
+    epochs: int,
+    niter_per_ep: int,
+    warmup_epochs: int = 0,
+    start_warmup_value: float = 0.0,
+) -> np.ndarray:
+    """The official per-iteration schedule: linear warm-up, then cosine to `final_value`.
+
+    Example:
+
+    >>> cosine_scheduler(1e-3, 1e-6, epochs=2, niter_per_ep=3, warmup_epochs=1).round(6)
+    array([0.     , 0.0005 , 0.001  , 0.001  , 0.00075, 0.000251])
+    """
+    warmup_iters = warmup_epochs * niter_per_ep
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_epochs > 0 else []
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    return np.concatenate((warmup, schedule))
+
+
+def teacher_temp_schedule(
+    warmup_teacher_temp: float, teacher_temp: float, warmup_teacher_temp_epochs: int, epochs: int
+) -> np.ndarray:
+    """The official per-epoch teacher temperature: linear warm-up, then constant."""
+    return np.concatenate(
+        (
+            np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
+            np.ones(epochs - warmup_teacher_temp_epochs) * teacher_temp,
+        )
+    )
+
+
+def _linspace_at(index, start, stop, num):
+    """`np.linspace(start, stop, num)[index]` for a float tensor `index < num`."""
+    if num <= 1:
+        return ops.full_like(index, start)
+    return start + (stop - start) * index / float(num - 1)
+
+
+def _cosine_at(step, base, final, total, warmup, start_warmup=0.0):
+    """`cosine_scheduler(...)[step]` for a float32 step tensor (clamped to the end)."""
+    step = ops.minimum(step, float(total - 1))
+    decay_len = float(total - warmup)
+    cosine = final + 0.5 * (base - final) * (
+        1.0 + ops.cos(math.pi * ops.maximum(step - warmup, 0.0) / decay_len)
+    )
+    if warmup <= 0:
+        return cosine
+    warm = _linspace_at(step, start_warmup, base, warmup)
+    return ops.where(step < warmup, warm, cosine)
+
+
+@dataclasses.dataclass
+class DINOSchedules:
+    """All the per-iteration values of a DINO run, as functions of the step.
+
+    `steps_per_epoch` must be set (it is, at the start of `fit`) before the values are
+    evaluated; `base_lr` is the learning rate already scaled by `global batch / 256`.
+
+    Example:
+
+    >>> s = DINOSchedules(base_lr=1e-3, min_lr=1e-6, epochs=2, warmup_epochs=1,
+    ...                   steps_per_epoch=3)
+    >>> round(float(s.lr(4)), 6)
+    0.00075
+    """
+
+    base_lr: float = 5e-4
+    min_lr: float = 1e-6
+    epochs: int = 100
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    final_momentum_teacher: float = 1.0
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    freeze_last_layer: int = 1
+    steps_per_epoch: int | None = None
+
+    def _check(self):
+        if not self.steps_per_epoch:
+            raise ValueError(
+                "the DINO schedules need the number of steps per epoch; fit() sets it from "
+                "the data, or pass steps_per_epoch= to fit (e.g. for an infinite dataset)."
+            )
+        return self.epochs * self.steps_per_epoch
+
+    @staticmethod
+    def _step(step):
+        return ops.cast(ops.convert_to_tensor(step), "float32")
+
+    def epoch(self, step):
+        self._check()
+        return ops.floor(self._step(step) / float(self.steps_per_epoch))
+
+    def lr(self, step):
+        total = self._check()
+        warmup = self.warmup_epochs * self.steps_per_epoch
+        return _cosine_at(self._step(step), self.base_lr, self.min_lr, total, warmup)
+
+    def wd(self, step):
+        total = self._check()
+        return _cosine_at(self._step(step), self.weight_decay, self.weight_decay_end, total, 0)
+
+    def momentum(self, step):
+        total = self._check()
+        return _cosine_at(
+            self._step(step), self.momentum_teacher, self.final_momentum_teacher, total, 0
+        )
+
+    def teacher_temperature(self, step):
+        epoch = ops.minimum(self.epoch(step), float(self.epochs - 1))
+        warm = _linspace_at(
+            epoch, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_epochs
+        )
+        return ops.where(epoch < self.warmup_teacher_temp_epochs, warm, self.teacher_temp)
+
+    def last_layer_trains(self, step):
+        """False while the head's last layer is frozen (epoch < freeze_last_layer)."""
+        return self.epoch(step) >= float(self.freeze_last_layer)

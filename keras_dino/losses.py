@@ -48,6 +48,7 @@ def dino_loss(student_output, teacher_output, center, teacher_temp, student_temp
     dim = student_output.shape[-1]
     log_p = ops.log_softmax(student_output / student_temp, axis=-1)
     log_p = ops.reshape(log_p, (ncrops, batch, dim))
+    teacher_temp = ops.cast(teacher_temp, teacher_output.dtype)
     q = ops.softmax((teacher_output - center) / teacher_temp, axis=-1)
     q = ops.reshape(q, (2, batch, dim))
     # cross[i, v] = mean over the batch of -sum_k q_i * log p_v

@@ -19,16 +19,27 @@ def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}, shared {SHARED}"
 
 
+def _runs_here(item, backend):
+    if item.get_closest_marker("tf_only") and backend != "tensorflow":
+        return False
+    marker = item.get_closest_marker("backends")
+    return marker is None or backend in marker.args
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `tf_only` need TensorFlow itself; they run in the TF process only."""
+    """Each backend's CI process runs the tests that apply to it.
+
+    `tf_only` tests need TensorFlow itself (tf.data, tf.distribute, SavedModel) and run
+    in the TensorFlow process; `backends(...)` names the backends a test is about (for
+    example `steps_per_execution > 1`, which Keras' torch trainer does not have).
+    """
     import keras
 
-    if keras.backend.backend() == "tensorflow":
-        return
-    deselected = [item for item in items if item.get_closest_marker("tf_only")]
+    backend = keras.backend.backend()
+    deselected = [item for item in items if not _runs_here(item, backend)]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("tf_only")]
+        items[:] = [item for item in items if _runs_here(item, backend)]
 
 
 @pytest.fixture(scope="session")

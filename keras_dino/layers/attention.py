@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_dino.losses import at_least_float32
 from keras_dino.layers.initializers import linear_kernel_initializer
 
 
@@ -94,7 +95,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             logits = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * ops.cast(
                 self.scale, q.dtype
             )
-            attn = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+            attn = ops.softmax(at_least_float32(logits), axis=-1)
             attn_used = self.attn_drop(ops.cast(attn, v.dtype), training=training)
             out = ops.transpose(ops.matmul(attn_used, v), (0, 2, 1, 3))
         out = ops.reshape(out, (batch, tokens, dim))

@@ -324,13 +324,17 @@ class DINO(keras.Model):
 
     def _after_update(self, loss, teacher_output, step):
         momentum = self.schedules.momentum(step)
-        updates = [
-            (t, t * momentum + (1.0 - momentum) * ops.cast(s, t.dtype)) for s, t in self._ema_pairs
-        ]
+        student_weight = self.schedules.one_minus_momentum(step)
+        updates = []
+        for s, t in self._ema_pairs:
+            m = ops.cast(momentum, t.dtype)
+            w = ops.cast(student_weight, t.dtype)
+            updates.append((t, t * m + w * ops.cast(s, t.dtype)))
         total, count = batch_center(teacher_output)
         total = distribute.cross_replica_sum(total)
         mean = total / float(count * distribute.num_replicas())
         cm = self.center_momentum
+        mean = ops.cast(mean, self.center.dtype)
         updates.append((self.center, self.center * cm + mean * (1.0 - cm)))
         distribute.assign_all(updates)
         self._loss_tracker.update_state(loss)
@@ -448,6 +452,26 @@ class DINO(keras.Model):
         return super().fit(
             x, y, epochs=self.epochs if epochs is None else epochs, callbacks=callbacks, **kwargs
         )
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_official_checkpoint(cls, path, **overrides):
+        """A compiled DINO rebuilt from an official full `checkpoint.pth` (or `.npz`).
+
+        Hyper-parameters come from the checkpoint's `args` (`overrides` replace them);
+        student, teacher, center, optimizer moments and per-parameter steps are
+        restored, and `fit` resumes at the checkpoint's epoch. The file is read without
+        torch and without running pickled code.
+        """
+        from keras_dino.checkpoints.dino_checkpoint import load_official_checkpoint
+
+        return load_official_checkpoint(path, **overrides)
+
+    def save_official_checkpoint(self, path) -> str:
+        """Writes an official `checkpoint.pth` (or `.npz`) that `main_dino.py` resumes from."""
+        from keras_dino.checkpoints.dino_checkpoint import save_official_checkpoint
+
+        return save_official_checkpoint(self, path)
 
     # ------------------------------------------------------------------ config
     def get_config(self):

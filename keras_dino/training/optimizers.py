@@ -8,6 +8,8 @@ gradient, and a head layer that is frozen for the first epochs with no update at
 backend calls once per variable with the already all-reduced gradient.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -126,10 +128,13 @@ class AdamW(DINOOptimizer):
         p = variable * (1.0 - lr * wd) if wd is not None else variable
         m_new = m + (grad - m) * (1.0 - self.beta_1)
         v_new = v * self.beta_2 + grad * grad * (1.0 - self.beta_2)
-        bias1 = 1.0 - ops.power(ops.cast(self.beta_1, "float32"), k_new)
-        bias2 = 1.0 - ops.power(ops.cast(self.beta_2, "float32"), k_new)
-        denom = ops.sqrt(v_new) / ops.cast(ops.sqrt(bias2), variable.dtype) + self.epsilon
-        p_new = p - ops.cast(lr / bias1, variable.dtype) * (m_new / denom)
+        # 1 - beta^k as -expm1(k log beta): in float32, 1 - 0.999^k loses 1e-5 of its value
+        # to cancellation (torch computes it in double).
+        k_cast = ops.cast(k_new, variable.dtype)
+        bias1 = -ops.expm1(k_cast * math.log(self.beta_1))
+        bias2 = -ops.expm1(k_cast * math.log(self.beta_2))
+        denom = ops.sqrt(v_new) / ops.sqrt(bias2) + self.epsilon
+        p_new = p - (lr / bias1) * (m_new / denom)
         self._commit(active, [(m, m_new), (v, v_new), (k, k_new), (variable, p_new)])
 
     def get_config(self):

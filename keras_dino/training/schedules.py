@@ -128,6 +128,15 @@ class DINOSchedules:
             self._step(step), self.momentum_teacher, self.final_momentum_teacher, total, 0
         )
 
+    def one_minus_momentum(self, step):
+        """`1 - momentum(step)` computed without cancellation (the EMA's weight of the
+        student: 0.0067 at momentum 0.9933 loses 1e-5 of its value as `1 - m` in float32)."""
+        total = self._check()
+        step = ops.minimum(self._step(step), float(total - 1))
+        final_gap = 1.0 - self.final_momentum_teacher
+        span = self.final_momentum_teacher - self.momentum_teacher
+        return final_gap + 0.5 * span * (1.0 + ops.cos(math.pi * step / float(total)))
+
     def teacher_temperature(self, step):
         epoch = ops.minimum(self.epoch(step), float(self.epochs - 1))
         warm = _linspace_at(

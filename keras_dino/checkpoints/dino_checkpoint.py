@@ -1,0 +1,300 @@
+"""Official `checkpoint.pth` <-> `keras_dino.DINO`, both ways.
+
+`load_official_checkpoint` rebuilds a DINO model from an official full training
+checkpoint (hyper-parameters from its `args`, student, teacher, center, optimizer
+moments and per-parameter steps, and the epoch to resume from).
+`save_official_checkpoint` writes the same layout (keys, `module.` prefixes, tensor
+layouts, optimizer indices and param groups) so that the official `main_dino.py` can
+resume from it and its `eval_*.py` tools can read it. Neither needs torch.
+"""
+
+import os
+
+import numpy as np
+from keras import ops
+
+from keras_dino.checkpoints import official
+from keras_dino.checkpoints.torch_format import (
+    CheckpointArgs,
+    read_checkpoint,
+    write_torch_checkpoint,
+)
+
+# Official main_dino.py arguments that are not DINO hyper-parameters, with defaults.
+_OTHER_OFFICIAL_ARGS = dict(
+    use_fp16=False,
+    data_path="/path/to/imagenet/train/",
+    output_dir=".",
+    saveckp_freq=20,
+    seed=0,
+    num_workers=10,
+    dist_url="env://",
+    local_rank=0,
+    rank=0,
+    gpu=0,
+    world_size=1,
+)
+# Per-optimizer: official name of each slot variable, and the param-group defaults.
+_SLOTS = {
+    "adamw": {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"},
+    "sgd": {"momentum_buffer": "momentum_buffers"},
+    "lars": {"mu": "mu"},
+}
+_GROUP_DEFAULTS = {
+    "adamw": dict(
+        betas=(0.9, 0.999),
+        eps=1e-08,
+        amsgrad=False,
+        maximize=False,
+        foreach=None,
+        capturable=False,
+        differentiable=False,
+        fused=None,
+        decoupled_weight_decay=True,
+    ),
+    "sgd": dict(
+        momentum=0.9,
+        dampening=0,
+        nesterov=False,
+        maximize=False,
+        foreach=None,
+        differentiable=False,
+        fused=None,
+    ),
+    "lars": dict(momentum=0.9, eta=0.001, weight_decay_filter=None, lars_adaptation_filter=None),
+}
+
+
+def _strip_module(state: dict) -> dict:
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _model_kwargs(args: dict, overrides: dict) -> dict:
+    from keras_dino.models.dino import OFFICIAL_DEFAULTS
+    from keras_dino.models.vision_transformer import ARCHITECTURES
+
+    kwargs = {k: args[k] for k in OFFICIAL_DEFAULTS if k in args}
+    if args.get("vit_kwargs"):
+        kwargs["vit_kwargs"] = dict(args["vit_kwargs"])
+    elif kwargs.get("arch") not in ARCHITECTURES:
+        raise ValueError(
+            f"the checkpoint's arch '{kwargs.get('arch')}' is not one of "
+            f"{', '.join(ARCHITECTURES)}; pass vit_kwargs=dict(embed_dim=..., depth=..., "
+            "num_heads=...)."
+        )
+    if args.get("head_kwargs"):
+        kwargs["head_kwargs"] = dict(args["head_kwargs"])
+    if "batch_size_per_gpu" in args:
+        kwargs["batch_size"] = int(args["batch_size_per_gpu"]) * int(args.get("world_size", 1))
+    for key in ("global_crops_scale", "local_crops_scale"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    kwargs.update(overrides)
+    return kwargs
+
+
+def official_param_order(model) -> list:
+    """Trainable student parameters in the official optimizer index order.
+
+    The official `get_params_groups` puts the decayed parameters (not biases, not 1-D)
+    first and the others second, each in `named_parameters` order; indices run over
+    both groups.
+    """
+    trainable = {id(v) for v in model.trainable_variables}
+    names = [n for n, (v, _) in model.student_map.items() if id(v) in trainable]
+
+    def decayed(name):
+        variable, kind = model.student_map[name]
+        rank = 2 if kind == "gain" else len(variable.shape)
+        return not (name.endswith(".bias") or rank == 1)
+
+    return [n for n in names if decayed(n)] + [n for n in names if not decayed(n)], sum(
+        decayed(n) for n in names
+    )
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def load_official_checkpoint(path, **overrides):
+    """Rebuilds a compiled `keras_dino.DINO` from an official full training checkpoint.
+
+    Example:
+
+    ```python
+    model = keras_dino.DINO.from_official_checkpoint("checkpoint.pth")
+    model.compile(steps_per_execution=10)   # keeps the restored optimizer state
+    model.fit(dataset)                      # resumes at the checkpoint's epoch
+    ```
+    """
+    from keras_dino.models.dino import DINO
+
+    checkpoint = read_checkpoint(os.fspath(path))
+    required = ("student", "teacher", "optimizer", "epoch", "args", "dino_loss")
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in required):
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(
+            f"{path} is not an official DINO training checkpoint: expected the keys "
+            f"{', '.join(required)}; found {found}."
+        )
+    args = dict(checkpoint["args"])
+    model = DINO(**_model_kwargs(args, overrides))
+    official.load_state_dict(model.student_map, _strip_module(checkpoint["student"]), "student")
+    official.load_state_dict(model.teacher_map, _strip_module(checkpoint["teacher"]), "teacher")
+    center = np.asarray(checkpoint["dino_loss"]["center"], np.float32)
+    if center.shape != tuple(model.center.shape):
+        raise official.CheckpointShapeError(
+            f"shape mismatch for 'dino_loss.center': the checkpoint has {center.shape}, the "
+            f"model expects {tuple(model.center.shape)}."
+        )
+    model.center.assign(center)
+    model.compile()
+    _load_optimizer_state(model, checkpoint["optimizer"])
+    model._resume_epoch = int(checkpoint["epoch"])
+    return model
+
+
+def _load_optimizer_state(model, state_dict):
+    optimizer = _inner(model.optimizer)
+    name = model.hparams["optimizer"]
+    order, _ = official_param_order(model)
+    index_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    state = state_dict.get("state", {})
+    unknown = sorted(int(i) for i in state if not 0 <= int(i) < len(order))
+    if unknown:
+        raise official.CheckpointKeyError(
+            f"the optimizer state has entries {unknown} for parameters the model does not "
+            f"have ({len(order)} trainable parameters)."
+        )
+    for idx, slots in state.items():
+        pname = order[int(idx)]
+        variable, kind = model.student_map[pname]
+        i = index_of[id(variable)]
+        for official_slot, attr in _SLOTS[name].items():
+            if official_slot not in slots:
+                raise official.CheckpointKeyError(
+                    f"optimizer state {idx} ('{pname}') has no '{official_slot}' "
+                    f"(has {', '.join(slots)}); was the checkpoint trained with {name}?"
+                )
+            value = official._TO_KERAS[kind](np.asarray(slots[official_slot]))
+            slot_var = getattr(optimizer, attr)[i]
+            if tuple(value.shape) != tuple(slot_var.shape):
+                raise official.CheckpointShapeError(
+                    f"shape mismatch for optimizer '{official_slot}' of '{pname}': "
+                    f"{tuple(value.shape)} vs {tuple(slot_var.shape)}."
+                )
+            slot_var.assign(value.astype(np.float32))
+        if name == "adamw":
+            optimizer.steps[i].assign(float(np.asarray(slots["step"])))
+
+
+def _current_epoch(model) -> int:
+    steps = model.schedules.steps_per_epoch
+    iterations = int(ops.convert_to_numpy(_inner(model.optimizer).iterations))
+    if steps and iterations:
+        return iterations // steps
+    return model._resume_epoch
+
+
+def official_checkpoint_dict(model) -> dict:
+    """The official `save_dict` of a DINO model, as numpy arrays and plain data."""
+    if model.optimizer is None:
+        model.compile()
+    optimizer = _inner(model.optimizer)
+    name = model.hparams["optimizer"]
+    use_bn = model.hparams["use_bn_in_head"]
+    iterations = int(ops.convert_to_numpy(optimizer.iterations))
+
+    def network(mapping, prefix):
+        out = {}
+        for key, value in official.state_dict_of(mapping).items():
+            out[prefix + key] = value
+            if key.endswith(".running_var"):  # BatchNorm buffers end with this counter.
+                out[prefix + key[: -len("running_var")] + "num_batches_tracked"] = np.array(
+                    iterations, np.int64
+                )
+        return out
+
+    order, n_decayed = official_param_order(model)
+    index_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    state = {}
+    for idx, pname in enumerate(order):
+        variable, kind = model.student_map[pname]
+        i = index_of[id(variable)]
+        if name == "adamw":
+            step = float(ops.convert_to_numpy(optimizer.steps[i]))
+            if step == 0:
+                continue  # torch keeps no state for a parameter never updated.
+            entry = {"step": np.array(step, np.float32)}
+        else:
+            if iterations == 0:
+                continue
+            entry = {}
+        for official_slot, attr in _SLOTS[name].items():
+            slot = ops.convert_to_numpy(getattr(optimizer, attr)[i])
+            entry[official_slot] = np.ascontiguousarray(official._TO_OFFICIAL[kind](slot))
+        state[idx] = entry
+    last = max(iterations - 1, 0)
+    lr = float(model.schedules.lr(last)) if model.schedules.steps_per_epoch else 0.0
+    wd = float(model.schedules.wd(last)) if model.schedules.steps_per_epoch else 0.0
+    groups = [
+        dict(_GROUP_DEFAULTS[name], lr=lr, weight_decay=wd, params=list(range(n_decayed))),
+        dict(
+            _GROUP_DEFAULTS[name],
+            lr=lr,
+            weight_decay=0.0,
+            params=list(range(n_decayed, len(order))),
+        ),
+    ]
+    hp = model.hparams
+    args = dict(_OTHER_OFFICIAL_ARGS)
+    from keras_dino.models.dino import OFFICIAL_DEFAULTS
+
+    args.update({k: hp[k] for k in OFFICIAL_DEFAULTS})
+    args["global_crops_scale"] = tuple(hp["global_crops_scale"])
+    args["local_crops_scale"] = tuple(hp["local_crops_scale"])
+    if hp["batch_size"]:
+        args["batch_size_per_gpu"] = int(hp["batch_size"]) // int(args["world_size"])
+    if hp["vit_kwargs"]:
+        args["vit_kwargs"] = dict(hp["vit_kwargs"])
+    if hp["head_kwargs"]:
+        args["head_kwargs"] = dict(hp["head_kwargs"])
+    return {
+        "student": network(model.student_map, "module."),
+        "teacher": network(model.teacher_map, "module." if use_bn else ""),
+        "optimizer": {"state": state, "param_groups": groups},
+        "epoch": _current_epoch(model),
+        "args": CheckpointArgs(args),
+        "dino_loss": {"center": np.ascontiguousarray(ops.convert_to_numpy(model.center))},
+    }
+
+
+def save_official_checkpoint(model, path) -> str:
+    """Writes the official `checkpoint.pth` (or its flattened `.npz` twin) of a model."""
+    path = os.fspath(path)
+    checkpoint = official_checkpoint_dict(model)
+    if path.endswith(".npz"):
+        _write_npz(checkpoint, path)
+    else:
+        write_torch_checkpoint(checkpoint, path)
+    return path
+
+
+def _write_npz(checkpoint, path):
+    import json
+
+    flat = {}
+    for net in ("student", "teacher"):
+        for key, value in checkpoint[net].items():
+            flat[f"{net}/{key}"] = value
+    flat["dino_loss/center"] = checkpoint["dino_loss"]["center"]
+    for idx, slots in checkpoint["optimizer"]["state"].items():
+        for slot, value in slots.items():
+            flat[f"optimizer/state/{idx}/{slot}"] = value
+    flat["optimizer/param_groups"] = np.array(json.dumps(checkpoint["optimizer"]["param_groups"]))
+    flat["epoch"] = np.array(checkpoint["epoch"], np.int64)
+    flat["args"] = np.array(json.dumps(dict(checkpoint["args"])))
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)

@@ -6,11 +6,33 @@ import pathlib
 import numpy as np
 import pytest
 
+# Two host devices for the distribution tests, set before any backend initialises:
+# XLA (JAX) reads this flag at start-up; TensorFlow's CPU is split in pytest_configure.
+if os.environ.get("KERAS_BACKEND") == "jax" and "xla_force_host_platform_device_count" not in (
+    os.environ.get("XLA_FLAGS", "")
+):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    ).strip()
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "official_dino"
 IMAGES = SHARED / "images"
 DATASETS = SHARED / "datasets"
+
+
+def pytest_configure(config):
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        if len(tf.config.get_logical_device_configuration(cpu) or []) < 2:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+            )
 
 
 def pytest_report_header(config):

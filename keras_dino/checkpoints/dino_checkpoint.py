@@ -199,7 +199,7 @@ def _current_epoch(model) -> int:
 
 def official_checkpoint_dict(model) -> dict:
     """The official `save_dict` of a DINO model, as numpy arrays and plain data."""
-    if model.optimizer is None:
+    if getattr(model, "optimizer", None) is None:
         model.compile()
     optimizer = _inner(model.optimizer)
     name = model.hparams["optimizer"]

@@ -205,8 +205,9 @@ class DINO(keras.Model):
         self.student_map = self._official_map(self.student)
         self.teacher_map = self._official_map(self.teacher)
         # The teacher starts as a copy of the student (official: load_state_dict).
+        # A copy, not the student's buffer: JAX donates both to the compiled step.
         for name, (variable, _) in self.teacher_map.items():
-            variable.assign(self.student_map[name][0])
+            variable.assign(ops.copy(ops.convert_to_tensor(self.student_map[name][0])))
         self._ema_pairs = [
             (self.student_map[name][0], self.teacher_map[name][0]) for name in self.student_map
         ]
@@ -435,7 +436,8 @@ class DINO(keras.Model):
         `epochs` defaults to the model's `epochs` hyper-parameter (the length of the
         schedules). A model restored from an official checkpoint resumes at its epoch.
         """
-        if self.optimizer is None:
+        _check_training_input(x)
+        if getattr(self, "optimizer", None) is None:
             self.compile()
         callbacks = list(callbacks or [])
         if not any(isinstance(c, dino_callbacks.TeacherEMA) for c in callbacks):
@@ -479,6 +481,40 @@ class DINO(keras.Model):
         config["global_crops_scale"] = list(config["global_crops_scale"])
         config["local_crops_scale"] = list(config["local_crops_scale"])
         return config
+
+
+def _crop_shapes(x):
+    """Shapes of one element's crops for inputs whose structure is known up front."""
+    if type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec"):
+        spec = x.element_spec
+        if isinstance(spec, tuple) and len(spec) == 1 and isinstance(spec[0], tuple):
+            spec = spec[0]
+        if not isinstance(spec, tuple):
+            return [getattr(spec, "shape", None)]
+        return [getattr(s, "shape", None) for s in spec]
+    if isinstance(x, (tuple, list)):
+        return [getattr(a, "shape", None) for a in x]
+    if hasattr(x, "shape"):
+        return [x.shape]
+    return None  # generators and PyDatasets are checked by the first step
+
+
+def _check_training_input(x):
+    """Names a wrong input structure before training starts (not mid-step)."""
+    shapes = _crop_shapes(x)
+    if shapes is None:
+        return
+    if len(shapes) < 2:
+        raise ValueError(
+            "each training element must be a tuple of crops: 2 global crops first, then the "
+            f"local crops; got a single tensor of shape {tuple(shapes[0] or ())}."
+        )
+    for i, shape in enumerate(shapes):
+        if shape is None or len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(
+                f"crop {i} must be a float NHWC batch (B, H, W, 3); got shape "
+                f"{None if shape is None else tuple(shape)}."
+            )
 
 
 def _current(scope, variable, fallback):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_dino.layers.initializers import TruncNormal
 from keras_dino.layers.patch_embedding import PatchEmbedding
 from keras_dino.layers.position_embedding import interpolate_pos_encoding
 from keras_dino.layers.transformer_block import LAYER_NORM_EPSILON, TransformerBlock
@@ -102,13 +103,19 @@ class VisionTransformer(keras.Model):
     def build(self, input_shape=None):
         if self.built:
             return
-        channels = 3 if input_shape is None or input_shape[-1] is None else input_shape[-1]
-        trunc = keras.initializers.TruncatedNormal(stddev=0.02)
+        if input_shape is not None and input_shape[-1] not in (None, 3):
+            # Checked before any weight exists, so a wrong call leaves the model unbuilt.
+            raise ValueError(
+                f"expected channels-last RGB images (..., H, W, 3); got shape {tuple(input_shape)}."
+            )
+        channels = 3
         self.cls_token = self.add_weight(
-            name="cls_token", shape=(1, 1, self.embed_dim), initializer=trunc
+            name="cls_token", shape=(1, 1, self.embed_dim), initializer=TruncNormal(stddev=0.02)
         )
         self.pos_embed = self.add_weight(
-            name="pos_embed", shape=(1, self.num_patches + 1, self.embed_dim), initializer=trunc
+            name="pos_embed",
+            shape=(1, self.num_patches + 1, self.embed_dim),
+            initializer=TruncNormal(stddev=0.02),
         )
         self.patch_embed.build((None, self.img_size, self.img_size, channels))
         token_shape = (None, self.num_patches + 1, self.embed_dim)
@@ -141,6 +148,8 @@ class VisionTransformer(keras.Model):
     def prepare_tokens(self, images, training=None):
         """Patch tokens with the class token prepended and position embeddings added."""
         grid_h, grid_w = self._grid(images)
+        if not self.built:  # e.g. get_last_selfattention called before any forward pass
+            self.build(tuple(images.shape))
         x = self.patch_embed(images)
         batch = ops.shape(x)[0]
         cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (batch, 1, self.embed_dim))
@@ -204,23 +213,19 @@ class VisionTransformer(keras.Model):
 
 def _factory(embed_dim, depth, num_heads, doc_name):
     def make(patch_size: int = 16, **kwargs) -> VisionTransformer:
-        kwargs.setdefault("name", f"{doc_name}{patch_size}")
-        return VisionTransformer(
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=4,
-            qkv_bias=True,
-            **kwargs,
-        )
+        # The recipe's values are defaults: e.g. `depth=2` gives a shallow test model.
+        config = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4,
+                      qkv_bias=True, name=f"{doc_name}{patch_size}")
+        config.update(kwargs)
+        return VisionTransformer(patch_size=patch_size, **config)
 
     make.__name__ = doc_name.rstrip("_")
     make.__doc__ = f"""The official `{make.__name__}`: embed dim {embed_dim}, depth {depth}, {num_heads} heads.
 
     Args:
         patch_size: 16 and 8 are the released sizes; any size dividing the images works.
-        **kwargs: other `VisionTransformer` arguments (`drop_path_rate`, `img_size`, ...).
+        **kwargs: other `VisionTransformer` arguments (`drop_path_rate`, `img_size`, ...);
+            they may also override the recipe's `depth`, `embed_dim` or `num_heads`.
 
     Example:
 

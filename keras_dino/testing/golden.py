@@ -17,6 +17,29 @@ from keras import ops
 from keras_dino.checkpoints import official
 
 
+# The golden comparison's tolerance, relative to each tensor's largest magnitude, and the
+# float32 cases with a stated bound (tests/test_golden_training.py explains each):
+# the patch-embedding kernel (the golden second view is the mirror image of the first,
+# so part of its gradient cancels to rounding noise) and the AdamW moments of the
+# weight-normalised last layer (the weight-norm projection cancels likewise); and the
+# query/value attention biases, whose gradients sum every token of every crop.
+TOLERANCE = 1e-5
+FLOAT32_CANCELLATION_BOUND = 2e-5
+FLOAT32_CANCELLATION_SUFFIXES = (
+    "patch_embed.proj.weight",
+    "attn.qkv.bias",  # the query and value thirds; the key third is noise only
+    "optimizer/state/14/exp_avg",
+    "optimizer/state/14/exp_avg_sq",
+)
+
+
+def bound_for(name: str) -> float:
+    """The tolerance of one tensor of the golden comparison (see above)."""
+    if name.endswith(FLOAT32_CANCELLATION_SUFFIXES):
+        return FLOAT32_CANCELLATION_BOUND
+    return TOLERANCE
+
+
 def digest(array) -> np.ndarray:
     """The fixtures' digest: `[sum, L2 norm, sum x * ((arange(n) % 13) - 6)]` in float64."""
     a = np.asarray(array, np.float64).ravel()
@@ -50,12 +73,17 @@ class _Recorder(keras.callbacks.Callback):
         )
 
 
-def run_golden(golden_dir, steps_per_execution=1, record=True, dtype_policy=None, **compile_kw):
+def run_golden(
+    golden_dir, steps_per_execution=1, record=True, dtype_policy=None, scope=None, **compile_kw
+):
     """Trains from `init_checkpoint` on the golden crops for 2 epochs of 3 steps.
 
     `dtype_policy="float64"` runs the same algorithm in double precision (TF and torch),
     which measures how far the official float32 reference is from exact arithmetic.
+    `scope` (e.g. `strategy.scope()`) is entered while the model is built and trained.
     """
+    import contextlib
+
     from keras_dino.models.dino import DINO
 
     golden_dir = pathlib.Path(golden_dir)
@@ -63,17 +91,18 @@ def run_golden(golden_dir, steps_per_execution=1, record=True, dtype_policy=None
     if dtype_policy:
         keras.config.set_dtype_policy(dtype_policy)
     try:
-        model = DINO.from_official_checkpoint(golden_dir / "init_checkpoint.pth")
-        model.compile(steps_per_execution=steps_per_execution, **compile_kw)
-        recorder = _Recorder()
-        callbacks = [recorder] if record else []
-        model.fit(
-            golden_batches(golden_dir),
-            batch_size=4,
-            shuffle=False,
-            verbose=0,
-            callbacks=callbacks,
-        )
+        with scope if scope is not None else contextlib.nullcontext():
+            model = DINO.from_official_checkpoint(golden_dir / "init_checkpoint.pth")
+            model.compile(steps_per_execution=steps_per_execution, **compile_kw)
+            recorder = _Recorder()
+            callbacks = [recorder] if record else []
+            model.fit(
+                golden_batches(golden_dir),
+                batch_size=4,
+                shuffle=False,
+                verbose=0,
+                callbacks=callbacks,
+            )
     finally:
         keras.config.set_dtype_policy(previous)
     return model, recorder.steps

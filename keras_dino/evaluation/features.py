@@ -1,0 +1,65 @@
+"""Feature extraction from a frozen backbone, batched, with a progress bar."""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def _batches(data, batch_size):
+    """Yields `(images, labels)` numpy batches from a tf.data dataset or array pair."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
+        images, labels = data
+        for start in range(0, len(images), batch_size):
+            yield images[start : start + batch_size], np.asarray(labels[start : start + batch_size])
+        return
+    for element in data:
+        if not isinstance(element, (tuple, list)) or len(element) != 2:
+            raise ValueError(
+                "extract_features expects a dataset of (images, labels) batches or an "
+                "(images, labels) pair of arrays."
+            )
+        images, labels = element
+        yield np.asarray(images), np.asarray(labels)
+
+
+def _count(data, batch_size):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
+        return -(-len(data[0]) // batch_size)
+    try:
+        n = int(data.cardinality())
+        return n if n >= 0 else None
+    except (AttributeError, TypeError):
+        return None
+
+
+def extract_features(backbone, data, batch_size: int = 128, feature_fn=None, verbose: int = 1):
+    """Features `(N, D)` (float32, not normalised) and labels `(N,)` of a dataset.
+
+    Args:
+        backbone: a `VisionTransformer` (e.g. `dino_model.backbone`, the teacher's).
+        data: a `tf.data.Dataset` of `(images, labels)` batches of normalised NHWC images,
+            or an `(images, labels)` pair of arrays.
+        batch_size: batch size for array inputs.
+        feature_fn: `fn(backbone, images) -> features`; the CLS embedding by default.
+        verbose: show a progress bar.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_dino.models import vit_tiny
+    >>> feats, labels = extract_features(
+    ...     vit_tiny(16, depth=1), (np.zeros((3, 32, 32, 3), "float32"), np.arange(3)),
+    ...     verbose=0)
+    >>> feats.shape, labels.tolist()
+    ((3, 192), [0, 1, 2])
+    """
+    feature_fn = feature_fn or (lambda model, images: model(images, training=False))
+    bar = keras.utils.Progbar(_count(data, batch_size), verbose=verbose, unit_name="batch")
+    features, labels = [], []
+    for i, (images, batch_labels) in enumerate(_batches(data, batch_size)):
+        features.append(ops.convert_to_numpy(feature_fn(backbone, images)).astype(np.float32))
+        labels.append(batch_labels)
+        bar.update(i + 1)
+    if not features:
+        raise ValueError("the dataset is empty: no features to extract.")
+    return np.concatenate(features), np.concatenate(labels)

@@ -10,9 +10,10 @@ features = model(keras_dino.preprocess_images(images))
 ```
 """
 
-from keras_dino import layers, models
+from keras_dino import callbacks, evaluation, layers, models, training
 from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained
 from keras_dino.models import (
+    DINO,
     DINOHead,
     MultiCropWrapper,
     VisionTransformer,
@@ -23,12 +24,28 @@ from keras_dino.models import (
 from keras_dino.preprocessing import normalize_images, preprocess_images
 from keras_dino.version import __version__
 
+
+def __getattr__(name):
+    # The input pipeline needs TensorFlow: imported on first use, not with the package.
+    if name == "data":
+        import importlib
+
+        module = importlib.import_module("keras_dino.data")
+        globals()["data"] = module
+        return module
+    raise AttributeError(f"module 'keras_dino' has no attribute {name!r}")
+
 __all__ = [
+    "DINO",
     "PRESETS",
     "DINOHead",
     "MultiCropWrapper",
     "VisionTransformer",
     "__version__",
+    "callbacks",
+    "data",
+    "evaluation",
+    "training",
     "layers",
     "load_pretrained",
     "models",

@@ -16,10 +16,21 @@ def normalize_images(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     >>> [round(float(v), 4) for v in np.asarray(x)[0, 0, 0]]
     [2.2489, 2.4286, 2.64]
     """
-    x = ops.cast(images, "float32") / 255.0
-    mean = ops.convert_to_tensor(mean, "float32")
-    std = ops.convert_to_tensor(std, "float32")
-    return (x - mean) / std
+    x = ops.cast(images, "float32")
+    x = _ieee_divide(x, 255.0)
+    x = x - ops.convert_to_tensor(mean, "float32")
+    return _ieee_divide(x, std)
+
+
+def _ieee_divide(x, divisor):
+    """`x / divisor` rounded as IEEE division, like torchvision's `div(255)` and `Normalize`.
+
+    XLA (the JAX backend) rewrites a division by a broadcast value into a multiplication
+    by its reciprocal, which is up to 1 ulp off; dividing by a tensor of the full shape
+    keeps the exact division (when called eagerly).
+    """
+    divisor = ops.convert_to_tensor(divisor, "float32")
+    return x / ops.broadcast_to(divisor, ops.shape(x))
 
 
 def preprocess_images(images, size: int = 224, resize_size: int | None = None):

@@ -29,7 +29,6 @@ reasons are tested here rather than assumed:
 
 import json
 
-import keras
 import numpy as np
 import pytest
 

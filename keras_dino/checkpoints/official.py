@@ -27,14 +27,26 @@ _IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
 
 
 class CheckpointKeyError(KeyError):
-    """A state dict's keys do not match the model: lists the missing and unexpected ones."""
+    """A state dict's keys do not match the model: lists the missing and unexpected ones.
+
+    Example:
+
+    >>> print(CheckpointKeyError("missing keys (1): norm.bias"))
+    missing keys (1): norm.bias
+    """
 
     def __str__(self):  # KeyError quotes its message; show it as written.
         return str(self.args[0])
 
 
 class CheckpointShapeError(ValueError):
-    """A tensor of the checkpoint does not have the shape the model expects."""
+    """A tensor of the checkpoint does not have the shape the model expects.
+
+    Example:
+
+    >>> issubclass(CheckpointShapeError, ValueError)
+    True
+    """
 
 
 def _dense(prefix, layer, kind="linear"):
@@ -80,7 +92,15 @@ def backbone_variable_map(backbone) -> dict:
 
 
 def head_variable_map(head) -> dict:
-    """`{official name: (keras variable, layout kind)}` for a `DINOHead`."""
+    """`{official name: (keras variable, layout kind)}` for a `DINOHead`.
+
+    Example:
+
+    >>> from keras_dino.models import DINOHead
+    >>> head = DINOHead(out_dim=64, hidden_dim=32, bottleneck_dim=16, in_dim=192)
+    >>> sorted(head_variable_map(head))[:3]
+    ['last_layer.weight_g', 'last_layer.weight_v', 'mlp.0.bias']
+    """
     if not head.built:
         raise ValueError("build the DINOHead (or give it in_dim) before mapping its weights.")
     entries = {}
@@ -105,6 +125,21 @@ def load_state_dict(variable_map: dict, state_dict: dict, what: str = "model") -
     Nothing is assigned unless every key matches: missing and unexpected keys are listed
     in a `CheckpointKeyError`, and a shape mismatch raises `CheckpointShapeError` with
     the tensor's name and both shapes.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_dino.models import DINOHead
+    >>> head = DINOHead(out_dim=64, nlayers=1, bottleneck_dim=16, in_dim=192)
+    >>> state = {"mlp.weight": np.ones((16, 192)), "mlp.bias": np.zeros(16),
+    ...          "last_layer.weight_g": np.ones((64, 1)), "last_layer.weight_v": np.ones((64, 16))}
+    >>> load_state_dict(head_variable_map(head), state, "DINO head")
+    >>> del state["mlp.bias"]
+    >>> load_state_dict(head_variable_map(head), state, "DINO head")
+    Traceback (most recent call last):
+    ...
+    keras_dino.checkpoints.official.CheckpointKeyError: the checkpoint does not match the DINO head:
+      missing keys (1): mlp.bias
     """
     keys = {k for k in state_dict if not _IGNORED.search(k)}
     missing = sorted(set(variable_map) - keys)
@@ -132,7 +167,15 @@ def load_state_dict(variable_map: dict, state_dict: dict, what: str = "model") -
 
 
 def state_dict_of(variable_map: dict) -> dict:
-    """The official-layout `{name: numpy array}` of the mapped Keras variables."""
+    """The official-layout `{name: numpy array}` of the mapped Keras variables.
+
+    Example:
+
+    >>> from keras_dino.models import DINOHead
+    >>> head = DINOHead(out_dim=64, hidden_dim=32, bottleneck_dim=16, in_dim=192)
+    >>> state_dict_of(head_variable_map(head))["last_layer.weight_v"].shape  # (out, in)
+    (64, 16)
+    """
     return {
         name: np.ascontiguousarray(_TO_OFFICIAL[kind](keras.ops.convert_to_numpy(variable)))
         for name, (variable, kind) in variable_map.items()
@@ -140,7 +183,13 @@ def state_dict_of(variable_map: dict) -> dict:
 
 
 def strip_prefixes(state_dict: dict, prefixes=("module.", "backbone.")) -> dict:
-    """Removes leading `module.` then `backbone.` as the official loader does."""
+    """Removes leading `module.` then `backbone.` as the official loader does.
+
+    Example:
+
+    >>> list(strip_prefixes({"module.backbone.cls_token": 0, "norm.bias": 1}))
+    ['cls_token', 'norm.bias']
+    """
     out = {}
     for key, value in state_dict.items():
         for prefix in prefixes:
@@ -151,7 +200,15 @@ def strip_prefixes(state_dict: dict, prefixes=("module.", "backbone.")) -> dict:
 
 
 def split_backbone_and_head(state_dict: dict) -> tuple[dict, dict]:
-    """Splits a MultiCropWrapper state dict (`module.`-prefixed or not) in two parts."""
+    """Splits a MultiCropWrapper state dict (`module.`-prefixed or not) in two parts.
+
+    Example:
+
+    >>> backbone, head = split_backbone_and_head(
+    ...     {"module.backbone.cls_token": 0, "module.head.last_layer.weight_v": 1})
+    >>> list(backbone), list(head)
+    (['cls_token'], ['last_layer.weight_v'])
+    """
     backbone, head = {}, {}
     for key, value in state_dict.items():
         if key.startswith("module."):
@@ -172,6 +229,15 @@ def infer_backbone_config(state_dict: dict, num_heads: int | None = None) -> dic
     determined by the tensors. The number of heads is not: pass it, or it is taken from
     the official architecture of that width (3, 6, 12 heads for 192, 384, 768; 64-wide
     heads otherwise).
+
+    Example:
+
+    >>> import numpy as np
+    >>> state = {"cls_token": np.zeros((1, 1, 384)), "pos_embed": np.zeros((1, 197, 384)),
+    ...          "patch_embed.proj.weight": np.zeros((384, 3, 16, 16))}
+    >>> config = infer_backbone_config(state)
+    >>> config["embed_dim"], config["patch_size"], config["img_size"], config["num_heads"]
+    (384, 16, 224, 6)
     """
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
         if key not in state_dict:
@@ -212,7 +278,17 @@ def infer_backbone_config(state_dict: dict, num_heads: int | None = None) -> dic
 
 
 def infer_head_config(state_dict: dict) -> dict:
-    """`DINOHead` arguments read off the tensors of a head state dict."""
+    """`DINOHead` arguments read off the tensors of a head state dict.
+
+    Example:
+
+    >>> import numpy as np
+    >>> state = {"mlp.0.weight": np.zeros((64, 48)), "mlp.2.weight": np.zeros((64, 64)),
+    ...          "mlp.4.weight": np.zeros((32, 64)), "last_layer.weight_v": np.zeros((1024, 32))}
+    >>> config = infer_head_config(state)
+    >>> config["in_dim"], config["hidden_dim"], config["bottleneck_dim"], config["out_dim"]
+    (48, 64, 32, 1024)
+    """
     if "last_layer.weight_v" not in state_dict:
         raise CheckpointKeyError(
             "not a DINO head state dict: no 'last_layer.weight_v' among its keys "

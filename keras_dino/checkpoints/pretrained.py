@@ -15,7 +15,8 @@ from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransforme
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dino"
 
-# name: (arch, patch size, released backbone file, full training checkpoint file)
+# name: (arch, patch size, file stem: `<stem>.pth` is the backbone, `<stem>_full_checkpoint.pth`
+# the full training checkpoint with the DINO heads)
 PRESETS = {
     "dino_vits16": ("vit_small", 16, "dino_deitsmall16_pretrain"),
     "dino_vits8": ("vit_small", 8, "dino_deitsmall8_pretrain"),
@@ -25,7 +26,16 @@ PRESETS = {
 
 
 class PretrainedDownloadError(OSError):
-    """A preset's weights could not be downloaded."""
+    """A preset's weights could not be downloaded.
+
+    The message names the URL that failed and the cache path where a manually downloaded
+    copy of the file is picked up.
+
+    Example:
+
+    >>> issubclass(PretrainedDownloadError, OSError)
+    True
+    """
 
 
 def preset_url(name: str, with_head: bool = False) -> str:
@@ -77,7 +87,14 @@ def _as_dict(args) -> dict:
 
 
 def read_state(path) -> dict:
-    """Reads `.pth` (without torch or pickled code) or `.npz` checkpoints by content."""
+    """Reads `.pth` (without torch or pickled code) or `.npz` checkpoints by content.
+
+    Example:
+
+    >>> state = read_state("dino_deitsmall16_pretrain.pth")  # doctest: +SKIP
+    >>> state["pos_embed"].shape  # doctest: +SKIP
+    (1, 197, 384)
+    """
     from keras_dino.checkpoints.torch_format import read_checkpoint
 
     return read_checkpoint(path)
@@ -205,7 +222,25 @@ def load_pretrained(
     return MultiCropWrapper(backbone, head)
 
 
+def _h5_num_blocks(path):
+    """Number of transformer blocks saved in a VisionTransformer `.weights.h5` (or None)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            blocks = f.get("blocks")
+            return None if blocks is None else len(blocks.keys())
+    except OSError:
+        return None  # not readable as HDF5: load_weights reports it.
+
+
 def _load_keras_weights(path, arch, patch_size, with_head, model_kwargs):
+    if with_head:
+        raise ValueError(
+            f"with_head=True is not supported for {path}: a .weights.h5 file holds weights "
+            "only, which cannot say how to build the DINO head; save the MultiCropWrapper as a "
+            ".keras file and load that instead."
+        )
     if arch not in ARCHITECTURES and not model_kwargs:
         raise ValueError(
             f"{path} holds weights only; pass arch= (one of {', '.join(ARCHITECTURES)}) "
@@ -216,6 +251,13 @@ def _load_keras_weights(path, arch, patch_size, with_head, model_kwargs):
     config["patch_size"] = patch_size or config.get("patch_size", 16)
     model = VisionTransformer(**config)
     model.build((None, None, None, 3))
+    # Keras silently ignores the extra blocks of a deeper model's file: check the depth.
+    saved_depth = _h5_num_blocks(path)
+    if saved_depth is not None and saved_depth != model.depth:
+        raise ValueError(
+            f"could not load {path} into a {config}: the file holds {saved_depth} "
+            f"transformer blocks, the model has {model.depth}."
+        )
     try:
         model.load_weights(path)
     except (ValueError, KeyError, zipfile.BadZipFile, OSError) as error:

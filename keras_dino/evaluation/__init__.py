@@ -6,6 +6,7 @@ from keras_dino.evaluation.attention_maps import (
     save_attention_images,
     upsample_nearest,
 )
+from keras_dino.evaluation.datasets import eval_transform, image_folder_dataset
 from keras_dino.evaluation.features import extract_features
 from keras_dino.evaluation.knn import knn_classifier, l2_normalize
 from keras_dino.evaluation.linear import (
@@ -21,6 +22,8 @@ __all__ = [
     "LinearProbe",
     "attention_threshold_mask",
     "cls_attention_maps",
+    "eval_transform",
+    "image_folder_dataset",
     "extract_features",
     "knn_classifier",
     "l2_normalize",

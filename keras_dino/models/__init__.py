@@ -1,5 +1,6 @@
 """The DINO models: Vision Transformer backbones, the DINO head and the multi-crop wrapper."""
 
+from keras_dino.models.dino import DINO
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper, group_crops_by_resolution
 from keras_dino.models.vision_transformer import (
@@ -12,6 +13,7 @@ from keras_dino.models.vision_transformer import (
 
 __all__ = [
     "ARCHITECTURES",
+    "DINO",
     "DINOHead",
     "MultiCropWrapper",
     "VisionTransformer",

@@ -447,6 +447,10 @@ class DINO(keras.Model):
         if not any(isinstance(c, dino_callbacks.StopOnNonFiniteLoss) for c in callbacks):
             callbacks.append(dino_callbacks.StopOnNonFiniteLoss())
         callbacks.insert(0, _ScheduleSetup())
+        info = getattr(x, "multicrop_info", None)
+        if kwargs.get("steps_per_epoch") is None and info is not None and info.num_images:
+            # keras_dino.data pipelines know their size even when tf.data does not.
+            kwargs["steps_per_epoch"] = max(info.num_images // info.batch_size, 1)
         if self._resume_epoch and "initial_epoch" not in kwargs:
             kwargs["initial_epoch"] = self._resume_epoch
         # The schedules' constants are read when the step is traced: trace it anew.

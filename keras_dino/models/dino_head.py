@@ -33,9 +33,9 @@ class DINOHead(keras.Model):
     Example:
 
     >>> import numpy as np
-    >>> head = DINOHead(out_dim=1024, hidden_dim=64, bottleneck_dim=32)
-    >>> tuple(head(np.zeros((4, 48), "float32")).shape)
-    (4, 1024)
+    >>> head = DINOHead(out_dim=64, hidden_dim=32, bottleneck_dim=16)
+    >>> tuple(head(np.zeros((4, 192), "float32")).shape)
+    (4, 64)
     """
 
     def __init__(

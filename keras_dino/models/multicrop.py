@@ -40,8 +40,9 @@ class MultiCropWrapper(keras.Model):
 
     >>> import numpy as np
     >>> from keras_dino.models import DINOHead, vit_tiny
-    >>> model = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(64, hidden_dim=32))
-    >>> crops = [np.zeros((2, 32, 32, 3), "float32")] * 2 + [np.zeros((2, 16, 16, 3), "float32")]
+    >>> head = DINOHead(64, hidden_dim=32, bottleneck_dim=16)
+    >>> model = MultiCropWrapper(vit_tiny(16, depth=1), head)
+    >>> crops = [np.zeros((2, 64, 96, 3), "float32")] * 2 + [np.zeros((2, 32, 32, 3), "float32")]
     >>> tuple(model(crops).shape)
     (6, 64)
     """

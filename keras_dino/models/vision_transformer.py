@@ -37,7 +37,7 @@ class VisionTransformer(keras.Model):
 
     >>> import numpy as np
     >>> model = vit_tiny(patch_size=16)
-    >>> images = np.zeros((2, 96, 64, 3), "float32")
+    >>> images = np.zeros((2, 64, 96, 3), "float32")  # any H, W multiples of 16
     >>> tuple(model(images).shape)
     (2, 192)
     >>> tuple(model.get_last_selfattention(images).shape)
@@ -141,12 +141,29 @@ class VisionTransformer(keras.Model):
         return height // self.patch_size, width // self.patch_size
 
     def interpolate_pos_encoding(self, grid_h: int, grid_w: int):
-        """Position embeddings `(1, 1 + grid_h * grid_w, E)` for a patch grid."""
+        """Position embeddings `(1, 1 + grid_h * grid_w, E)` for a patch grid.
+
+        Example:
+
+        >>> model = vit_tiny(patch_size=16, depth=1)
+        >>> tuple(model.interpolate_pos_encoding(4, 6).shape)
+        (1, 25, 192)
+        """
+        if not self.built:
+            self.build()
         pos_embed = ops.convert_to_tensor(self.pos_embed)
         return interpolate_pos_encoding(pos_embed, grid_h, grid_w)
 
     def prepare_tokens(self, images, training=None):
-        """Patch tokens with the class token prepended and position embeddings added."""
+        """Patch tokens with the class token prepended and position embeddings added.
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = vit_tiny(patch_size=16, depth=1)
+        >>> tuple(model.prepare_tokens(np.zeros((2, 64, 96, 3), "float32")).shape)
+        (2, 25, 192)
+        """
         grid_h, grid_w = self._grid(images)
         if not self.built:  # e.g. get_last_selfattention called before any forward pass
             self.build(tuple(images.shape))
@@ -164,14 +181,38 @@ class VisionTransformer(keras.Model):
         return self.norm(x)[:, 0]
 
     def forward_features(self, images, training=None):
-        """All normalised output tokens `(B, 1 + N, E)`, class token first."""
+        """All normalised output tokens `(B, 1 + N, E)`, class token first.
+
+        Token `1 + r * grid_w + c` is the patch in row `r`, column `c`.
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = vit_tiny(patch_size=16, depth=1)
+        >>> tokens = model.forward_features(np.zeros((2, 64, 96, 3), "float32"))
+        >>> tuple(tokens.shape), tuple(tokens[:, 1:].shape)  # all tokens, patch tokens
+        ((2, 25, 192), (2, 24, 192))
+        """
         x = self.prepare_tokens(images, training=training)
         for block in self.blocks:
             x = block(x, training=training)
         return self.norm(x)
 
     def get_last_selfattention(self, images):
-        """Attention weights of the last block, `(B, heads, 1 + N, 1 + N)`, in float32."""
+        """Attention weights of the last block, `(B, heads, 1 + N, 1 + N)`, in float32.
+
+        Row 0 is the class token's attention: `attn[:, :, 0, 1:]` reshaped to
+        `(B, heads, H // patch_size, W // patch_size)` gives DINO's attention maps.
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = vit_tiny(patch_size=16, depth=1)
+        >>> attn = model.get_last_selfattention(np.zeros((2, 64, 96, 3), "float32"))
+        >>> tuple(attn.shape)
+        (2, 3, 25, 25)
+        >>> maps = keras.ops.convert_to_numpy(attn)[:, :, 0, 1:].reshape(2, 3, 4, 6)
+        """
         x = self.prepare_tokens(images, training=False)
         for block in self.blocks[:-1]:
             x = block(x, training=False)
@@ -179,7 +220,18 @@ class VisionTransformer(keras.Model):
         return attn
 
     def get_intermediate_layers(self, images, n: int = 1):
-        """The normalised tokens `(B, 1 + N, E)` output by each of the last `n` blocks."""
+        """The normalised tokens `(B, 1 + N, E)` output by each of the last `n` blocks.
+
+        Returns a list of `n` tensors, the last block's last (as the official method).
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = vit_tiny(patch_size=16, depth=2)
+        >>> layers = model.get_intermediate_layers(np.zeros((2, 64, 96, 3), "float32"), n=2)
+        >>> len(layers), tuple(layers[-1].shape)
+        (2, (2, 25, 192))
+        """
         if not 1 <= n <= self.depth:
             raise ValueError(f"n must be in [1, {self.depth}]; got {n}.")
         x = self.prepare_tokens(images, training=False)
@@ -214,8 +266,14 @@ class VisionTransformer(keras.Model):
 def _factory(embed_dim, depth, num_heads, doc_name):
     def make(patch_size: int = 16, **kwargs) -> VisionTransformer:
         # The recipe's values are defaults: e.g. `depth=2` gives a shallow test model.
-        config = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4,
-                      qkv_bias=True, name=f"{doc_name}{patch_size}")
+        config = dict(
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=4,
+            qkv_bias=True,
+            name=f"{doc_name}{patch_size}",
+        )
         config.update(kwargs)
         return VisionTransformer(patch_size=patch_size, **config)
 

@@ -16,7 +16,6 @@ from keras import ops
 
 from keras_dino.checkpoints import official
 
-
 # The golden comparison's tolerance, relative to each tensor's largest magnitude, and the
 # float32 cases with a stated bound (tests/test_golden_training.py explains each):
 # the patch-embedding kernel (the golden second view is the mirror image of the first,
@@ -51,8 +50,8 @@ def golden_batches(golden_dir) -> tuple:
     """The 6 crops of the 3 golden batches, NHWC, stacked: `fit(x, batch_size=4)` input."""
     crops = np.load(pathlib.Path(golden_dir) / "crops.npz")
     g = crops["global_crops"].transpose(0, 1, 2, 4, 5, 3)  # (iters, 2, B, H, W, C)
-    l = crops["local_crops"].transpose(0, 1, 2, 4, 5, 3)
-    views = [g[:, 0], g[:, 1]] + [l[:, j] for j in range(l.shape[1])]
+    local = crops["local_crops"].transpose(0, 1, 2, 4, 5, 3)
+    views = [g[:, 0], g[:, 1]] + [local[:, j] for j in range(local.shape[1])]
     return tuple(np.ascontiguousarray(v.reshape((-1,) + v.shape[2:])) for v in views)
 
 

@@ -26,8 +26,8 @@ def cosine_scheduler(
 
     Example:
 
-    >>> cosine_scheduler(1e-3, 1e-6, epochs=2, niter_per_ep=3, warmup_epochs=1).round(6)
-    array([0.     , 0.0005 , 0.001  , 0.001  , 0.00075, 0.000251])
+    >>> cosine_scheduler(1e-3, 1e-6, epochs=2, niter_per_ep=3, warmup_epochs=1).round(6).tolist()
+    [0.0, 0.0005, 0.001, 0.001, 0.00075, 0.000251]
     """
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_epochs > 0 else []

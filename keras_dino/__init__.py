@@ -26,13 +26,16 @@ from keras_dino.version import __version__
 
 
 def __getattr__(name):
-    # The input pipeline needs TensorFlow: imported on first use, not with the package.
-    if name == "data":
-        import importlib
+    # The input pipeline and the export need TensorFlow: imported on first use, not with
+    # the package, so the JAX and torch backends do not load it until then.
+    import importlib
 
-        module = importlib.import_module("keras_dino.data")
-        globals()["data"] = module
+    if name in ("data", "export"):
+        module = importlib.import_module(f"keras_dino.{name}")
+        globals()[name] = module
         return module
+    if name == "export_saved_model":
+        return importlib.import_module("keras_dino.export").export_saved_model
     raise AttributeError(f"module 'keras_dino' has no attribute {name!r}")
 
 __all__ = [
@@ -45,6 +48,8 @@ __all__ = [
     "callbacks",
     "data",
     "evaluation",
+    "export",
+    "export_saved_model",
     "training",
     "layers",
     "load_pretrained",

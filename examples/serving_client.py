@@ -1,0 +1,239 @@
+"""Query a keras_dino export served by TF Serving, over REST and gRPC.
+
+Needs neither keras nor keras_dino: REST uses the standard library (and numpy), gRPC needs
+`pip install tensorflow-serving-api` (imported only when gRPC is used). Start the server
+as in the README ("Export and TF Serving"), then:
+
+    # Encoded JPEG/PNG files through the `serve_bytes` signature (REST, then gRPC):
+    python examples/serving_client.py --model dino photo1.jpg photo2.jpg
+    python examples/serving_client.py --model dino --protocol grpc photo1.jpg
+
+    # Raw pixels (uint8 [batch, 224, 224, 3] in a .npy file) through `serving_default`,
+    # or random pixels, and the attention maps:
+    python examples/serving_client.py --model dino --signature serving_default batch.npy
+    python examples/serving_client.py --model dino --signature attention --random 2
+
+The request bodies follow TF Serving's REST API: the row format
+`{"signature_name": ..., "instances": [...]}` (default) or the columnar format
+`{"signature_name": ..., "inputs": {...}}` (`--columnar`); encoded images travel as
+`{"b64": "<base64>"}`. `tests/test_export.py` runs these same bodies through an export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import pathlib
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+BYTES_SIGNATURE = "serve_bytes"
+BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+OUTPUT_NAMES = {"attention": "cls_attention"}  # single-output signatures
+
+
+def rest_body(
+    signature: str = "serving_default",
+    images=None,
+    image_bytes=None,
+    row_format: bool = True,
+) -> dict:
+    """A TF Serving REST predict body for a keras_dino export.
+
+    Args:
+        signature: `serving_default`, `attention` (pass `images`) or `serve_bytes` (pass
+            `image_bytes`).
+        images: uint8 or float32 `[batch, S, S, 3]` raw RGB pixels (0..255).
+        image_bytes: a list of encoded JPEG/PNG files (bytes).
+        row_format: `{"instances": [...]}` (one entry per image) if True, else the
+            columnar `{"inputs": {name: batch}}`.
+
+    Example:
+
+    >>> body = rest_body("serve_bytes", image_bytes=[b"\\xff\\xd8\\xff"])
+    >>> body["instances"]
+    [{'b64': '/9j/'}]
+    """
+    if (images is None) == (image_bytes is None):
+        raise ValueError("pass exactly one of images and image_bytes.")
+    if image_bytes is not None:
+        name = BYTES_INPUT
+        values = [{"b64": base64.b64encode(data).decode("ascii")} for data in image_bytes]
+    else:
+        name = IMAGES_INPUT
+        array = np.asarray(images)
+        if array.ndim != 4:
+            raise ValueError(f"images must be a batch [batch, H, W, 3]; got shape {array.shape}.")
+        values = array.tolist()
+    if row_format:
+        return {"signature_name": signature, "instances": values}
+    return {"signature_name": signature, "inputs": {name: values}}
+
+
+def rest_url(host: str, port: int, model: str, version: int | None = None) -> str:
+    """`http://host:port/v1/models/<model>[/versions/<version>]:predict`."""
+    path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
+    return f"http://{host}:{port}{path}:predict"
+
+
+def rest_predict(url: str, body: dict, timeout: float = 60.0) -> dict:
+    """POSTs a predict body and returns the decoded JSON response.
+
+    Raises `RuntimeError` with the server's error message on an HTTP error.
+    """
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail).get("error", detail)
+        except ValueError:
+            pass
+        raise RuntimeError(f"TF Serving answered {error.code}: {detail}") from error
+
+
+def rest_outputs(response: dict, single_output_name: str = "output") -> dict:
+    """A REST predict response as `{output name: numpy array}`.
+
+    TF Serving leaves out the name when a signature has a single output (`attention`'s
+    `cls_attention`); that output is returned under `single_output_name`.
+    """
+    if "outputs" in response:  # columnar
+        outputs = response["outputs"]
+        if isinstance(outputs, dict):
+            return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
+        return {single_output_name: np.asarray(outputs, np.float32)}
+    predictions = response["predictions"]
+    if predictions and isinstance(predictions[0], dict):
+        return {k: np.asarray([p[k] for p in predictions], np.float32) for k in predictions[0]}
+    return {single_output_name: np.asarray(predictions, np.float32)}
+
+
+def grpc_predict(
+    target: str,
+    model: str,
+    signature: str,
+    inputs: dict,
+    version: int | None = None,
+    timeout: float = 60.0,
+) -> dict:
+    """Sends a gRPC `PredictRequest` and returns `{output name: numpy array}`.
+
+    Args:
+        target: `host:port` of the gRPC endpoint (8500 by default in TF Serving).
+        model: the served model name.
+        signature: the signature name.
+        inputs: `{input name: array}`; use a numpy object array of bytes for `image_bytes`.
+        version: a specific version (default: the latest one served).
+
+    Needs `tensorflow-serving-api` (imported here, not at module import).
+    """
+    try:
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    except ImportError as error:
+        raise ImportError(
+            "gRPC needs `pip install tensorflow-serving-api` (it brings grpcio and "
+            f"tensorflow): {error}"
+        ) from error
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    # Patch tokens of a batch exceed gRPC's default 4 MB message limit.
+    options = [("grpc.max_receive_message_length", 1 << 30)]
+    with grpc.insecure_channel(target, options=options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(request, timeout=timeout)
+    return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+
+def _load_inputs(args):
+    if args.signature == BYTES_SIGNATURE:
+        if not args.files:
+            raise SystemExit("serve_bytes needs JPEG or PNG files.")
+        return {BYTES_INPUT: [pathlib.Path(f).read_bytes() for f in args.files]}
+    if args.random:
+        rng = np.random.default_rng(0)
+        size = args.image_size
+        return {IMAGES_INPUT: rng.integers(0, 256, (args.random, size, size, 3), np.uint8)}
+    if not args.files:
+        raise SystemExit(f"{args.signature} needs .npy files of [batch, S, S, 3] or --random N.")
+    return {IMAGES_INPUT: np.concatenate([np.load(f) for f in args.files])}
+
+
+def _summary(outputs):
+    return {
+        name: {
+            "shape": list(value.shape),
+            "first values": np.asarray(value, np.float64)
+            .reshape(len(value), -1)[:, :4]
+            .round(4)
+            .tolist(),
+        }
+        for name, value in outputs.items()
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", help="JPEG/PNG files, or .npy pixel batches")
+    parser.add_argument("--host", default="localhost")
+    parser.add_argument("--rest-port", type=int, default=8501)
+    parser.add_argument("--grpc-port", type=int, default=8500)
+    parser.add_argument("--model", default="dino", help="served model name")
+    parser.add_argument("--version", type=int, default=None, help="default: latest")
+    parser.add_argument(
+        "--signature",
+        default=BYTES_SIGNATURE,
+        choices=["serve_bytes", "serving_default", "attention"],
+    )
+    parser.add_argument("--protocol", default="rest", choices=["rest", "grpc", "both"])
+    parser.add_argument("--columnar", action="store_true", help='REST {"inputs": ...} format')
+    parser.add_argument("--random", type=int, default=0, help="send N random images")
+    parser.add_argument("--image-size", type=int, default=224, help="for --random")
+    args = parser.parse_args(argv)
+
+    inputs = _load_inputs(args)
+    results = {}
+    if args.protocol in ("rest", "both"):
+        body = rest_body(
+            args.signature,
+            images=inputs.get(IMAGES_INPUT),
+            image_bytes=inputs.get(BYTES_INPUT),
+            row_format=not args.columnar,
+        )
+        url = rest_url(args.host, args.rest_port, args.model, args.version)
+        response = rest_predict(url, body)
+        results["rest"] = _summary(
+            rest_outputs(response, OUTPUT_NAMES.get(args.signature, "output"))
+        )
+    if args.protocol in ("grpc", "both"):
+        grpc_inputs = dict(inputs)
+        if BYTES_INPUT in grpc_inputs:
+            grpc_inputs[BYTES_INPUT] = np.array(grpc_inputs[BYTES_INPUT], dtype=object)
+        target = f"{args.host}:{args.grpc_port}"
+        outputs = grpc_predict(target, args.model, args.signature, grpc_inputs, args.version)
+        results["grpc"] = _summary(outputs)
+    json.dump(results, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

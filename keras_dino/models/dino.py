@@ -447,10 +447,7 @@ class DINO(keras.Model):
         if not any(isinstance(c, dino_callbacks.StopOnNonFiniteLoss) for c in callbacks):
             callbacks.append(dino_callbacks.StopOnNonFiniteLoss())
         callbacks.insert(0, _ScheduleSetup())
-        info = getattr(x, "multicrop_info", None)
-        if kwargs.get("steps_per_epoch") is None and info is not None and info.num_images:
-            # keras_dino.data pipelines know their size even when tf.data does not.
-            kwargs["steps_per_epoch"] = max(info.num_images // info.batch_size, 1)
+        x = _with_known_size(x)
         if self._resume_epoch and "initial_epoch" not in kwargs:
             kwargs["initial_epoch"] = self._resume_epoch
         # The schedules' constants are read when the step is traced: trace it anew.
@@ -485,6 +482,27 @@ class DINO(keras.Model):
         config["global_crops_scale"] = list(config["global_crops_scale"])
         config["local_crops_scale"] = list(config["local_crops_scale"])
         return config
+
+
+def _with_known_size(x):
+    """Gives a keras_dino.data pipeline its size when tf.data cannot tell it.
+
+    Keras re-iterates a finite dataset every epoch only if it knows how many batches it
+    holds; the pipelines know it from their validation scan (`multicrop_info`).
+    """
+    info = getattr(x, "multicrop_info", None)
+    if info is None or not info.num_images or not hasattr(x, "cardinality"):
+        return x
+    import tensorflow as tf
+
+    if int(x.cardinality()) != int(tf.data.UNKNOWN_CARDINALITY):
+        return x
+    batches = info.num_images // info.batch_size
+    if not getattr(info, "drop_remainder", True):
+        batches = -(-info.num_images // info.batch_size)
+    sized = x.apply(tf.data.experimental.assert_cardinality(max(batches, 1)))
+    sized.multicrop_info = info
+    return sized
 
 
 def _crop_shapes(x):

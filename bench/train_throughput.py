@@ -85,7 +85,13 @@ def build(cfg):
     if cfg.embed_dim:
         vit.update(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads)
     vit["use_fused_attention"] = cfg.fused_attention
+    photometric = None
+    if cfg.uint8_photometric:
+        from keras_dino.data import MultiCropPhotometric
+
+        photometric = MultiCropPhotometric(seed=0)
     model = keras_dino.DINO(
+        photometric=photometric,
         arch=cfg.arch,
         patch_size=cfg.patch_size,
         out_dim=cfg.out_dim,
@@ -105,6 +111,8 @@ def synthetic_crops(cfg):
 
     rng = np.random.default_rng(0)
     sizes = [cfg.global_size] * cfg.global_crops + [cfg.local_size] * cfg.local_crops
+    if cfg.uint8_photometric:  # split mode: raw uint8 crops, photometric part on device
+        return tuple(rng.integers(0, 256, (cfg.batch, s, s, 3), dtype="uint8") for s in sizes)
     return tuple(rng.normal(size=(cfg.batch, s, s, 3)).astype("float32") for s in sizes)
 
 
@@ -190,6 +198,7 @@ def measure(cfg):
         "out_dim": cfg.out_dim,
         "precision": cfg.precision,
         "fused_attention": cfg.fused_attention,
+        "uint8_photometric": cfg.uint8_photometric,
         "images_per_s": round(cfg.batch / step_s, 2),
         "step_ms_median": round(1000 * step_s, 2),
         "steps_timed": cfg.steps,
@@ -219,6 +228,9 @@ def main(argv=None):
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
     parser.add_argument("--fused_attention", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--uint8_photometric", action="store_true",
+                        help="feed uint8 crops through keras_dino.data.MultiCropPhotometric "
+                        "inside the step (split mode)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long CPU configuration")
     cfg = parser.parse_args(argv)
     if cfg.tiny:

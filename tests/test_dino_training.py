@@ -307,3 +307,21 @@ def test_config_round_trip():
     config = json.loads(json.dumps(model.get_config()))
     clone = DINO.from_config(config)
     assert clone.hparams == model.hparams
+
+
+def test_split_mode_photometric_inside_the_step():
+    from keras_dino.data import MultiCropPhotometric
+
+    layer = MultiCropPhotometric(seed=5)
+    model = tiny_dino(photometric=layer)
+    rng = np.random.default_rng(0)
+    crops = tuple(
+        rng.integers(0, 256, (8, s, s, 3), dtype="uint8") for s in (16, 16, 8, 8)
+    )
+    state_before = ops.convert_to_numpy(layer.seed_generator.state)
+    history = model.fit(crops, batch_size=4, epochs=1, verbose=0)
+    assert all(math.isfinite(v) for v in history.history["loss"])
+    # the layer drew new random parameters in every step (its state is part of the step)
+    assert not np.array_equal(ops.convert_to_numpy(layer.seed_generator.state), state_before)
+    clone = DINO.from_config(json.loads(json.dumps(model.get_config())))
+    assert isinstance(clone.photometric, MultiCropPhotometric)

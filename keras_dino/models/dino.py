@@ -76,6 +76,10 @@ class DINO(keras.Model):
         head_kwargs: `DINOHead` arguments (`hidden_dim`, `bottleneck_dim`, `nlayers`).
         steps_per_epoch: fixes the schedules' iterations per epoch; by default the
             number of steps `fit` runs per epoch.
+        photometric: a layer applied to the crops inside the compiled step before the
+            networks see them, e.g. `keras_dino.data.MultiCropPhotometric()` for split
+            mode, where the host sends uint8 crops and the colour jitter, grayscale, blur,
+            solarisation and normalisation run on the accelerator.
 
     Example:
 
@@ -117,6 +121,7 @@ class DINO(keras.Model):
         vit_kwargs: dict | None = None,
         head_kwargs: dict | None = None,
         steps_per_epoch: int | None = None,
+        photometric=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -155,6 +160,9 @@ class DINO(keras.Model):
             head_kwargs=dict(head_kwargs or {}),
             steps_per_epoch=steps_per_epoch,
         )
+        if isinstance(photometric, dict):
+            photometric = keras.saving.deserialize_keras_object(photometric)
+        self.photometric = photometric
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.steps_per_epoch = steps_per_epoch
@@ -310,6 +318,8 @@ class DINO(keras.Model):
         self.schedules.base_lr = self.hparams["lr"] * global_batch / 256.0
 
     def _forward(self, crops, step):
+        if self.photometric is not None:
+            crops = list(self.photometric(tuple(crops), training=True))
         temp = self.schedules.teacher_temperature(step)
         teacher_output = ops.stop_gradient(self.teacher(crops[:2], training=True))
         student_output = self.student(crops, training=True)
@@ -479,6 +489,8 @@ class DINO(keras.Model):
     # ------------------------------------------------------------------ config
     def get_config(self):
         config = {**super().get_config(), **self.hparams}
+        if self.photometric is not None:
+            config["photometric"] = keras.saving.serialize_keras_object(self.photometric)
         config["global_crops_scale"] = list(config["global_crops_scale"])
         config["local_crops_scale"] = list(config["local_crops_scale"])
         return config
@@ -507,6 +519,8 @@ def _with_known_size(x):
 
 def _crop_shapes(x):
     """Shapes of one element's crops for inputs whose structure is known up front."""
+    if type(x).__module__.startswith("tensorflow.python.distribute"):
+        return None  # per-replica specs (tf.distribute datasets): the first step checks
     if type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec"):
         spec = x.element_spec
         if isinstance(spec, tuple) and len(spec) == 1 and isinstance(spec[0], tuple):

@@ -1,0 +1,123 @@
+"""DINO on CIFAR-10 within a time budget, then 20-NN accuracy vs random initialisation.
+
+Trains a small ViT (patch 4 for 32x32 images, multi-crop scaled down) on the 50,000
+CIFAR-10 training JPEGs of `../shared/datasets/cifar10_jpeg.tar.gz`, sizing the run to
+the time budget from the measured step time, then classifies the 10,000 test images with
+the official weighted 20-NN on teacher features, next to the same architecture at random
+initialisation. Prints one JSON line.
+
+    KERAS_BACKEND=jax python bench/knn_cifar10.py --budget_minutes=20
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tarfile
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def extract(tar_path, into):
+    marker = pathlib.Path(into) / ".extracted"
+    if not marker.exists():
+        print(f"extracting {tar_path} to {into} ...", flush=True)
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(into, filter="data")
+        marker.touch()
+    return pathlib.Path(into)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    shared = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))
+    parser.add_argument("--tar", default=str(shared / "datasets" / "cifar10_jpeg.tar.gz"))
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cifar10_jpeg"))
+    parser.add_argument("--budget_minutes", type=float, default=20.0,
+                        help="whole run, evaluation included")
+    parser.add_argument("--eval_minutes", type=float, default=4.0,
+                        help="part of the budget kept for feature extraction and k-NN")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps_per_epoch", type=int, default=100,
+                        help="length of a schedule epoch (the data stream repeats)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    start = time.time()
+
+    import keras
+
+    import keras_dino
+    from keras_dino.data import DataAugmentationDINO, multicrop_dataset
+    from keras_dino.evaluation import extract_features, image_folder_dataset, knn_classifier
+
+    root = extract(args.tar, args.workdir)
+    keras.utils.set_random_seed(args.seed)
+    augmentation = DataAugmentationDINO(
+        global_crops_scale=(0.35, 1.0), local_crops_scale=(0.1, 0.35),
+        local_crops_number=2, global_size=32, local_size=16,
+    )
+    dataset = multicrop_dataset(root / "train", args.batch, augmentation=augmentation,
+                                seed=args.seed, repeat=True)
+
+    def make(epochs):
+        return keras_dino.DINO(
+            arch="vit_cifar", patch_size=4, out_dim=1024,
+            vit_kwargs=dict(embed_dim=96, depth=3, num_heads=3),
+            head_kwargs=dict(hidden_dim=512, bottleneck_dim=128),
+            norm_last_layer=False, momentum_teacher=0.99, teacher_temp=0.04,
+            lr=0.001, warmup_epochs=1, epochs=epochs, drop_path_rate=0.0,
+            local_crops_number=2, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch,
+        )
+
+    # Measure the step time on a throw-away model, then size the run to the budget.
+    probe = make(epochs=1)
+    probe.compile()
+    t0 = time.time()
+    probe.fit(dataset.take(3), epochs=1, steps_per_epoch=3, verbose=0)
+    t1 = time.time()
+    probe.fit(dataset.take(5), epochs=1, steps_per_epoch=5, verbose=0)
+    step_s = max((time.time() - t1 - (t1 - t0) / 3) / 5, (time.time() - t1) / 5 * 0.5)
+    train_s = args.budget_minutes * 60 - (time.time() - start) - args.eval_minutes * 60
+    epochs = max(int(train_s / step_s / args.steps_per_epoch), 1)
+    print(f"step ~{step_s:.2f}s: training {epochs} x {args.steps_per_epoch} steps "
+          f"of {args.batch} images", flush=True)
+
+    model = make(epochs)
+    model.compile()
+    deadline = start + args.budget_minutes * 60 - args.eval_minutes * 60
+
+    class Deadline(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if time.time() > deadline:
+                self.model.stop_training = True
+
+    history = model.fit(dataset, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
+                        callbacks=[Deadline()], verbose=2)
+    steps = len(history.epoch) * args.steps_per_epoch
+    train_time = time.time() - start
+
+    random_backbone = keras_dino.models.VisionTransformer(
+        **{**model.backbone.get_config(), "name": "random_init"}
+    )
+    train_ds, _, _ = image_folder_dataset(root / "train", 500, size=32, resize_size=32)
+    test_ds, _, _ = image_folder_dataset(root / "test", 500, size=32, resize_size=32)
+    result = {"backend": keras.backend.backend(), "steps": steps, "batch": args.batch,
+              "train_s": round(train_time, 1)}
+    for name, backbone in (("trained", model.backbone), ("random", random_backbone)):
+        train_f, train_y = extract_features(backbone, train_ds, verbose=0)
+        test_f, test_y = extract_features(backbone, test_ds, verbose=0)
+        top1, top5 = knn_classifier(train_f, train_y, test_f, test_y, k=20, T=0.07)
+        result[f"knn20_top1_{name}"] = round(top1, 2)
+        result[f"knn20_top5_{name}"] = round(top5, 2)
+    result["gain_top1"] = round(result["knn20_top1_trained"] - result["knn20_top1_random"], 2)
+    result["wall_s"] = round(time.time() - start, 1)
+    result["final_loss"] = round(float(history.history["loss"][-1]), 4)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

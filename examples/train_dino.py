@@ -1,0 +1,599 @@
+"""Train DINO with `model.fit`: the official main_dino.py, in Keras.
+
+Every flag of the official `main_dino.py` that applies keeps its name and default, so
+official command lines carry over; data-source, backend and distribution flags are added.
+Checkpoints (Keras backups for resuming, and official `checkpoint.pth` files) and
+`log.txt` go to `--output_dir`; rerunning the same command resumes.
+
+The laptop-sized main job (embedded CIFAR-10 subset, a few minutes on 2 CPU cores, then
+k-NN against random initialisation, attention maps, training curves, SavedModel):
+
+    python examples/train_dino.py --flagfile=examples/flags/quickstart.flags
+
+ImageNet on one machine, as in the paper (ViT-S/16, 100 epochs):
+
+    python examples/train_dino.py --data_path=/data/imagenet/train --output_dir=out \\
+        --strategy=mirrored
+"""
+
+import contextlib
+import os
+import sys
+
+from common import append_log, say, select_backend
+
+select_backend(sys.argv)
+
+from absl import app, flags  # noqa: E402
+
+F = flags.FLAGS
+# --- the official main_dino.py arguments (names and defaults) ---
+flags.DEFINE_string("arch", "vit_small", "Architecture: vit_tiny, vit_small, vit_base, or a "
+                    "custom name with --embed_dim/--depth/--num_heads.")
+flags.DEFINE_integer("patch_size", 16, "Size in pixels of input square patches.")
+flags.DEFINE_integer("out_dim", 65536, "Dimensionality of the DINO head output.")
+flags.DEFINE_boolean("norm_last_layer", True, "Weight-normalize the last layer of the head.")
+flags.DEFINE_float("momentum_teacher", 0.996, "Base EMA parameter for the teacher update.")
+flags.DEFINE_boolean("use_bn_in_head", False, "Batch norm in the projection head.")
+flags.DEFINE_float("warmup_teacher_temp", 0.04, "Initial teacher temperature.")
+flags.DEFINE_float("teacher_temp", 0.04, "Final teacher temperature.")
+flags.DEFINE_integer("warmup_teacher_temp_epochs", 0, "Teacher temperature warm-up epochs.")
+flags.DEFINE_boolean("use_fp16", True, "Mixed precision float16 with dynamic loss scaling "
+                     "(on CPUs, prefer --use_fp16=false or --bf16).")
+flags.DEFINE_float("weight_decay", 0.04, "Initial weight decay.")
+flags.DEFINE_float("weight_decay_end", 0.4, "Final weight decay (cosine schedule).")
+flags.DEFINE_float("clip_grad", 3.0, "Per-parameter gradient norm clipping (0 disables).")
+flags.DEFINE_integer("batch_size_per_gpu", 64, "Batch size per replica.")
+flags.DEFINE_integer("epochs", 100, "Number of epochs of training.")
+flags.DEFINE_integer("freeze_last_layer", 1, "Epochs during which the head's last layer is frozen.")
+flags.DEFINE_float("lr", 0.0005, "Peak learning rate at batch size 256 (linear scaling).")
+flags.DEFINE_integer("warmup_epochs", 10, "Linear learning-rate warm-up epochs.")
+flags.DEFINE_float("min_lr", 1e-6, "Final learning rate of the cosine schedule.")
+flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd", "lars"], "Optimizer.")
+flags.DEFINE_float("drop_path_rate", 0.1, "Stochastic depth rate.")
+flags.DEFINE_list("global_crops_scale", ["0.4", "1.0"], "Area range of the global crops.")
+flags.DEFINE_integer("local_crops_number", 8, "Number of small local views.")
+flags.DEFINE_list("local_crops_scale", ["0.05", "0.4"], "Area range of the local crops.")
+flags.DEFINE_string("data_path", "/path/to/imagenet/train/", "Training images: an "
+                    "ImageFolder directory, a TFRecord glob (tfrecord:...), or tfds:<name>.")
+flags.DEFINE_string("output_dir", ".", "Where checkpoints and logs are written.")
+flags.DEFINE_integer("saveckp_freq", 20, "Write an official checkpointXXXX.pth every N epochs.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("num_workers", 10, "Parallel decode calls (0: AUTOTUNE).")
+# --- additions ---
+flags.DEFINE_string("backend", None, "Keras backend (tensorflow, jax, torch); default from "
+                    "KERAS_BACKEND.")
+flags.DEFINE_integer("global_size", 224, "Side of the global crops.")
+flags.DEFINE_integer("local_size", 96, "Side of the local crops.")
+flags.DEFINE_integer("embed_dim", None, "Custom architecture: token width.")
+flags.DEFINE_integer("depth", None, "Custom architecture: number of blocks.")
+flags.DEFINE_integer("num_heads", None, "Custom architecture: attention heads.")
+flags.DEFINE_integer("head_hidden_dim", 2048, "Hidden width of the DINO head.")
+flags.DEFINE_integer("head_bottleneck_dim", 256, "Bottleneck width of the DINO head.")
+flags.DEFINE_boolean("bf16", False, "Mixed precision bfloat16 (TPU/recent GPU/CPU).")
+flags.DEFINE_integer("steps_per_execution", 1, "Steps per compiled call (TF and JAX).")
+flags.DEFINE_boolean("jit_compile", None, "XLA-compile the step (default: Keras' choice).")
+# --- distribution (README "Scaling out: GPUs, machines, TPUs") ---
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy (TensorFlow backend): default (one device), "
+                  "mirrored (every local GPU), multi_worker (MultiWorkerMirroredStrategy, "
+                  "cluster from TF_CONFIG), tpu (TPUStrategy on --tpu).")
+flags.DEFINE_string("tpu", None, "TPU for --strategy=tpu: a name, a grpc://host:8470 address, "
+                    "or 'local' on a TPU VM.")
+flags.DEFINE_enum("distribution", None, ["data_parallel"], "keras.distribution (JAX backend): "
+                  "data_parallel replicates the model on every device of every process.")
+flags.DEFINE_boolean("jax_multiprocess", False, "Call jax.distributed.initialize() first (one "
+                     "process per host; auto-detected on TPU pods, SLURM, Open MPI, or given "
+                     "by --coordinator_address/--num_processes/--process_id).")
+flags.DEFINE_string("coordinator_address", None, "--jax_multiprocess: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "--jax_multiprocess: number of processes.")
+flags.DEFINE_integer("process_id", None, "--jax_multiprocess: index of this process.")
+flags.DEFINE_string("coordinator_bind_address", None, "--jax_multiprocess: where process 0 "
+                    "listens (default: every interface, at the coordinator's port).")
+flags.DEFINE_integer("collective_timeout", 0, "--strategy=multi_worker: seconds after which a "
+                     "cross-worker collective fails instead of waiting for a lost worker (0: "
+                     "no limit; make it longer than the first step's compilation).")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch, the same on every worker "
+                     "(default for multi-replica runs: images // global batch; needed for "
+                     "sources whose size is unknown).")
+flags.DEFINE_string("knn_train_path", None, "Labelled ImageFolder for the k-NN reference set.")
+flags.DEFINE_string("knn_test_path", None, "Labelled ImageFolder to classify with k-NN.")
+flags.DEFINE_integer("knn_k", 20, "Neighbours of the k-NN evaluation.")
+flags.DEFINE_integer("eval_size", 224, "Side of the center crop for evaluation.")
+flags.DEFINE_integer("eval_resize", None, "Shorter side before the center crop (default size*8/7).")
+flags.DEFINE_boolean("export", True, "Export the teacher backbone as a SavedModel at the end.")
+flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar).")
+
+
+def _strategy():
+    """The tf.distribute strategy of --strategy (None for `default`)."""
+    if F.strategy == "default":
+        return None
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise app.UsageError(
+            f"--strategy={F.strategy} needs the TensorFlow backend (got "
+            f"{keras.backend.backend()}); on JAX use --distribution=data_parallel."
+        )
+    import tensorflow as tf
+
+    if F.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if F.strategy == "multi_worker":
+        # Cluster and task from TF_CONFIG; a lost worker fails the others' collectives
+        # (after --collective_timeout at most) instead of leaving them waiting.
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=F.collective_timeout or None
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if not F.tpu:
+        raise app.UsageError("--strategy=tpu needs --tpu (a name, grpc://host:8470, or local).")
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=F.tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _init_jax_multiprocess():
+    """jax.distributed.initialize() for --jax_multiprocess, before JAX does anything else."""
+    if not F.jax_multiprocess:
+        return
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise app.UsageError("--jax_multiprocess needs the JAX backend.")
+    import jax
+
+    kwargs = {
+        key: getattr(F, key)
+        for key in ("coordinator_address", "num_processes", "process_id",
+                    "coordinator_bind_address")
+        if getattr(F, key) is not None
+    }
+    jax.distributed.initialize(**kwargs)
+
+
+def _set_distribution():
+    """keras.distribution for --distribution; returns the number of replicas (devices)."""
+    if F.distribution != "data_parallel":
+        return 1
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise app.UsageError(
+            "--distribution=data_parallel is for the JAX backend; on TensorFlow use "
+            "--strategy=mirrored, multi_worker or tpu."
+        )
+    import jax
+
+    # Every process feeds its own shard (see _input_context), so Keras must not shard
+    # the per-process dataset again.
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(auto_shard_dataset=jax.process_count() == 1)
+    )
+    return jax.device_count()
+
+
+def _input_context():
+    """The shard of a JAX process (None with one process): batch = global / processes."""
+    if F.distribution != "data_parallel":
+        return None
+    import jax
+
+    if jax.process_count() == 1:
+        return None
+    import tensorflow as tf
+
+    return tf.distribute.InputContext(
+        num_input_pipelines=jax.process_count(),
+        input_pipeline_id=jax.process_index(),
+        num_replicas_in_sync=jax.process_count(),
+    )
+
+
+def _num_source_images(path):
+    """Images of a folder or file-list source before sharding (None when unknown)."""
+    from keras_dino.data import detect_source_type, list_image_files
+
+    try:
+        if detect_source_type(path) == "folder":
+            return len(list_image_files(path).files)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def _undistributed():
+    """No keras.distribution inside: for what the chief alone does (saving checkpoints).
+
+    Under a multi-process JAX distribution, creating or assigning a variable is a
+    collective operation that every process must join; saving creates a few variables
+    (Keras builds a throwaway optimizer), which must stay local to the chief.
+    """
+    import keras
+
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+@contextlib.contextmanager
+def _fail_fast():
+    """Multi-process JAX: a failed process exits at once (status 1, traceback printed).
+
+    Otherwise, after a peer is lost, it would wait minutes in jax.distributed's shutdown
+    barrier for the peer before aborting.
+    """
+    try:
+        yield
+    except BaseException:
+        if not F.jax_multiprocess:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _backup_callback(backup_dir, chief):
+    """keras.callbacks.BackupAndRestore that only the chief writes.
+
+    Every worker restores from the same `backup_dir` (so it must be storage that all
+    workers see when they run on several machines: GCS, NFS); only the chief writes
+    and, at the end, deletes it, so workers never race on the files.
+    """
+    import keras
+
+    class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self):
+            if chief:
+                with _undistributed():
+                    super()._save_model()
+
+        def on_train_end(self, logs=None):
+            if chief:
+                super().on_train_end(logs)
+
+    return ChiefBackupAndRestore(backup_dir, double_checkpoint=True)
+
+
+def _prepare_for_strategy(model, strategy):
+    """Works around two limits of Keras 3's TensorFlow trainer under tf.distribute.
+
+    1. With a strategy set, `fit` first reduces a sample batch (`strategy.reduce`) to
+       build the model symbolically; DINO is built at construction and its optimizer at
+       compile, so there is nothing to build, and that reduction fails for tuples of
+       per-replica crops under MultiWorkerMirroredStrategy: skip it.
+    2. Under MultiWorkerMirroredStrategy, `fit` reduces the step's logs with
+       `strategy.reduce("MEAN", value, axis=0)`, which fails for scalars
+       (tensorflow/tensorflow#72388): the step returns them with shape (1,), which that
+       reduction turns back into scalars.
+    (Both go once `DINO` does them itself.)
+    """
+    if strategy is None:
+        return
+    if model.optimizer.built:
+        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    extended = strategy.extended
+    if getattr(extended, "_in_multi_worker_mode", lambda: False)():
+        from keras import ops
+
+        train_step = model.train_step
+
+        def train_step_rank1_logs(*args):
+            return {k: ops.reshape(v, (1,)) for k, v in train_step(*args).items()}
+
+        model.train_step = train_step_rank1_logs
+
+
+def _local_copy(model):
+    """An undistributed copy of a trained DINO, for the chief's post-training reports."""
+    import keras
+    from keras import ops
+
+    values = [ops.convert_to_numpy(v) for v in model.weights]
+    keras.distribution.set_distribution(None)
+    copy = build_model()
+    for variable, value in zip(copy.weights, values):
+        variable.assign(value)
+    return copy
+
+
+def _data_path(path):
+    if path.startswith("embedded:"):
+        from keras_dino.datasets import cifar10_mini
+
+        return str(cifar10_mini(path.split(":", 1)[1]))
+    return path
+
+
+def _is_chief(strategy=None):
+    """Whether this process writes logs and checkpoints: one per job.
+
+    multi_worker: the `chief` task, or worker 0 when the cluster has no chief; JAX:
+    process 0; otherwise (one process, TPUStrategy's single client) always.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if F.strategy == "multi_worker" and resolver is not None and resolver.task_type:
+        cluster = resolver.cluster_spec().as_dict()
+        if "chief" in cluster:
+            return resolver.task_type == "chief"
+        return resolver.task_type == "worker" and int(resolver.task_id or 0) == 0
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    return True
+
+
+def build_model():
+    import keras_dino
+
+    vit_kwargs = {}
+    for key in ("embed_dim", "depth", "num_heads"):
+        if getattr(F, key) is not None:
+            vit_kwargs[key] = getattr(F, key)
+    return keras_dino.DINO(
+        arch=F.arch,
+        patch_size=F.patch_size,
+        out_dim=F.out_dim,
+        norm_last_layer=F.norm_last_layer,
+        momentum_teacher=F.momentum_teacher,
+        use_bn_in_head=F.use_bn_in_head,
+        warmup_teacher_temp=F.warmup_teacher_temp,
+        teacher_temp=F.teacher_temp,
+        warmup_teacher_temp_epochs=F.warmup_teacher_temp_epochs,
+        weight_decay=F.weight_decay,
+        weight_decay_end=F.weight_decay_end,
+        clip_grad=F.clip_grad,
+        batch_size_per_gpu=F.batch_size_per_gpu,
+        epochs=F.epochs,
+        freeze_last_layer=F.freeze_last_layer,
+        lr=F.lr,
+        warmup_epochs=F.warmup_epochs,
+        min_lr=F.min_lr,
+        optimizer=F.optimizer,
+        drop_path_rate=F.drop_path_rate,
+        local_crops_number=F.local_crops_number,
+        global_crops_scale=[float(v) for v in F.global_crops_scale],
+        local_crops_scale=[float(v) for v in F.local_crops_scale],
+        vit_kwargs=vit_kwargs,
+        head_kwargs=dict(hidden_dim=F.head_hidden_dim, bottleneck_dim=F.head_bottleneck_dim),
+    )
+
+
+class OfficialLog:
+    """Per-epoch JSON lines in log.txt and official checkpoint.pth files (chief only)."""
+
+    def __init__(self, model, output_dir, saveckp_freq, chief):
+        import keras
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(cb, epoch, logs=None):
+                if not chief:
+                    return
+                record = {f"train_{k}": float(v) for k, v in (logs or {}).items()}
+                record["epoch"] = epoch
+                append_log(output_dir, record)
+                model.save_official_checkpoint(os.path.join(output_dir, "checkpoint.pth"))
+                if saveckp_freq and (epoch + 1) % saveckp_freq == 0:
+                    model.save_official_checkpoint(
+                        os.path.join(output_dir, f"checkpoint{epoch:04d}.pth")
+                    )
+
+        self.callback = _Callback()
+
+
+def main(argv):
+    del argv
+    import keras
+
+    import keras_dino
+    from keras_dino.data import DataAugmentationDINO, multicrop_dataset
+
+    # Distribution first: JAX must not run anything before jax.distributed.initialize.
+    _init_jax_multiprocess()
+    keras.utils.set_random_seed(F.seed)
+    if F.bf16:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    elif F.use_fp16:
+        keras.config.set_dtype_policy("mixed_float16")
+    if F.strategy != "default" and F.distribution:
+        raise app.UsageError("--strategy (TensorFlow) and --distribution (JAX) exclude each other.")
+    strategy = _strategy()
+    replicas = strategy.num_replicas_in_sync if strategy else _set_distribution()
+    chief = _is_chief(strategy)
+    tell = say if chief else (lambda message: None)
+    if chief:
+        os.makedirs(F.output_dir, exist_ok=True)
+    # The official rule: the global batch is batch_size_per_gpu on every replica, and
+    # DINO scales the learning rate by it (lr * global_batch / 256) inside the step.
+    global_batch = F.batch_size_per_gpu * replicas
+    augmentation = DataAugmentationDINO(
+        global_crops_scale=[float(v) for v in F.global_crops_scale],
+        local_crops_scale=[float(v) for v in F.local_crops_scale],
+        local_crops_number=F.local_crops_number,
+        global_size=F.global_size,
+        local_size=F.local_size,
+    )
+    data_path = _data_path(F.data_path)
+    tell(f"keras_dino {keras_dino.__version__} on {keras.backend.backend()}; data: {data_path}")
+    # Several replicas: each input pipeline (worker, process) reads its own shard of the
+    # files and repeats it, and every worker runs the same number of steps per epoch.
+    distributed = strategy is not None or F.distribution is not None
+    pipelines = []
+
+    def make_dataset(input_context=None):
+        dataset = multicrop_dataset(
+            data_path,
+            global_batch,
+            augmentation=augmentation,
+            seed=F.seed,
+            input_context=input_context,
+            repeat=distributed,
+            num_parallel_calls=F.num_workers if F.num_workers > 0 else -1,  # -1: AUTOTUNE
+        )
+        count = input_context.num_input_pipelines if input_context else 1
+        pipelines.append((count, dataset.multicrop_info))
+        if distributed:
+            import tensorflow as tf
+
+            # Known to be endless, so tf.distribute keeps the batch dimension static
+            # (no partial batches to expect): XLA and TPUs need static shapes.
+            dataset = dataset.apply(
+                tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY)
+            )
+        return dataset
+
+    if strategy is not None:
+        scope = strategy.scope()
+        dataset = strategy.distribute_datasets_from_function(make_dataset)
+    else:
+        scope = contextlib.nullcontext()
+        dataset = make_dataset(_input_context())
+    num_pipelines, info = pipelines[0]
+    steps_per_epoch = F.steps_per_epoch
+    if distributed and not steps_per_epoch:
+        total = _num_source_images(data_path)
+        if not total:
+            raise app.UsageError(
+                "the size of this source is unknown: pass --steps_per_epoch for multi-replica "
+                "training."
+            )
+        steps_per_epoch = (total // num_pipelines) // (global_batch // num_pipelines)
+        if steps_per_epoch < 1:
+            raise app.UsageError(
+                f"{total} images make no full global batch of {global_batch}: lower "
+                "--batch_size_per_gpu."
+            )
+    tell(f"{info.num_images} images, {info.num_skipped} skipped (this worker's shard of "
+         f"{num_pipelines}); global batch {global_batch} on {replicas} replica(s): lr "
+         f"{F.lr} * {global_batch}/256; {info.num_crops} crops per image")
+
+    with scope:
+        model = build_model()
+        model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile
+                      if F.jit_compile is not None else "auto")
+    _prepare_for_strategy(model, strategy)
+    multi_process = F.distribution is not None and F.jax_multiprocess
+    random_backbone = None
+    if F.knn_train_path and F.knn_test_path and not multi_process:
+        # Same architecture, random initialisation: the baseline of the k-NN report.
+        random_backbone = keras_dino.models.VisionTransformer(
+            **{**model.backbone.get_config(), "name": "random_init"}
+        )
+    backup = os.path.join(F.output_dir, "backup")
+    callbacks = [
+        _backup_callback(backup, chief),
+        OfficialLog(model, F.output_dir, F.saveckp_freq, chief).callback,
+    ]
+    with _fail_fast():
+        history = model.fit(
+            dataset,
+            epochs=F.epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=F.verbose if chief else 0,
+        )
+    if not chief:
+        return
+    say(f"training done: {len(history.epoch)} epoch(s) run; logs in {F.output_dir}/log.txt")
+    from keras_dino.reporting import plot_training_curves
+
+    plot = plot_training_curves(os.path.join(F.output_dir, "log.txt"),
+                                os.path.join(F.output_dir, "training_curves.png"))
+    say(f"training curves: {plot}")
+
+    reported = model
+    if multi_process:
+        # The weights are arrays over every process's devices, and the other processes
+        # are done: the reports run on a copy on this process's devices.
+        reported = _local_copy(model)
+        if F.knn_train_path and F.knn_test_path:
+            random_backbone = keras_dino.models.VisionTransformer(
+                **{**reported.backbone.get_config(), "name": "random_init"}
+            )
+    summary = {"epochs": F.epochs}
+    if random_backbone is not None:
+        summary.update(knn_report(reported.backbone, random_backbone))
+    attention_report(reported.backbone)
+    if F.export:
+        summary["saved_model"] = export_report(reported)
+    append_log(F.output_dir, {"summary": summary})
+    say("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+def knn_report(trained, random_init):
+    from keras_dino.evaluation import extract_features, image_folder_dataset, knn_classifier
+
+    results = {}
+    train_ds, _, n_train = image_folder_dataset(
+        _data_path(F.knn_train_path), 256, F.eval_size, F.eval_resize
+    )
+    test_ds, _, n_test = image_folder_dataset(
+        _data_path(F.knn_test_path), 256, F.eval_size, F.eval_resize
+    )
+    for name, backbone in (("trained teacher", trained), ("random init", random_init)):
+        say(f"k-NN ({F.knn_k}-NN, T=0.07) with the {name}: {n_train} reference, {n_test} test images")
+        train_f, train_y = extract_features(backbone, train_ds, verbose=F.verbose)
+        test_f, test_y = extract_features(backbone, test_ds, verbose=F.verbose)
+        top1, top5 = knn_classifier(train_f, train_y, test_f, test_y, k=F.knn_k, T=0.07)
+        key = "trained" if name.startswith("trained") else "random"
+        results[f"knn_top1_{key}"] = round(top1, 2)
+        results[f"knn_top5_{key}"] = round(top5, 2)
+        say(f"  {name}: top-1 {top1:.2f}%, top-5 {top5:.2f}%")
+    return results
+
+
+def attention_report(backbone):
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_dino.evaluation import cls_attention_maps, eval_transform, save_attention_images
+
+    path = _data_path(F.knn_test_path) if F.knn_test_path else None
+    if not path:
+        return
+    from keras_dino.data.sources import decode_image, list_image_files
+
+    files = list_image_files(path).files[:: max(1, len(list_image_files(path).files) // 4)][:4]
+    for i, file in enumerate(files):
+        image = decode_image(tf.io.read_file(file))
+        x = eval_transform(image, F.eval_size, F.eval_resize).numpy()
+        shown = np.clip((x * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406]) * 255, 0, 255)
+        maps = cls_attention_maps(backbone, x)
+        out = os.path.join(F.output_dir, "attention", f"image{i}")
+        save_attention_images(shown.astype("uint8"), maps, out, backbone.patch_size)
+    say(f"attention maps: {os.path.join(F.output_dir, 'attention')}")
+
+
+def export_report(model):
+    try:
+        from keras_dino import export_saved_model
+    except ImportError:
+        return "not available"
+    import keras
+
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        say("SavedModel export needs the TensorFlow or JAX backend; skipped on "
+            f"{keras.backend.backend()}.")
+        return "needs the tensorflow or jax backend"
+    path = export_saved_model(
+        model.backbone, os.path.join(F.output_dir, "saved_model"), image_size=F.eval_size,
+        overwrite=True,
+    )
+    say(f"SavedModel: {path}")
+    return str(path)
+
+
+if __name__ == "__main__":
+    app.run(main)

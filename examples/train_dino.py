@@ -141,8 +141,10 @@ def _init_jax_multiprocess():
         return
     import keras
 
-    if keras.backend.backend() != "jax":
-        raise app.UsageError("--jax_multiprocess needs the JAX backend.")
+    if keras.backend.backend() != "jax" or F.distribution != "data_parallel":
+        raise app.UsageError(
+            "--jax_multiprocess needs the JAX backend and --distribution=data_parallel."
+        )
     import jax
 
     kwargs = {
@@ -281,8 +283,12 @@ def _prepare_for_strategy(model, strategy):
         return
     if model.optimizer.built:
         model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    extended = strategy.extended
-    if getattr(extended, "_in_multi_worker_mode", lambda: False)():
+    import tensorflow as tf
+
+    if (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    ):
         from keras import ops
 
         train_step = model.train_step

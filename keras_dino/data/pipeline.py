@@ -1,0 +1,409 @@
+"""`multicrop_dataset`: a `tf.data` pipeline of DINO multi-crop batches from real sources."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as _glob
+import os
+import secrets
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from keras_dino.data.augment import DataAugmentationDINO
+from keras_dino.data.sources import (
+    IMAGE_EXTENSIONS,
+    decode_image,
+    ensure_rgb_uint8,
+    list_image_files,
+    log_skipped,
+    scan_images,
+)
+
+SOURCE_TYPES = ("folder", "files", "tfrecord", "tfds", "dataset")
+
+
+@dataclasses.dataclass
+class MultiCropInfo:
+    """What `multicrop_dataset` built, returned with `return_info=True`.
+
+    Also attached to the dataset as `dataset.multicrop_info`.
+
+    Attributes:
+        source_type: one of `SOURCE_TYPES`.
+        num_images: usable images in this input pipeline's shard (None for streams).
+        skipped: `(path, reason)` of each file skipped by the validation scan.
+        class_names: ImageFolder class names (None when the source has none).
+        batch_size: batch size of this input pipeline (per replica with an input context).
+        num_crops: crops per image (2 global + locals).
+        split: whether the crops are uint8 for `MultiCropPhotometric` (split mode).
+        seed: the seed used (drawn at random when none was given).
+        drop_remainder: whether the last incomplete batch is dropped.
+        repeat: whether the dataset repeats forever.
+    """
+
+    source_type: str
+    num_images: int | None
+    skipped: list[tuple[str, str]]
+    class_names: list[str] | None
+    batch_size: int
+    num_crops: int
+    split: bool
+    seed: int
+    drop_remainder: bool = True
+    repeat: bool = False
+
+    @property
+    def num_batches(self) -> int | None:
+        """Batches per epoch of this pipeline, when the number of images is known."""
+        if self.num_images is None:
+            return None
+        if self.drop_remainder:
+            return self.num_images // self.batch_size
+        return -(-self.num_images // self.batch_size)
+
+    @property
+    def skipped_files(self) -> list[str]:
+        return [p for p, _ in self.skipped]
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+
+def detect_source_type(source) -> str:
+    """Guesses the kind of `source` (see `multicrop_dataset`)."""
+    if isinstance(source, tf.data.Dataset):
+        return "dataset"
+    if isinstance(source, (list, tuple)):
+        return "files"
+    if isinstance(source, (str, os.PathLike)):
+        s = os.fspath(source)
+        if s.startswith("tfds:"):
+            return "tfds"
+        if os.path.isdir(s):
+            return "folder"
+        if any(ch in s for ch in "*?[") or os.path.isfile(s):
+            if s.lower().endswith(IMAGE_EXTENSIONS):
+                return "files"
+            return "tfrecord"
+        if os.sep not in s and "/" not in s:
+            return "tfds"
+        raise FileNotFoundError(f"{s!r} is neither a directory, a file, a glob nor a TFDS name")
+    raise TypeError(
+        "source must be a directory, a list of files, a TFRecord glob, a TFDS name or a "
+        f"tf.data.Dataset, got {type(source).__name__}"
+    )
+
+
+def _parse_imagenet_example(record: tf.Tensor, label_offset: int):
+    features = tf.io.parse_single_example(
+        record,
+        {
+            "image/encoded": tf.io.FixedLenFeature([], tf.string),
+            "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        },
+    )
+    label = features["image/class/label"]
+    label = tf.where(label >= 0, label - label_offset, label)
+    return features["image/encoded"], tf.cast(label, tf.int32)
+
+
+def _dataset_elements(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Normalises a user dataset to `(image_or_bytes, label)` elements."""
+    spec = ds.element_spec
+
+    if isinstance(spec, dict):
+        key = next((k for k in ("image", "img", "images") if k in spec), None)
+        if key is None:
+            raise ValueError(f"dataset elements have no 'image' entry: {list(spec)}")
+        has_label = "label" in spec
+        return ds.map(
+            lambda e: (e[key], tf.cast(e["label"], tf.int32) if has_label else -1),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    if isinstance(spec, tuple):
+        if len(spec) != 2:
+            raise ValueError("tuple dataset elements must be (image, label)")
+        return ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+    return ds.map(lambda x: (x, tf.constant(-1, tf.int32)))
+
+
+def _to_image(payload: tf.Tensor) -> tf.Tensor:
+    if payload.dtype == tf.string:
+        return decode_image(payload)
+    return ensure_rgb_uint8(payload)
+
+
+def multicrop_dataset(
+    source,
+    batch_size: int,
+    *,
+    augmentation: DataAugmentationDINO | None = None,
+    split: bool = False,
+    with_labels: bool = False,
+    labels: Sequence[int] | None = None,
+    shuffle: bool = True,
+    seed: int | None = None,
+    deterministic: bool = False,
+    drop_remainder: bool = True,
+    repeat: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+    on_error: str = "skip",
+    validate: bool = True,
+    source_type: str | None = None,
+    extensions: Sequence[str] | None = IMAGE_EXTENSIONS,
+    tfds_split: str = "train",
+    tfds_data_dir: str | None = None,
+    tfrecord_label_offset: int = 1,
+    shuffle_buffer: int = 4096,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+    num_threads: int | None = None,
+    prefetch: int = tf.data.AUTOTUNE,
+    return_info: bool = False,
+):
+    """A `tf.data.Dataset` of DINO multi-crop batches, ready for `DINO.fit`.
+
+    Each element is the tuple of crops `(g0, g1, l0, ..., l_{n-1})`, each a channels-last
+    batch: float32 normalised (default), or uint8 in split mode (`split=True`), where the
+    photometric half then runs on the accelerator in `keras_dino.data.MultiCropPhotometric`.
+    With `with_labels=True` the element is `(crops, labels)` (int32 `[batch]`; -1 when the
+    source has none).
+
+    Sources (`source_type` guesses when None):
+
+    * "folder": an ImageFolder directory (`root/<class>/**/*`), recursive; files are
+      picked by `extensions` and decoded by content (JPEG, PNG, GIF, BMP, WebP).
+    * "files": a list of image paths (`labels` optional).
+    * "tfrecord": a glob of TFRecords in the standard ImageNet format (`image/encoded`,
+      `image/class/label`, from 1, shifted down by `tfrecord_label_offset`).
+    * "tfds": a TFDS name (`"imagenet2012"` or `"tfds:imagenet2012"`) and `tfds_split`.
+    * "dataset": a `tf.data.Dataset` of images (uint8 `[H, W, C]` or encoded bytes),
+      `(image, label)` tuples or dicts with "image" (and "label").
+
+    Bad input: with `validate=True`, folder and file sources are scanned (every file
+    read and decoded once, JPEGs at 1/8 scale, in parallel; each input pipeline scans
+    its own shard) before the pipeline is built. Files that cannot be decoded
+    are skipped and reported (a logged warning; `MultiCropInfo.skipped`), or, with
+    `on_error="raise"`, a `ValueError` names them. An empty source or one with no
+    decodable image raises `ValueError` at once. With `on_error="skip"`, decode errors met
+    later (streams, unvalidated files) drop that image.
+
+    Randomness: every image gets its own stateless seed drawn from `seed` (a fresh one
+    each epoch), so the crops do not depend on parallelism. `deterministic=True` also
+    fixes the element order: the same `seed` then yields exactly the same batches.
+
+    Args:
+        source: see above.
+        batch_size: global batch size; with `input_context` each pipeline batches
+            `input_context.get_per_replica_batch_size(batch_size)`.
+        augmentation: the recipe (default `DataAugmentationDINO()`).
+        split: yield uint8 crops (decode + crop + flip on the host only).
+        with_labels: yield `(crops, labels)`.
+        labels: labels of a "files" source.
+        shuffle: shuffle the files (folder/files: the whole list each epoch; streams: a
+            `shuffle_buffer` of encoded images).
+        seed: integer seed of shuffling and augmentation.
+        deterministic: reproducible element order (requires `seed`).
+        drop_remainder: drop the last incomplete batch.
+        repeat: repeat forever (use `steps_per_epoch` in `fit`).
+        input_context: a `tf.distribute.InputContext` (from
+            `distribute_datasets_from_function`): shards the input across pipelines.
+        on_error: "skip" or "raise".
+        validate: scan folder/file sources before training (costs one extra read of the
+            files; without it undecodable files are still skipped, with `on_error="skip"`,
+            but only TF's log names the error, not the file).
+        source_type: force one of `SOURCE_TYPES`.
+        extensions: file-name filter of a folder source (None: every file).
+        tfds_split, tfds_data_dir: TFDS split and data directory.
+        tfrecord_label_offset: subtracted from TFRecord labels (1 for the standard format).
+        shuffle_buffer: shuffle buffer of stream sources.
+        num_parallel_calls: decode + augment parallelism (AUTOTUNE).
+        num_threads: pin the pipeline to a private thread pool of this size, one thread
+            per op (e.g. 1 to measure per-core speed).
+        prefetch: batches to prefetch (AUTOTUNE).
+        return_info: also return a `MultiCropInfo`.
+
+    Returns:
+        The dataset, or `(dataset, info)` with `return_info=True`.
+
+    Example:
+
+    >>> import pathlib
+    >>> ds = multicrop_dataset(
+    ...     pathlib.Path("../shared/images"), batch_size=2, seed=0,
+    ...     augmentation=DataAugmentationDINO(local_crops_number=2))
+    >>> [tuple(t.shape) for t in next(iter(ds))]
+    [(2, 224, 224, 3), (2, 224, 224, 3), (2, 96, 96, 3), (2, 96, 96, 3)]
+    """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if deterministic and seed is None:
+        raise ValueError("deterministic=True needs an explicit seed")
+    stype = source_type or detect_source_type(source)
+    if stype not in SOURCE_TYPES:
+        raise ValueError(f"source_type must be one of {SOURCE_TYPES}, got {stype!r}")
+    aug = augmentation or DataAugmentationDINO()
+    if seed is None:
+        seed = secrets.randbits(31)
+    seed = int(seed)
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    local_batch = (
+        input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
+    )
+    # Independent streams per use and per input pipeline.
+    shuffle_seed = (seed * 1_000_003 + 7919 * pipeline_id + 1) % (2**31 - 1)
+    aug_seed = (seed * 1_000_033 + 104_729 * pipeline_id + 2) % (2**31 - 1)
+
+    skipped: list[tuple[str, str]] = []
+    class_names: list[str] | None = None
+    num_images: int | None = None
+
+    if stype in ("folder", "files"):
+        if stype == "folder":
+            listing = list_image_files(source, extensions)
+            files, file_labels, class_names = listing.files, listing.labels, listing.class_names
+            where = os.fspath(source)
+        else:
+            files = [os.fspath(f) for f in ([source] if isinstance(source, str) else source)]
+            if len(files) == 1 and any(ch in files[0] for ch in "*?["):
+                files = sorted(_glob.glob(files[0]))
+            file_labels = list(labels) if labels is not None else [-1] * len(files)
+            if len(file_labels) != len(files):
+                raise ValueError(f"{len(file_labels)} labels for {len(files)} files")
+            where = f"{len(files)} files"
+        if not files:
+            raise ValueError(f"no image files found in {where}")
+        if num_pipelines > 1:
+            files = files[pipeline_id::num_pipelines]
+            file_labels = file_labels[pipeline_id::num_pipelines]
+        if validate:
+            scan = scan_images(files, file_labels, on_error=on_error)
+            files, file_labels, skipped = scan.files, scan.labels, scan.skipped
+            log_skipped(skipped, where)
+            if not files:
+                raise ValueError(
+                    f"none of the {len(skipped)} files in {where} could be decoded "
+                    f"(first: {skipped[0][0]}: {skipped[0][1]})"
+                )
+        num_images = len(files)
+        ds = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(files, tf.string), tf.constant(file_labels, tf.int32))
+        )
+        if shuffle:
+            ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda f, y: (tf.io.read_file(f), y))
+    elif stype == "tfrecord":
+        pattern = os.fspath(source)
+        tf_files = sorted(tf.io.gfile.glob(pattern))
+        if not tf_files:
+            raise ValueError(f"no TFRecord files match {pattern!r}")
+        shard_records = num_pipelines > len(tf_files)
+        if num_pipelines > 1 and not shard_records:
+            tf_files = tf_files[pipeline_id::num_pipelines]
+        ds = tf.data.Dataset.from_tensor_slices(tf_files)
+        if shuffle:
+            ds = ds.shuffle(len(tf_files), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(16, len(tf_files)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
+        if num_pipelines > 1 and shard_records:
+            ds = ds.shard(num_pipelines, pipeline_id)
+        ds = ds.map(
+            lambda r: _parse_imagenet_example(r, tfrecord_label_offset),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    elif stype == "tfds":
+        import tensorflow_datasets as tfds
+
+        name = os.fspath(source)
+        name = name[len("tfds:"):] if name.startswith("tfds:") else name
+        builder = tfds.builder(name, data_dir=tfds_data_dir)
+        ds = builder.as_dataset(
+            split=tfds_split,
+            shuffle_files=shuffle,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(
+                input_context=input_context, shuffle_seed=shuffle_seed,
+            ),
+        )
+        class_names = _tfds_class_names(builder)
+        ds = _dataset_elements(ds)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    else:  # dataset
+        ds = source
+        if ds.cardinality() == 0:
+            raise ValueError("the source dataset is empty")
+        if num_pipelines > 1:
+            ds = ds.shard(num_pipelines, pipeline_id)
+        ds = _dataset_elements(ds)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    if repeat:
+        ds = ds.repeat()
+    seeds = tf.data.Dataset.random(seed=aug_seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, seeds))
+    stream = tf.constant(pipeline_id, tf.int64)
+
+    @tf.autograph.experimental.do_not_convert
+    def make_crops(payload, label, r):
+        image = _to_image(payload)
+        image_seed = tf.stack([r, stream])
+        if split:
+            crops = aug.crop_and_flip(image, image_seed)
+        else:
+            crops = aug(image, image_seed)
+        return (crops, label) if with_labels else crops
+
+    ds = ds.map(
+        tf.autograph.experimental.do_not_convert(lambda pl, r: make_crops(pl[0], pl[1], r)),
+        num_parallel_calls=num_parallel_calls,
+        deterministic=deterministic,
+    )
+    if on_error == "skip":
+        ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(local_batch, drop_remainder=drop_remainder)
+    ds = ds.prefetch(prefetch)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    if num_threads:
+        options.threading.private_threadpool_size = int(num_threads)
+        options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options)
+
+    info = MultiCropInfo(
+        source_type=stype,
+        num_images=num_images,
+        skipped=skipped,
+        class_names=class_names,
+        batch_size=local_batch,
+        num_crops=aug.num_crops,
+        split=split,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        repeat=repeat,
+    )
+    try:
+        ds.multicrop_info = info
+    except AttributeError:  # pragma: no cover - depends on the TF Dataset class
+        pass
+    return (ds, info) if return_info else ds
+
+
+def _tfds_class_names(builder) -> list[str] | None:
+    try:
+        label = builder.info.features["label"]
+        return list(label.names)
+    except (KeyError, AttributeError, TypeError):
+        return None

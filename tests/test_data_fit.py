@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 
 import keras_dino
-from conftest import DATASETS
 
 
 @pytest.mark.tf_only
-def test_short_dino_fit_on_cifar10_jpegs(tmp_path):
-    tar_path = DATASETS / "cifar10_jpeg.tar.gz"
+def test_short_dino_fit_on_cifar10_jpegs(tmp_path, fixtures_dir):
+    tar_path = fixtures_dir.parents[1] / "datasets" / "cifar10_jpeg.tar.gz"
     # 64 training JPEGs of two classes, in the ImageFolder layout of the archive.
     wanted = []
     with tarfile.open(tar_path) as tar:

@@ -275,25 +275,6 @@ def test_tf_worker_killed_fails_cleanly_then_restart_resumes(tmp_path, one_proce
 
 
 @pytest.mark.tf_only
-def test_tf_mirrored_per_replica_crops_equal_one_process(one_process_weights):
-    """--strategy=mirrored's wiring (a dataset per input pipeline, per-replica crops,
-    train_dino's fit preparation) on this process's 2 logical CPUs (conftest)."""
-    import tensorflow as tf
-
-    sys.path.insert(0, str(REPO / "examples"))
-    import train_dino
-
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        model = dino_job.tiny_dino(EPOCHS)
-        model.compile()
-    train_dino._prepare_for_strategy(model, strategy)
-    data = dino_job.distributed_dataset(strategy)
-    model.fit(data, epochs=EPOCHS, steps_per_epoch=dino_job.STEPS_PER_EPOCH, verbose=0)
-    _assert_same_weights(dino_job.final_weights(model), one_process_weights)
-
-
-@pytest.mark.tf_only
 def test_tf_train_dino_cli_two_workers(tmp_path):
     """examples/train_dino.py --strategy=multi_worker: per-worker shards, chief-only files."""
     from keras_dino.data import list_image_files

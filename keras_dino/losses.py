@@ -1,15 +1,8 @@
 """The DINO loss: cross-entropy between sharpened, centered teacher and student views."""
 
-import keras
 from keras import ops
 
-
-def at_least_float32(x):
-    """Casts half-precision tensors to float32; float32 and float64 pass unchanged."""
-    x = ops.convert_to_tensor(x)
-    if keras.backend.standardize_dtype(x.dtype) in ("float16", "bfloat16"):
-        return ops.cast(x, "float32")
-    return x
+from keras_dino.layers.precision import at_least_float32
 
 
 def dino_loss(student_output, teacher_output, center, teacher_temp, student_temp=0.1, ncrops=None):

@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_dino.layers.initializers import linear_kernel_initializer
-from keras_dino.losses import at_least_float32
+from keras_dino.layers.precision import at_least_float32
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")

@@ -5,8 +5,8 @@ from keras import ops
 
 from keras_dino.layers.activations import gelu_exact
 from keras_dino.layers.initializers import linear_kernel_initializer
+from keras_dino.layers.precision import at_least_float32
 from keras_dino.layers.weight_norm_dense import WeightNormDense
-from keras_dino.losses import at_least_float32
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")

@@ -25,3 +25,57 @@ def append_log(output_dir, record):
 
 def say(message):
     print(message, flush=True)
+
+
+def resolve_data_path(path):
+    """`embedded:train` / `embedded:test`: the embedded CIFAR-10 subset; other paths as is."""
+    if path.startswith("embedded:"):
+        from keras_dino.datasets import cifar10_mini
+
+        return str(cifar10_mini(path.split(":", 1)[1]))
+    return path
+
+
+def eval_split_paths(data_path):
+    """The labelled `(train, val)` folders of the official evaluation layout.
+
+    `<data_path>/train` and `<data_path>/val`, as the official `eval_*.py` read them;
+    `embedded` is the embedded CIFAR-10 subset (its `train` and `test` splits).
+    """
+    if data_path == "embedded":
+        return resolve_data_path("embedded:train"), resolve_data_path("embedded:test")
+    return os.path.join(data_path, "train"), os.path.join(data_path, "val")
+
+
+def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher", **kwargs):
+    """The backbone to evaluate, as the official evaluation tools choose it.
+
+    `pretrained_weights` is a preset name or a checkpoint file (`load_pretrained`). Empty,
+    the official weights of `arch` and `patch_size` are used when they exist (as the
+    official tools do), and otherwise a randomly initialised `arch`. `kwargs` go to the
+    `VisionTransformer` (e.g. `num_heads` for custom widths).
+    """
+    from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained
+    from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
+
+    known_arch = arch if arch in ARCHITECTURES else None
+    if not pretrained_weights:
+        for name, (preset_arch, preset_patch, _) in PRESETS.items():
+            if (preset_arch, preset_patch) == (arch, patch_size):
+                say(f"no --pretrained_weights: using the official weights of {name}.")
+                pretrained_weights = name
+                break
+        else:
+            if known_arch is None:
+                raise ValueError(f"no --pretrained_weights, and '{arch}' is not one of "
+                                 f"{', '.join(ARCHITECTURES)} to initialise randomly.")
+            say(f"no --pretrained_weights and no official {arch}/{patch_size} weights: "
+                "using random weights.")
+            config = {**ARCHITECTURES[arch], "patch_size": patch_size, **kwargs}
+            return VisionTransformer(**config)
+    backbone = load_pretrained(pretrained_weights, arch=known_arch, patch_size=patch_size,
+                               checkpoint_key=checkpoint_key, **kwargs)
+    backbone = getattr(backbone, "backbone", backbone)  # a .keras DINO or MultiCropWrapper
+    say(f"weights: {pretrained_weights} (key '{checkpoint_key}'), {backbone.depth} blocks of "
+        f"width {backbone.embed_dim}, {backbone.num_heads} heads, patch {backbone.patch_size}.")
+    return backbone

@@ -20,7 +20,7 @@ import contextlib
 import os
 import sys
 
-from common import append_log, say, select_backend
+from common import append_log, resolve_data_path, say, select_backend
 
 select_backend(sys.argv)
 
@@ -313,11 +313,7 @@ def _local_copy(model):
 
 
 def _data_path(path):
-    if path.startswith("embedded:"):
-        from keras_dino.datasets import cifar10_mini
-
-        return str(cifar10_mini(path.split(":", 1)[1]))
-    return path
+    return resolve_data_path(path)
 
 
 def _is_chief(strategy=None):

@@ -24,6 +24,11 @@ MODULES = sorted(
         "keras_dino.checkpoints.pretrained",
         "keras_dino.training.schedules",
         "keras_dino.losses",
+        "keras_dino.evaluation.attention_maps",
+        "keras_dino.evaluation.datasets",
+        "keras_dino.evaluation.features",
+        "keras_dino.evaluation.knn",
+        "keras_dino.evaluation.linear",
     ]
 )
 

@@ -1,33 +1,46 @@
 """Evaluation as in the paper: weighted k-NN, linear probe, attention maps."""
 
 from keras_dino.evaluation.attention_maps import (
+    attention_input,
     attention_threshold_mask,
     cls_attention_maps,
     save_attention_images,
+    save_threshold_masks,
     upsample_nearest,
 )
-from keras_dino.evaluation.datasets import eval_transform, image_folder_dataset
+from keras_dino.evaluation.datasets import eval_transform, image_folder_dataset, train_transform
 from keras_dino.evaluation.features import extract_features
 from keras_dino.evaluation.knn import knn_classifier, l2_normalize
 from keras_dino.evaluation.linear import (
     EpochCosineSchedule,
     LinearClassifier,
     LinearProbe,
+    evaluate_linear_probe,
     linear_features,
+    load_linear_checkpoint,
+    save_linear_checkpoint,
+    train_linear_probe,
 )
 
 __all__ = [
     "EpochCosineSchedule",
     "LinearClassifier",
     "LinearProbe",
+    "attention_input",
     "attention_threshold_mask",
     "cls_attention_maps",
     "eval_transform",
+    "evaluate_linear_probe",
     "image_folder_dataset",
     "extract_features",
     "knn_classifier",
     "l2_normalize",
     "linear_features",
+    "load_linear_checkpoint",
     "save_attention_images",
+    "save_linear_checkpoint",
+    "save_threshold_masks",
+    "train_linear_probe",
+    "train_transform",
     "upsample_nearest",
 ]

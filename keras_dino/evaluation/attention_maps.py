@@ -60,6 +60,124 @@ def upsample_nearest(maps, factor: int):
     return maps.repeat(factor, axis=-2).repeat(factor, axis=-1)
 
 
+def attention_input(image, image_size, patch_size: int):
+    """An image as `visualize_attention.py` feeds it: resized, cropped to patches, normalised.
+
+    The official transform: resize to `image_size` (two values: exactly `(height, width)`;
+    one value: the shorter side, as torchvision's `Resize`) with antialiased bilinear
+    interpolation, normalise, and drop the last rows and columns that do not fill a patch.
+
+    Args:
+        image: uint8 (or 0..255) image `(H, W, 3)`.
+        image_size: an int, or a `(height, width)` pair.
+        patch_size: the backbone's patch size.
+
+    Returns:
+        `(x, shown)`: the float32 model input `(h, w, 3)` and the same pixels as uint8,
+        for display; `h` and `w` are multiples of `patch_size`.
+
+    Example:
+
+    >>> x, shown = attention_input(np.zeros((300, 451, 3), "uint8"), (60, 90), 8)
+    >>> x.shape, shown.shape, shown.dtype.name
+    ((56, 88, 3), (56, 88, 3), 'uint8')
+    >>> attention_input(np.zeros((300, 451, 3), "uint8"), 64, 16)[0].shape
+    (64, 96, 3)
+    """
+    from keras_dino.preprocessing import normalize_images
+
+    image = np.asarray(image)
+    height, width = image.shape[:2]
+    sizes = [int(v) for v in np.atleast_1d(image_size)]
+    if len(sizes) == 2:
+        new_h, new_w = sizes
+    elif len(sizes) == 1:
+        short = sizes[0]
+        if height <= width:
+            new_h, new_w = short, int(short * width / height)
+        else:
+            new_h, new_w = int(short * height / width), short
+    else:
+        raise ValueError(f"image_size must be one or two values; got {image_size}.")
+    x = ops.cast(ops.convert_to_tensor(image), "float32")
+    if (new_h, new_w) != (height, width):
+        x = ops.image.resize(x, (new_h, new_w), interpolation="bilinear", antialias=True)
+        x = ops.clip(ops.round(x), 0.0, 255.0)  # PIL's uint8 output
+    shown = ops.convert_to_numpy(x).astype("uint8")
+    h, w = new_h - new_h % patch_size, new_w - new_w % patch_size
+    if h == 0 or w == 0:
+        raise ValueError(f"an image of {new_h}x{new_w} holds no {patch_size}x{patch_size} patch.")
+    shown = shown[:h, :w]
+    x = ops.convert_to_numpy(normalize_images(shown[None]))[0]
+    return x, shown
+
+
+# One colour per head for the masks (RGB, 0..255); heads beyond the list reuse it.
+_MASK_COLORS = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+     [0, 128, 128], [170, 110, 40]],
+    dtype=np.float64,
+)
+
+
+def _mask_overlay(image, mask, color, alpha=0.5):
+    """`image` with `mask` tinted in `color` and its outline drawn in full colour."""
+    out = np.asarray(image, np.float64).copy()
+    mask = np.asarray(mask, bool)
+    out[mask] = (1.0 - alpha) * out[mask] + alpha * color
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = (
+        padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & mask
+    )
+    out[mask & ~interior] = color
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def save_threshold_masks(image, maps, output_dir, patch_size: int, threshold: float = 0.6):
+    """Writes `mask_th<threshold>_head<i>.png`: each head's thresholded mask over the image.
+
+    The masks are `attention_threshold_mask(maps, threshold)` upsampled to pixels, drawn
+    tinted with their outline on `image`, one PNG per head of exactly the image's size
+    (the files of the official `visualize_attention.py --threshold`).
+
+    Args:
+        image: the displayed image, uint8 `(H, W, 3)` at the resolution the maps cover.
+        maps: `(heads, grid_h, grid_w)` from `cls_attention_maps`.
+        output_dir: folder to write into (created if needed).
+        patch_size: the backbone's patch size (upsampling factor).
+        threshold: attention mass the masks keep.
+
+    Returns:
+        The list of written paths.
+
+    Example:
+
+    >>> import tempfile
+    >>> maps = np.random.default_rng(0).random((2, 3, 4))
+    >>> paths = save_threshold_masks(np.zeros((24, 32, 3), "uint8"), maps, tempfile.mkdtemp(), 8)
+    >>> [p.rsplit("/", 1)[-1] for p in paths]
+    ['mask_th0.6_head0.png', 'mask_th0.6_head1.png']
+    """
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(output_dir, exist_ok=True)
+    masks = upsample_nearest(attention_threshold_mask(maps, threshold), patch_size)
+    image = np.asarray(image)[: masks.shape[1], : masks.shape[2]]
+    paths = []
+    for h, mask in enumerate(masks):
+        color = _MASK_COLORS[h % len(_MASK_COLORS)]
+        path = os.path.join(output_dir, f"mask_th{threshold}_head{h}.png")
+        plt.imsave(path, _mask_overlay(image, mask, color))
+        paths.append(path)
+    return paths
+
+
 def save_attention_images(image, maps, output_dir, patch_size, threshold=0.6, prefix="attn"):
     """Writes `<prefix>-head<i>.png` per head, the thresholded masks, and an overlay.
 

@@ -35,12 +35,71 @@ def eval_transform(image, size: int = 224, resize_size: int | None = None):
     return (crop / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def image_folder_dataset(
-    path, batch_size: int = 128, size: int = 224, resize_size: int | None = None
-):
-    """`(images, labels)` batches of an ImageFolder tree, in file order, for evaluation.
+def train_transform(image, seed, size: int = 224, scale=(0.08, 1.0)):
+    """The official linear-evaluation training view of one image (TensorFlow ops).
 
-    Files that cannot be decoded are skipped and reported (as `multicrop_dataset` does).
+    torchvision's `RandomResizedCrop(size)` (area fraction in `scale`, aspect ratio in
+    `[3/4, 4/3]`, antialiased bilinear resize) and `RandomHorizontalFlip()`, then the
+    ImageNet normalisation. Randomness is stateless: the same `seed` gives the same view.
+
+    Args:
+        image: uint8 (or 0..255) image `(H, W, 3)`.
+        seed: stateless seed, an int tensor of shape `[2]`.
+        size: side of the square output.
+        scale: range of the crop's area, as a fraction of the image's.
+
+    Returns:
+        float32 `(size, size, 3)`, normalised.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> view = train_transform(tf.zeros([40, 60, 3], tf.uint8), tf.constant([1, 2]), 32)
+    >>> view.shape.as_list()
+    [32, 32, 3]
+    """
+    import tensorflow as tf
+
+    from keras_dino.data.ops import flip_left_right, sample_crop_boxes
+
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    box = sample_crop_boxes(seed, height, width, num=1, scale=scale)[0]
+    crop = tf.slice(tf.cast(image, tf.float32), tf.stack([box[0], box[1], 0]),
+                    tf.stack([box[2], box[3], -1]))
+    crop = tf.image.resize(crop, [size, size], "bilinear", antialias=True)
+    crop = tf.clip_by_value(tf.round(crop), 0.0, 255.0)  # PIL's uint8 output
+    flip = tf.random.stateless_uniform([], seed + tf.constant([0, 1], tf.int64)) < 0.5
+    crop = tf.ensure_shape(flip_left_right(crop, flip), [size, size, 3])
+    return (crop / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def image_folder_dataset(
+    path,
+    batch_size: int = 128,
+    size: int = 224,
+    resize_size: int | None = None,
+    training: bool = False,
+    seed: int | None = None,
+    num_parallel_calls: int | None = None,
+):
+    """`(images, labels)` batches of an ImageFolder tree, for evaluation or a linear probe.
+
+    By default the official evaluation view (`eval_transform`), in file order. With
+    `training=True`, the official linear-evaluation training view (`train_transform`:
+    random resized crop and flip) of the images in a new random order every epoch,
+    reproducible from `seed`. Files that cannot be decoded are skipped and reported (as
+    `multicrop_dataset` does).
+
+    Args:
+        path: root of the ImageFolder tree (`<class>/<image>`).
+        batch_size: images per batch (the last batch may be smaller).
+        size: side of the square images.
+        resize_size: evaluation only: shorter side before the center crop (default
+            `size * 256 / 224`).
+        training: random training views, reshuffled every epoch.
+        seed: seed of the training order and views.
+        num_parallel_calls: parallel decodes (default: AUTOTUNE).
 
     Returns:
         `(dataset, class_names, num_images)`.
@@ -50,6 +109,7 @@ def image_folder_dataset(
     ```python
     ds, classes, n = image_folder_dataset("imagenet/val", batch_size=256)
     features, labels = keras_dino.evaluation.extract_features(model.backbone, ds)
+    train_ds, _, _ = image_folder_dataset("imagenet/train", 256, training=True, seed=0)
     ```
     """
     import tensorflow as tf
@@ -63,11 +123,21 @@ def image_folder_dataset(
     if not scan.files:
         raise ValueError(f"no decodable image under {path}.")
     files, labels = list(scan.files), list(scan.labels)
+    parallel = num_parallel_calls or tf.data.AUTOTUNE
     ds = tf.data.Dataset.from_tensor_slices((files, labels))
-    ds = ds.map(
-        lambda f, y: (eval_transform(decode_image(tf.io.read_file(f)), size, resize_size), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda fy, s: (train_transform(decode_image(tf.io.read_file(fy[0])), s, size), fy[1]),
+            num_parallel_calls=parallel,
+            deterministic=True,
+        )
+    else:
+        ds = ds.map(
+            lambda f, y: (eval_transform(decode_image(tf.io.read_file(f)), size, resize_size), y),
+            num_parallel_calls=parallel,
+            deterministic=True,
+        )
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return ds, listing.class_names, len(files)

@@ -1,0 +1,282 @@
+"""The command-line tools of examples/: the official flags, and end-to-end runs.
+
+`train_dino.py`, `eval_knn.py`, `eval_linear.py` and `visualize_attention.py` mirror the
+official `main_dino.py`, `eval_knn.py`, `eval_linear.py` and `visualize_attention.py`:
+every official argument that applies keeps its name and default (checked against tables
+written from the official scripts, through each script's own `--helpxml`). The three
+evaluation tools then run in-process on a tiny DINO checkpoint saved by keras_dino and a
+small ImageFolder cut from the embedded CIFAR-10 subset.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+# Resolved: under Bazel this file is a symlink into the checkout.
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+IMAGES = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared")) / "images"
+sys.path.insert(0, str(EXAMPLES))  # the scripts import their `common` module
+
+# The official argparse defaults (facebookresearch/dino), for the arguments that apply
+# (the torch.distributed ones, --dist_url and --local_rank, do not; nor does --use_cuda).
+OFFICIAL_DEFAULTS = {
+    "train_dino.py": dict(
+        arch="vit_small", patch_size=16, out_dim=65536, norm_last_layer=True,
+        momentum_teacher=0.996, use_bn_in_head=False, warmup_teacher_temp=0.04,
+        teacher_temp=0.04, warmup_teacher_temp_epochs=0, use_fp16=True, weight_decay=0.04,
+        weight_decay_end=0.4, clip_grad=3.0, batch_size_per_gpu=64, epochs=100,
+        freeze_last_layer=1, lr=0.0005, warmup_epochs=10, min_lr=1e-6, optimizer="adamw",
+        drop_path_rate=0.1, global_crops_scale=(0.4, 1.0), local_crops_number=8,
+        local_crops_scale=(0.05, 0.4), data_path="/path/to/imagenet/train/", output_dir=".",
+        saveckp_freq=20, seed=0, num_workers=10,
+    ),
+    "eval_knn.py": dict(
+        batch_size_per_gpu=128, nb_knn=(10, 20, 100, 200), temperature=0.07,
+        pretrained_weights="", arch="vit_small", patch_size=16, checkpoint_key="teacher",
+        dump_features=None, load_features=None, num_workers=10, data_path="/path/to/imagenet/",
+    ),
+    "eval_linear.py": dict(
+        n_last_blocks=4, avgpool_patchtokens=False, arch="vit_small", patch_size=16,
+        pretrained_weights="", checkpoint_key="teacher", epochs=100, lr=0.001,
+        batch_size_per_gpu=128, data_path="/path/to/imagenet/", num_workers=10, val_freq=1,
+        output_dir=".", num_labels=1000, evaluate=False,
+    ),
+    "visualize_attention.py": dict(
+        arch="vit_small", patch_size=8, pretrained_weights="", checkpoint_key="teacher",
+        image_path=None, image_size=(480, 480), output_dir=".", threshold=None,
+    ),
+}
+
+
+def _typed(flag):
+    """A `--helpxml` <flag>'s default as a Python value (None for an empty default)."""
+    kind, text = flag.findtext("type"), flag.findtext("default") or ""
+    if kind == "bool":
+        return text == "true"
+    if text == "":
+        return None
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    if kind.startswith("comma separated list"):
+        return tuple(text.split(","))
+    return text
+
+
+def _script_defaults(script):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--helpxml"], capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert "<AllFlags>" in result.stdout, result.stderr[-2000:]
+    root = ET.fromstring(result.stdout)
+    return {
+        flag.findtext("name"): _typed(flag)
+        for flag in root.iter("flag")
+        if flag.findtext("file", "").endswith(script)
+    }
+
+
+def _same(official, ours):
+    if official in (None, ""):
+        return ours in (None, "")  # --helpxml writes both as an empty default
+    if isinstance(official, tuple):
+        return ours is not None and len(ours) == len(official) and all(
+            math.isclose(float(a), float(b)) for a, b in zip(official, ours)
+        )
+    if isinstance(official, float):
+        return ours is not None and math.isclose(official, ours)
+    return official == ours
+
+
+@pytest.mark.parametrize("script", sorted(OFFICIAL_DEFAULTS))
+def test_official_flag_names_and_defaults(script):
+    ours = _script_defaults(script)
+    missing = sorted(set(OFFICIAL_DEFAULTS[script]) - set(ours))
+    assert not missing, f"{script} lacks the official flags {missing}"
+    different = {
+        name: (official, ours[name])
+        for name, official in OFFICIAL_DEFAULTS[script].items()
+        if not _same(official, ours[name])
+    }
+    assert not different, f"{script}: (official, ours) defaults differ: {different}"
+
+
+# --- end to end -------------------------------------------------------------------------
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(name, **flag_values):
+    """Runs examples/<name>.py in this process, with its own flags; returns `run`'s result."""
+    from absl import flags
+
+    module = _load(name)
+    values = flags.FlagValues()
+    module.define_flags(values)
+    values([name] + [f"--{key}={value}" for key, value in flag_values.items()])
+    return module.run(values)
+
+
+def _log(folder):
+    with open(os.path.join(folder, "log.txt")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_eval_data_paths():
+    from common import eval_split_paths, resolve_data_path
+
+    from keras_dino.datasets import cifar10_mini
+
+    assert eval_split_paths("embedded") == (str(cifar10_mini("train")), str(cifar10_mini("test")))
+    assert eval_split_paths("/data/imagenet") == ("/data/imagenet/train", "/data/imagenet/val")
+    assert resolve_data_path("embedded:test") == str(cifar10_mini("test"))
+    assert resolve_data_path("/data/x") == "/data/x"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An official checkpoint.pth of a tiny DINO (width 32, 2 blocks, 2 heads, patch 8)."""
+    import keras_dino
+
+    model = keras_dino.DINO(
+        arch="vit_test", patch_size=8, out_dim=64, epochs=1, warmup_epochs=0,
+        vit_kwargs=dict(embed_dim=32, depth=2, num_heads=2),
+        head_kwargs=dict(hidden_dim=32, bottleneck_dim=16),
+    )
+    return model.save_official_checkpoint(tmp_path_factory.mktemp("dino") / "checkpoint.pth")
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """train/ (4 classes x 8) and val/ (4 x 4) CIFAR-10 images, the official layout."""
+    from keras_dino.datasets import cifar10_mini
+
+    root = tmp_path_factory.mktemp("data")
+    for split, target, count in (("train", "train", 8), ("test", "val", 4)):
+        for folder in sorted(cifar10_mini(split).iterdir())[:4]:
+            (root / target / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:count]:
+                shutil.copy(image, root / target / folder.name / image.name)
+    return root
+
+
+def _model_flags(checkpoint):
+    return dict(pretrained_weights=checkpoint, arch="vit_test", patch_size=8)
+
+
+def test_eval_knn(checkpoint, image_folder, tmp_path):
+    from keras import ops
+
+    from keras_dino import load_pretrained
+    from keras_dino.checkpoints import read_checkpoint
+    from keras_dino.evaluation import (
+        extract_features,
+        image_folder_dataset,
+        knn_classifier,
+        l2_normalize,
+    )
+
+    out, features = tmp_path / "knn", tmp_path / "features"
+    common = dict(nb_knn="1,5,20", temperature=0.1, verbose=0)
+    results = run_tool(
+        "eval_knn", **_model_flags(checkpoint), data_path=image_folder, eval_size=32,
+        eval_resize=32, batch_size_per_gpu=16, dump_features=features, output_dir=out, **common,
+    )
+    records = _log(out)
+    assert [r["nb_knn"] for r in records] == [1, 5, 20]
+    arrays = [read_checkpoint(features / n) for n in
+              ("trainfeat.pth", "trainlabels.pth", "testfeat.pth", "testlabels.pth")]
+    assert arrays[0].shape == (32, 32) and arrays[2].shape == (16, 32)
+    np.testing.assert_allclose(np.linalg.norm(arrays[0], axis=1), 1.0, rtol=1e-5)
+    assert arrays[1].tolist() == sorted(list(range(4)) * 8)
+    # The features are those of the checkpoint's teacher on the center crops.
+    backbone = load_pretrained(checkpoint, patch_size=8)
+    dataset, _, _ = image_folder_dataset(image_folder / "val", 16, 32, 32)
+    expected, labels = extract_features(backbone, dataset, verbose=0)
+    np.testing.assert_allclose(arrays[2], ops.convert_to_numpy(l2_normalize(expected)),
+                               rtol=1e-5, atol=1e-6)
+    assert arrays[3].tolist() == labels.tolist()
+    for record in records:
+        want = knn_classifier(*arrays, k=record["nb_knn"], T=0.1)
+        assert 0.0 <= record["top1"] <= record["top5"] <= 100.0
+        assert (record["top1"], record["top5"]) == want == results[record["nb_knn"]]
+        assert (record["train_images"], record["test_images"]) == (32, 16)
+
+    # --load_features: the same numbers, without the model or the images.
+    run_tool("eval_knn", load_features=features, output_dir=tmp_path / "again", **common)
+    assert _log(tmp_path / "again") == records
+
+
+def test_eval_linear_trains_resumes_and_evaluates(checkpoint, image_folder, tmp_path):
+    from keras_dino.checkpoints import read_checkpoint
+
+    out = tmp_path / "linear"
+    args = dict(
+        **_model_flags(checkpoint), n_last_blocks=2, data_path=image_folder, eval_size=32,
+        eval_resize=32, num_labels=4, batch_size_per_gpu=16, lr=0.01, output_dir=out,
+        verbose=0,
+    )
+    result = run_tool("eval_linear", epochs=1, **args)
+    (record,) = _log(out)
+    base_lr = 0.01 * 16 / 256
+    assert record["epoch"] == 0 and record["train_lr"] == pytest.approx(base_lr)
+    assert math.isfinite(record["train_loss"]) and record["train_loss"] > 0
+    assert 0.0 <= record["test_acc1"] <= record["test_acc5"] <= 100.0
+    assert result["best_acc"] == record["test_acc1"]
+    saved = read_checkpoint(out / "checkpoint.pth.tar")
+    assert saved["epoch"] == 1 and saved["best_acc"] == record["test_acc1"]
+    assert saved["state_dict"]["module.linear.weight"].shape == (4, 2 * 32)
+
+    # Rerunning with more epochs resumes after the saved one.
+    result = run_tool("eval_linear", epochs=2, **args)
+    records = _log(out)
+    assert [r["epoch"] for r in records] == [0, 1] and result["start_epoch"] == 1
+    assert records[1]["train_lr"] == pytest.approx(base_lr * 0.5)  # cosine over 2 epochs
+    assert read_checkpoint(out / "checkpoint.pth.tar")["epoch"] == 2
+
+    # --evaluate validates the saved classifier again.
+    stats = run_tool("eval_linear", epochs=2, evaluate=True, **args)
+    assert stats["acc1"] == pytest.approx(records[1]["test_acc1"])
+    assert len(_log(out)) == 2
+
+
+def test_visualize_attention(checkpoint, tmp_path):
+    from PIL import Image
+
+    image = IMAGES / "chelsea.jpg"
+    if not image.is_file():  # no shared/ folder: an embedded CIFAR-10 image instead
+        from keras_dino.datasets import cifar10_mini
+
+        image = sorted((cifar10_mini("test") / "cat").iterdir())[0]
+    out = tmp_path / "attention"
+    paths = run_tool(
+        "visualize_attention", **_model_flags(checkpoint), image_path=image,
+        image_size="60,90", threshold=0.6, output_dir=out,
+    )
+    heads = [f"attn-head{i}.png" for i in range(2)]
+    masks = [f"mask_th0.6_head{i}.png" for i in range(2)]
+    expected = sorted(["img.png", "attn-overlay.png", *heads, *masks])
+    assert sorted(p.name for p in out.iterdir()) == expected
+    assert sorted(os.path.basename(p) for p in paths) == expected
+    for name in ["img.png", *heads, *masks]:  # 60x90 cut to whole 8-pixel patches
+        assert Image.open(out / name).size == (88, 56), name
+    mask = np.asarray(Image.open(out / masks[0]).convert("RGB"))
+    shown = np.asarray(Image.open(out / "img.png").convert("RGB"))
+    assert (mask != shown).any()  # the mask is drawn on the image

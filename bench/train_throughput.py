@@ -85,6 +85,7 @@ def build(cfg):
     if cfg.embed_dim:
         vit.update(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads)
     vit["use_fused_attention"] = cfg.fused_attention
+    vit["remat"] = cfg.remat
     photometric = None
     if cfg.uint8_photometric:
         from keras_dino.data import MultiCropPhotometric
@@ -198,6 +199,7 @@ def measure(cfg):
         "out_dim": cfg.out_dim,
         "precision": cfg.precision,
         "fused_attention": cfg.fused_attention,
+        "remat": cfg.remat,
         "uint8_photometric": cfg.uint8_photometric,
         "images_per_s": round(cfg.batch / step_s, 2),
         "step_ms_median": round(1000 * step_s, 2),
@@ -227,6 +229,9 @@ def main(argv=None):
     parser.add_argument("--bottleneck_dim", type=int, default=256)
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
     parser.add_argument("--fused_attention", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--remat", action="store_true",
+                        help="recompute the student's blocks in the backward pass (memory for "
+                        "compute); tflops still counts the model's FLOPs only")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--uint8_photometric", action="store_true",
                         help="feed uint8 crops through keras_dino.data.MultiCropPhotometric "

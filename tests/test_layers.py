@@ -370,3 +370,29 @@ def test_trunc_normal_is_the_official_trunc_normal():
     config = init.get_config()
     assert (config["stddev"], config["lower"], config["upper"]) == (0.02, -2.0, 2.0)
     assert TruncNormal.from_config(config).get_config() == config
+
+
+def test_drop_path_replays_a_given_keep_mask():
+    x = np.random.default_rng(0).normal(size=(64, 3, 4)).astype("float32")
+    drawn = _np(DropPath(0.5, seed=7)(x, training=True))
+    layer = DropPath(0.5, seed=7)
+    mask = _np(layer.keep_mask(x))
+    assert mask.shape == (64, 1, 1) and set(np.unique(mask)) == {0.0, 1.0}
+    np.testing.assert_array_equal(_np(layer(x, training=True, keep_mask=mask)), x / 0.5 * mask)
+    np.testing.assert_array_equal(drawn, x / 0.5 * mask)  # the mask call would have drawn
+
+
+def test_transformer_block_keep_masks_replay_its_own_draws():
+    x = np.random.default_rng(1).normal(size=(32, 5, 8)).astype("float32")
+    block = TransformerBlock(num_heads=2, drop_path=0.5)
+    block.build(x.shape)
+    assert block.keep_masks(x, training=False) is None
+    assert TransformerBlock(num_heads=2).keep_masks(x, training=True) is None
+    generator = block.drop_path.seed_generator
+    start = ops.convert_to_numpy(generator.state)
+    drawn = _np(block(x, training=True))
+    generator.state.assign(start)
+    masks = block.keep_masks(x, training=True)
+    np.testing.assert_array_equal(_np(block(x, training=True, keep_masks=masks)), drawn)
+    # each branch draws its own mask; over 32 samples they differ somewhere
+    assert not np.array_equal(_np(masks[0]), _np(masks[1]))

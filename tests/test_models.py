@@ -393,3 +393,10 @@ def test_mixed_bfloat16_wrapper_output_is_float32():
     assert keras.backend.standardize_dtype(features.dtype) == "bfloat16"
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"
     assert tuple(logits.shape) == (2, 1024)
+
+
+def test_remat_is_configured_and_refuses_dropout_it_cannot_replay():
+    model = vit_tiny(patch_size=16, depth=1, remat=True, drop_path_rate=0.1)
+    assert VisionTransformer.from_config(model.get_config()).remat is True
+    with pytest.raises(ValueError, match="remat=True cannot replay dropout"):
+        vit_tiny(patch_size=16, depth=1, remat=True, drop_rate=0.1)

@@ -32,14 +32,33 @@ class DropPath(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
 
-    def call(self, inputs, training=None):
-        if not training or self.rate == 0.0:
-            return inputs
+    def keep_mask(self, inputs):
+        """Draws the per-sample keep mask `(B, 1, ..., 1)` of 0s and 1s for `inputs`.
+
+        `call` draws it itself; drawing it beforehand and passing it as `keep_mask`
+        lets a rematerialised block replay the same mask in its backward pass.
+
+        Example:
+
+        >>> import numpy as np
+        >>> layer = DropPath(0.5, seed=1)
+        >>> x = np.ones((4, 3, 2), "float32")
+        >>> mask = layer.keep_mask(x)
+        >>> tuple(mask.shape)
+        (4, 1, 1)
+        >>> y = layer(x, training=True, keep_mask=mask)  # kept samples scaled by 2
+        """
         keep = 1.0 - self.rate
         shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
         noise = keras.random.uniform(shape, dtype=inputs.dtype, seed=self.seed_generator)
-        mask = ops.floor(keep + noise)
-        return inputs / keep * mask
+        return ops.floor(keep + noise)
+
+    def call(self, inputs, training=None, keep_mask=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        if keep_mask is None:
+            keep_mask = self.keep_mask(inputs)
+        return inputs / (1.0 - self.rate) * ops.cast(keep_mask, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -125,12 +125,34 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp.build(input_shape)
         self.drop_path.build(input_shape)
 
-    def call(self, x, training=None, return_attention=False):
+    def keep_masks(self, x, training=None):
+        """The drop-path keep masks of both branches, or None when nothing is dropped.
+
+        Drawn in the order `call` draws them, so passing them back as `keep_masks`
+        gives the same output; a rematerialised block uses this to replay them.
+
+        Example:
+
+        >>> import numpy as np
+        >>> block = TransformerBlock(num_heads=2, drop_path=0.5)
+        >>> x = np.zeros((4, 5, 8), "float32")
+        >>> masks = block.keep_masks(x, training=True)
+        >>> [tuple(m.shape) for m in masks]
+        [(4, 1, 1), (4, 1, 1)]
+        >>> y = block(x, training=True, keep_masks=masks)
+        """
+        if not training or self.drop_path_rate == 0.0:
+            return None
+        return self.drop_path.keep_mask(x), self.drop_path.keep_mask(x)
+
+    def call(self, x, training=None, return_attention=False, keep_masks=None):
+        attn_mask, mlp_mask = keep_masks if keep_masks is not None else (None, None)
         y = self.attn(self.norm1(x), training=training, return_attention=return_attention)
         if return_attention:
             y, attn = y
-        x = x + self.drop_path(y, training=training)
-        x = x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
+        x = x + self.drop_path(y, training=training, keep_mask=attn_mask)
+        y = self.mlp(self.norm2(x), training=training)
+        x = x + self.drop_path(y, training=training, keep_mask=mlp_mask)
         if return_attention:
             return x, attn
         return x

@@ -32,6 +32,12 @@ class VisionTransformer(keras.Model):
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth, increased linearly to this rate over the blocks.
         use_fused_attention: use `keras.ops.dot_product_attention` in the blocks.
+        remat: rematerialise the blocks in training (`keras.remat`): their
+            activations are recomputed in the backward pass instead of kept, trading
+            about a third more compute for memory, so that ViT-S/8 or ViT-B/16 fit
+            larger batches. Outputs and gradients are unchanged; the drop-path masks
+            are drawn outside the recomputed part so both passes use the same ones.
+            Dropout (`drop_rate`, `attn_drop_rate`) cannot be combined with it.
 
     Example:
 
@@ -58,6 +64,7 @@ class VisionTransformer(keras.Model):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         use_fused_attention: bool = False,
+        remat: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -75,6 +82,13 @@ class VisionTransformer(keras.Model):
         self.attn_drop_rate = attn_drop_rate
         self.drop_path_rate = drop_path_rate
         self.use_fused_attention = use_fused_attention
+        if remat and (drop_rate or attn_drop_rate):
+            raise ValueError(
+                "remat=True cannot replay dropout: its recomputation would draw new "
+                f"masks (drop_rate={drop_rate}, attn_drop_rate={attn_drop_rate}); "
+                "set both to 0 (DINO uses 0) or remat=False. Drop path is supported."
+            )
+        self.remat = remat
         self.num_patches = (img_size // patch_size) ** 2
         policy = self.dtype_policy
 
@@ -174,11 +188,17 @@ class VisionTransformer(keras.Model):
         x = x + ops.cast(self.interpolate_pos_encoding(grid_h, grid_w), x.dtype)
         return self.pos_drop(x, training=training)
 
+    def _run_blocks(self, x, training=None):
+        for block in self.blocks:
+            if self.remat and training:
+                x = _rematerialised(block, x, block.keep_masks(x, training=True))
+            else:
+                x = block(x, training=training)
+        return x
+
     def call(self, images, training=None):
         x = self.prepare_tokens(images, training=training)
-        for block in self.blocks:
-            x = block(x, training=training)
-        return self.norm(x)[:, 0]
+        return self.norm(self._run_blocks(x, training=training))[:, 0]
 
     def forward_features(self, images, training=None):
         """All normalised output tokens `(B, 1 + N, E)`, class token first.
@@ -194,9 +214,7 @@ class VisionTransformer(keras.Model):
         ((2, 25, 192), (2, 24, 192))
         """
         x = self.prepare_tokens(images, training=training)
-        for block in self.blocks:
-            x = block(x, training=training)
-        return self.norm(x)
+        return self.norm(self._run_blocks(x, training=training))
 
     def get_last_selfattention(self, images):
         """Attention weights of the last block, `(B, heads, 1 + N, 1 + N)`, in float32.
@@ -260,7 +278,19 @@ class VisionTransformer(keras.Model):
             "attn_drop_rate": self.attn_drop_rate,
             "drop_path_rate": self.drop_path_rate,
             "use_fused_attention": self.use_fused_attention,
+            "remat": self.remat,
         }
+
+
+def _rematerialised(block, x, keep_masks):
+    """`block(x)` in training whose activations are recomputed for the gradient."""
+    if keep_masks is None:
+        return keras.remat(lambda tokens: block(tokens, training=True))(x)
+    return keras.remat(
+        lambda tokens, attn_mask, mlp_mask: block(
+            tokens, training=True, keep_masks=(attn_mask, mlp_mask)
+        )
+    )(x, *keep_masks)
 
 
 def _factory(embed_dim, depth, num_heads, doc_name):

@@ -20,9 +20,11 @@ def _run(args, backend):
 
 
 @pytest.mark.backends("jax")
-def test_train_throughput_tiny():
-    (row,) = _run(["bench/train_throughput.py", "--tiny"], "jax")
+@pytest.mark.parametrize("extra", [[], ["--remat"]], ids=["plain", "remat"])
+def test_train_throughput_tiny(extra):
+    (row,) = _run(["bench/train_throughput.py", "--tiny", *extra], "jax")
     assert row["backend"] == "jax" and row["batch"] == 4 and row["steps_timed"] == 20
+    assert row["remat"] is bool(extra)
     for key in ("images_per_s", "step_ms_median", "compile_s", "peak_memory_gib", "tflops"):
         assert row[key] > 0, key
     assert abs(row["images_per_s"] - 4000.0 / row["step_ms_median"]) / row["images_per_s"] < 0.01
@@ -42,3 +44,20 @@ def test_flop_count_is_analytic():
         batch=1, hidden_dim=2048, bottleneck_dim=256, out_dim=65536,
     )
     assert 120 < step_flops(cfg, 384, 12) / 1e9 < 128
+
+
+@pytest.mark.backends("jax")
+def test_bf16_loss_curve_tracks_float32():
+    """mixed_bfloat16 from the same start on the same CIFAR-10 crops follows float32."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from bf16_loss_curve import loss_curves, summarise
+
+    curves = loss_curves(steps=80, window=20, batch=16, out_dim=256)
+    summary = summarise(curves)
+    assert summary["windows"] == 4
+    fp32, bf16 = curves["float32"], curves["mixed_bfloat16"]
+    assert fp32 != bf16  # bf16 really ran in bf16
+    assert summary["max_rel_gap_after_first_window"] < 0.01, summary
+    # the gap is small next to how far the loss itself moves over the run
+    gap = max(abs(b - f) for f, b in zip(fp32, bf16))
+    assert gap < 0.25 * (max(fp32) - min(fp32)), (curves, summary)

@@ -374,7 +374,13 @@ class DINO(keras.Model):
                 scaled = self.optimizer.scale_loss(loss / distribute.num_replicas())
             grads = tape.gradient(scaled, variables)
             self.optimizer.apply(grads, variables)
-            return self._after_update(loss, teacher_output, step)
+            logs = self._after_update(loss, teacher_output, step)
+            if _in_multi_worker_mode():
+                # Keras reduces the logs of a multi-worker step with
+                # strategy.reduce("MEAN", value, axis=0), which fails for scalars
+                # (tensorflow/tensorflow#72388); rank 1 comes back as the scalar.
+                logs = {key: ops.reshape(value, (1,)) for key, value in logs.items()}
+            return logs
         if backend == "torch":
             import torch
 
@@ -433,6 +439,15 @@ class DINO(keras.Model):
             _current(scope, v, old) for v, old in zip(self.metrics_variables, metrics_values)
         ]
         return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # DINO builds its networks at construction and its optimizer at compile, so the
+        # symbolic build Keras runs under tf.distribute has nothing to do; it would also
+        # reduce a sample batch, which fails for per-replica crop tuples under
+        # MultiWorkerMirroredStrategy.
+        if getattr(self, "optimizer", None) is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def test_step(self, *args):
         raise NotImplementedError(
@@ -494,6 +509,18 @@ class DINO(keras.Model):
         config["global_crops_scale"] = list(config["global_crops_scale"])
         config["local_crops_scale"] = list(config["local_crops_scale"])
         return config
+
+
+def _in_multi_worker_mode():
+    """Whether the TensorFlow step runs under a MultiWorkerMirroredStrategy of >1 worker."""
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return False
+    strategy = tf.distribute.get_strategy()
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.extended._in_multi_worker_mode()
 
 
 def _with_known_size(x):

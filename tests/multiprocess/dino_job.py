@@ -193,7 +193,6 @@ def main(argv):
     with scope:
         model = tiny_dino(F.epochs, F.seed)
         model.compile()
-    train_dino._prepare_for_strategy(model, strategy)
     backup = os.path.join(F.output_dir, "backup")
     callbacks = [
         train_dino._backup_callback(backup, chief),

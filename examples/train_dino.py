@@ -65,12 +65,18 @@ flags.DEFINE_string("backend", None, "Keras backend (tensorflow, jax, torch); de
                     "KERAS_BACKEND.")
 flags.DEFINE_integer("global_size", 224, "Side of the global crops.")
 flags.DEFINE_integer("local_size", 96, "Side of the local crops.")
+flags.DEFINE_list("blur_radius", ["0.1", "2.0"], "Range of the Gaussian-blur radius in pixels "
+                  "(the official 0.1,2 suits 224-pixel crops; scale it for small images).")
 flags.DEFINE_integer("embed_dim", None, "Custom architecture: token width.")
 flags.DEFINE_integer("depth", None, "Custom architecture: number of blocks.")
 flags.DEFINE_integer("num_heads", None, "Custom architecture: attention heads.")
 flags.DEFINE_integer("head_hidden_dim", 2048, "Hidden width of the DINO head.")
 flags.DEFINE_integer("head_bottleneck_dim", 256, "Bottleneck width of the DINO head.")
 flags.DEFINE_boolean("bf16", False, "Mixed precision bfloat16 (TPU/recent GPU/CPU).")
+flags.DEFINE_boolean("fused_attention", False, "Attention through keras.ops."
+                     "dot_product_attention (flash/cuDNN kernels on GPUs).")
+flags.DEFINE_boolean("remat", False, "Recompute the student's blocks in the backward pass: "
+                     "less memory (larger batches for ViT-S/8, ViT-B/16), ~1/3 more compute.")
 flags.DEFINE_integer("steps_per_execution", 1, "Steps per compiled call (TF and JAX).")
 flags.DEFINE_boolean("jit_compile", None, "XLA-compile the step (default: Keras' choice).")
 # --- distribution (README "Scaling out: GPUs, machines, TPUs") ---
@@ -266,39 +272,6 @@ def _backup_callback(backup_dir, chief):
     return ChiefBackupAndRestore(backup_dir, double_checkpoint=True)
 
 
-def _prepare_for_strategy(model, strategy):
-    """Works around two limits of Keras 3's TensorFlow trainer under tf.distribute.
-
-    1. With a strategy set, `fit` first reduces a sample batch (`strategy.reduce`) to
-       build the model symbolically; DINO is built at construction and its optimizer at
-       compile, so there is nothing to build, and that reduction fails for tuples of
-       per-replica crops under MultiWorkerMirroredStrategy: skip it.
-    2. Under MultiWorkerMirroredStrategy, `fit` reduces the step's logs with
-       `strategy.reduce("MEAN", value, axis=0)`, which fails for scalars
-       (tensorflow/tensorflow#72388): the step returns them with shape (1,), which that
-       reduction turns back into scalars.
-    (Both go once `DINO` does them itself.)
-    """
-    if strategy is None:
-        return
-    if model.optimizer.built:
-        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    import tensorflow as tf
-
-    if (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
-    ):
-        from keras import ops
-
-        train_step = model.train_step
-
-        def train_step_rank1_logs(*args):
-            return {k: ops.reshape(v, (1,)) for k, v in train_step(*args).items()}
-
-        model.train_step = train_step_rank1_logs
-
-
 def _local_copy(model):
     """An undistributed copy of a trained DINO, for the chief's post-training reports."""
     import keras
@@ -344,6 +317,7 @@ def build_model():
     for key in ("embed_dim", "depth", "num_heads"):
         if getattr(F, key) is not None:
             vit_kwargs[key] = getattr(F, key)
+    vit_kwargs.update(use_fused_attention=F.fused_attention, remat=F.remat)
     return keras_dino.DINO(
         arch=F.arch,
         patch_size=F.patch_size,
@@ -400,7 +374,7 @@ def main(argv):
     import keras
 
     import keras_dino
-    from keras_dino.data import DataAugmentationDINO, multicrop_dataset
+    from keras_dino.data import DataAugmentationDINO, PhotometricConfig, multicrop_dataset
 
     # Distribution first: JAX must not run anything before jax.distributed.initialize.
     _init_jax_multiprocess()
@@ -426,6 +400,7 @@ def main(argv):
         local_crops_number=F.local_crops_number,
         global_size=F.global_size,
         local_size=F.local_size,
+        photometric_config=PhotometricConfig(blur_radius=tuple(float(v) for v in F.blur_radius)),
     )
     data_path = _data_path(F.data_path)
     tell(f"keras_dino {keras_dino.__version__} on {keras.backend.backend()}; data: {data_path}")
@@ -485,7 +460,6 @@ def main(argv):
         model = build_model()
         model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile
                       if F.jit_compile is not None else "auto")
-    _prepare_for_strategy(model, strategy)
     multi_process = F.distribution is not None and F.jax_multiprocess
     random_backbone = None
     if F.knn_train_path and F.knn_test_path and not multi_process:

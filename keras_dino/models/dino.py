@@ -375,7 +375,7 @@ class DINO(keras.Model):
             grads = tape.gradient(scaled, variables)
             self.optimizer.apply(grads, variables)
             logs = self._after_update(loss, teacher_output, step)
-            if _in_multi_worker_mode():
+            if distribute.in_multi_worker_mode():
                 # Keras reduces the logs of a multi-worker step with
                 # strategy.reduce("MEAN", value, axis=0), which fails for scalars
                 # (tensorflow/tensorflow#72388); rank 1 comes back as the scalar.
@@ -509,18 +509,6 @@ class DINO(keras.Model):
         config["global_crops_scale"] = list(config["global_crops_scale"])
         config["local_crops_scale"] = list(config["local_crops_scale"])
         return config
-
-
-def _in_multi_worker_mode():
-    """Whether the TensorFlow step runs under a MultiWorkerMirroredStrategy of >1 worker."""
-    import tensorflow as tf
-
-    if not tf.distribute.has_strategy():
-        return False
-    strategy = tf.distribute.get_strategy()
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()
 
 
 def _with_known_size(x):

@@ -27,6 +27,20 @@ def num_replicas() -> int:
     return 1 if context is None else context.num_replicas_in_sync
 
 
+def in_multi_worker_mode() -> bool:
+    """Whether the step runs under a `MultiWorkerMirroredStrategy` of several workers."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return False
+    strategy = tf.distribute.get_strategy()
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.extended._in_multi_worker_mode()
+
+
 def cross_replica_sum(value):
     """Sum of `value` over the replicas of a `tf.distribute` step; `value` elsewhere."""
     context = _tf_replica_context()

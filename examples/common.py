@@ -23,6 +23,23 @@ def append_log(output_dir, record):
         f.write(json.dumps(record) + "\n")
 
 
+def run_tool(define_flags, run):
+    """The absl entry point of a tool: defines its flags, parses them and calls `run`.
+
+    The tools take flags only; a stray positional argument (a typo such as a missing
+    `--`) is a usage error rather than something silently ignored.
+    """
+    from absl import app, flags
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        run(flags.FLAGS)
+
+    define_flags()
+    app.run(main)
+
+
 def say(message):
     print(message, flush=True)
 

@@ -21,11 +21,11 @@ A checkpoint of the README's main job, on the embedded CIFAR-10 subset:
 import os
 import sys
 
-from common import append_log, eval_split_paths, load_backbone, say, select_backend
+from common import append_log, eval_split_paths, load_backbone, run_tool, say, select_backend
 
 select_backend(sys.argv)
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 # Files of --dump_features / --load_features, as the official tool names them.
 FEATURE_FILES = ("trainfeat.pth", "trainlabels.pth", "testfeat.pth", "testlabels.pth")
@@ -141,12 +141,5 @@ def run(F):
     return results
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    run(flags.FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run_tool(define_flags, run)

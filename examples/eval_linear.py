@@ -27,7 +27,7 @@ A checkpoint of the README's main job, on the embedded CIFAR-10 subset:
 import os
 import sys
 
-from common import append_log, eval_split_paths, load_backbone, say, select_backend
+from common import append_log, eval_split_paths, load_backbone, run_tool, say, select_backend
 
 select_backend(sys.argv)
 
@@ -157,12 +157,5 @@ def run(F):
     return result
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    run(flags.FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run_tool(define_flags, run)

@@ -18,7 +18,7 @@ The official ViT-S/8 at 480x480, with the masks of the paper:
 import os
 import sys
 
-from common import load_backbone, say, select_backend
+from common import load_backbone, run_tool, say, select_backend
 
 select_backend(sys.argv)
 
@@ -92,12 +92,5 @@ def run(F):
     return paths
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    run(flags.FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run_tool(define_flags, run)

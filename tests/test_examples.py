@@ -113,6 +113,18 @@ def test_official_flag_names_and_defaults(script):
     assert not different, f"{script}: (official, ours) defaults differ: {different}"
 
 
+@pytest.mark.parametrize("script", ["eval_knn.py", "eval_linear.py", "visualize_attention.py"])
+def test_stray_positional_argument_is_a_usage_error(script):
+    # A forgotten "--" must not be silently dropped (it would run with a default instead).
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--arch=vit_small", "imagenet"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "unexpected arguments: imagenet" in result.stderr
+
+
 # --- end to end -------------------------------------------------------------------------
 
 

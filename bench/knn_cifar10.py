@@ -6,6 +6,11 @@ the time budget from the measured step time, then classifies the 10,000 test ima
 the official weighted 20-NN on teacher features, next to the same architecture at random
 initialisation. Prints one JSON line.
 
+Recipe for a 20-minute CPU run: the lr is constant after its warmup, and the teacher
+momentum is held at 0.98. The official cosine takes it to 1 by the end of the run, so
+the teacher stops following the student. In so short a run that costs the last few
+hundred steps: 33.6% against 37.0% 20-NN, with random init at 29.2%.
+
     KERAS_BACKEND=jax python bench/knn_cifar10.py --budget_minutes=20
 """
 
@@ -45,11 +50,17 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.004,
                         help="base lr, scaled by batch / 256 as the official rule")
-    parser.add_argument("--min_lr", type=float, default=5e-4,
-                        help="end of the cosine lr schedule (a short run keeps learning to the end)")
+    parser.add_argument("--min_lr", type=float, default=1e-3,
+                        help="end of the cosine lr schedule: as the scaled base lr (0.004 x "
+                        "64/256), the lr stays constant after warmup in so short a run")
     parser.add_argument("--local_crops_number", type=int, default=4)
     parser.add_argument("--out_dim", type=int, default=1024)
     parser.add_argument("--momentum_teacher", type=float, default=0.98)
+    parser.add_argument("--final_momentum_teacher", type=float, default=0.98,
+                        help="end of the teacher momentum's cosine. Officially 1.0: the teacher "
+                        "then stops following the student, which costs a 20-minute run its "
+                        "last few hundred steps (33.6 vs 37.0 k-NN); equal to "
+                        "--momentum_teacher, it is held constant")
     parser.add_argument("--steps_per_epoch", type=int, default=100,
                         help="length of a schedule epoch (the data stream repeats)")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,9 +126,10 @@ def main(argv=None):
             if time.time() > deadline:
                 self.model.stop_training = True
 
+    ema = keras_dino.callbacks.TeacherEMA(final_momentum=args.final_momentum_teacher)
     history = model.fit(dataset, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
-                        callbacks=[Deadline()], verbose=2)
-    steps = len(history.epoch) * args.steps_per_epoch
+                        callbacks=[Deadline(), ema], verbose=2)
+    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))  # the deadline may cut an epoch
     train_time = time.time() - start
 
     random_backbone = keras_dino.models.VisionTransformer(
@@ -130,6 +142,8 @@ def main(argv=None):
         images, labels = zip(*((x.numpy(), y.numpy()) for x, y in ds))
         splits[split] = (np.concatenate(images), np.concatenate(labels))
     result = {"backend": keras.backend.backend(), "steps": steps, "batch": args.batch,
+              "min_lr": args.min_lr, "momentum_teacher": args.momentum_teacher,
+              "final_momentum_teacher": args.final_momentum_teacher,
               "train_s": round(train_time, 1)}
     for name, backbone in (("trained", model.backbone), ("random", random_backbone)):
         train_f, train_y = extract_features(backbone, splits["train"], batch_size=500, verbose=0)

@@ -32,6 +32,10 @@ class TeacherEMA(keras.callbacks.Callback):
 
     def __init__(self, momentum_teacher: float | None = None, final_momentum: float = 1.0):
         super().__init__()
+        for name, value in (("momentum_teacher", momentum_teacher),
+                            ("final_momentum", final_momentum)):
+            if value is not None and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"TeacherEMA: {name} must be in [0, 1], got {value}")
         self.momentum_teacher = momentum_teacher
         self.final_momentum = final_momentum
 

@@ -199,6 +199,13 @@ def test_teacher_ema_and_centering_callbacks_configure_the_step():
     assert np.all(np.isfinite(after["center"])) and np.abs(after["center"]).max() > 0
 
 
+@pytest.mark.parametrize("kwargs", [dict(final_momentum=1.5), dict(momentum_teacher=-0.1)])
+def test_teacher_ema_rejects_a_momentum_outside_0_1(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"{name} must be in \\[0, 1\\]"):
+        dino_callbacks.TeacherEMA(**kwargs)
+
+
 def test_freeze_last_layer_untouched_in_first_epoch():
     model = tiny_dino(epochs=2, freeze_last_layer=1, norm_last_layer=True)
     v_before = ops.convert_to_numpy(model.student.head.last_layer.kernel_v)

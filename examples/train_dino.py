@@ -67,6 +67,10 @@ flags.DEFINE_integer("global_size", 224, "Side of the global crops.")
 flags.DEFINE_integer("local_size", 96, "Side of the local crops.")
 flags.DEFINE_list("blur_radius", ["0.1", "2.0"], "Range of the Gaussian-blur radius in pixels "
                   "(the official 0.1,2 suits 224-pixel crops; scale it for small images).")
+flags.DEFINE_float("final_momentum_teacher", 1.0, "End of the teacher momentum's cosine from "
+                   "--momentum_teacher (officially 1.0). A short run ends better with the "
+                   "teacher still following the student: equal to --momentum_teacher, the "
+                   "momentum is held constant.")
 flags.DEFINE_integer("embed_dim", None, "Custom architecture: token width.")
 flags.DEFINE_integer("depth", None, "Custom architecture: number of blocks.")
 flags.DEFINE_integer("num_heads", None, "Custom architecture: attention heads.")
@@ -470,6 +474,7 @@ def main(argv):
     backup = os.path.join(F.output_dir, "backup")
     callbacks = [
         _backup_callback(backup, chief),
+        keras_dino.callbacks.TeacherEMA(final_momentum=F.final_momentum_teacher),
         OfficialLog(model, F.output_dir, F.saveckp_freq, chief).callback,
     ]
     with _fail_fast():

@@ -292,3 +292,33 @@ def test_visualize_attention(checkpoint, tmp_path):
     mask = np.asarray(Image.open(out / masks[0]).convert("RGB"))
     shown = np.asarray(Image.open(out / "img.png").convert("RGB"))
     assert (mask != shown).any()  # the mask is drawn on the image
+
+
+@pytest.mark.backends("jax")
+def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
+    """--final_momentum_teacher (not official) moves the end of the momentum's cosine.
+
+    2 epochs of 4 steps (32 images, batch 8): the epoch logs carry the momentum of each
+    epoch's last step, `final + (base - final) * (1 + cos(pi * step / 8)) / 2`.
+    """
+    out = tmp_path / "out"
+    base, final, total = 0.5, 0.9, 8
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_dino.py"), "--backend=jax",
+         f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
+         "--arch=tiny", "--embed_dim=32", "--depth=1", "--num_heads=2", "--patch_size=8",
+         "--out_dim=64", "--head_hidden_dim=32", "--head_bottleneck_dim=16",
+         "--global_size=32", "--local_size=16", "--local_crops_number=2",
+         "--batch_size_per_gpu=8", "--epochs=2", "--warmup_epochs=0", "--use_fp16=false",
+         f"--momentum_teacher={base}", f"--final_momentum_teacher={final}",
+         "--saveckp_freq=0", "--num_workers=1", "--export=false", "--verbose=0"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [r for r in _log(out) if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    for record, step in zip(epochs, (3, 7)):
+        expected = final + 0.5 * (base - final) * (1 + math.cos(math.pi * step / total))
+        assert math.isclose(record["train_momentum"], expected, rel_tol=1e-5), (
+            record, expected)

@@ -70,7 +70,7 @@ flags.DEFINE_list("blur_radius", ["0.1", "2.0"], "Range of the Gaussian-blur rad
 flags.DEFINE_float("final_momentum_teacher", 1.0, "End of the teacher momentum's cosine from "
                    "--momentum_teacher (officially 1.0). A short run ends better with the "
                    "teacher still following the student: equal to --momentum_teacher, the "
-                   "momentum is held constant.")
+                   "momentum is held constant.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("embed_dim", None, "Custom architecture: token width.")
 flags.DEFINE_integer("depth", None, "Custom architecture: number of blocks.")
 flags.DEFINE_integer("num_heads", None, "Custom architecture: attention heads.")

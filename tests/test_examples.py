@@ -322,3 +322,14 @@ def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
         expected = final + 0.5 * (base - final) * (1 + math.cos(math.pi * step / total))
         assert math.isclose(record["train_momentum"], expected, rel_tol=1e-5), (
             record, expected)
+
+
+def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_dino.py"), "--final_momentum_teacher=98"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "--final_momentum_teacher=98: 98.0 is not a number in the range [0.0, 1.0]" in (
+        result.stderr)

@@ -334,6 +334,16 @@ def test_split_mode_photometric_inside_the_step():
     assert isinstance(clone.photometric, MultiCropPhotometric)
 
 
+def test_uint8_crops_without_a_photometric_layer_are_refused():
+    # Raw 0..255 crops would train without error and learn nothing useful.
+    rng = np.random.default_rng(0)
+    crops = tuple(
+        rng.integers(0, 256, (8, s, s, 3), dtype="uint8") for s in (16, 16, 8, 8)
+    )
+    with pytest.raises(ValueError, match=r"crops are uint8 .* no photometric layer"):
+        tiny_dino().fit(crops, batch_size=4, epochs=1, verbose=0)
+
+
 def test_rematerialised_blocks_train_exactly_like_plain_blocks():
     """remat recomputes the student's blocks in the backward pass, drop-path masks replayed."""
     results = []

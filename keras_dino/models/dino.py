@@ -320,6 +320,13 @@ class DINO(keras.Model):
     def _forward(self, crops, step):
         if self.photometric is not None:
             crops = list(self.photometric(tuple(crops), training=True))
+        elif "int" in keras.backend.standardize_dtype(crops[0].dtype):
+            raise ValueError(
+                f"the crops are {keras.backend.standardize_dtype(crops[0].dtype)} (split mode: "
+                "multicrop_dataset(split=True)) but this DINO has no photometric layer to "
+                "augment and normalise them: pass DINO(photometric=keras_dino.data."
+                "MultiCropPhotometric()), or build the dataset with split=False."
+            )
         temp = self.schedules.teacher_temperature(step)
         teacher_output = ops.stop_gradient(self.teacher(crops[:2], training=True))
         student_output = self.student(crops, training=True)

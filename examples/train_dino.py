@@ -71,6 +71,11 @@ flags.DEFINE_float("final_momentum_teacher", 1.0, "End of the teacher momentum's
                    "--momentum_teacher (officially 1.0). A short run ends better with the "
                    "teacher still following the student: equal to --momentum_teacher, the "
                    "momentum is held constant.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_boolean("photometric_on_device", False, "Split mode: the input pipeline only "
+                     "decodes, crops and flips (uint8 crops); colour jitter, grayscale, blur, "
+                     "solarisation and normalisation run inside the compiled training step "
+                     "(keras_dino.data.MultiCropPhotometric). For accelerators whose host CPUs "
+                     "cannot keep up; on a CPU the full host pipeline is faster.")
 flags.DEFINE_integer("embed_dim", None, "Custom architecture: token width.")
 flags.DEFINE_integer("depth", None, "Custom architecture: number of blocks.")
 flags.DEFINE_integer("num_heads", None, "Custom architecture: attention heads.")
@@ -314,6 +319,20 @@ def _is_chief(strategy=None):
     return True
 
 
+def augmentation_recipe():
+    """The official multi-crop recipe with this run's sizes, scales and blur radius."""
+    from keras_dino.data import DataAugmentationDINO, PhotometricConfig
+
+    return DataAugmentationDINO(
+        global_crops_scale=[float(v) for v in F.global_crops_scale],
+        local_crops_scale=[float(v) for v in F.local_crops_scale],
+        local_crops_number=F.local_crops_number,
+        global_size=F.global_size,
+        local_size=F.local_size,
+        photometric_config=PhotometricConfig(blur_radius=tuple(float(v) for v in F.blur_radius)),
+    )
+
+
 def build_model():
     import keras_dino
 
@@ -348,6 +367,8 @@ def build_model():
         local_crops_scale=[float(v) for v in F.local_crops_scale],
         vit_kwargs=vit_kwargs,
         head_kwargs=dict(hidden_dim=F.head_hidden_dim, bottleneck_dim=F.head_bottleneck_dim),
+        photometric=augmentation_recipe().device_layer(seed=F.seed)
+        if F.photometric_on_device else None,
     )
 
 
@@ -378,7 +399,7 @@ def main(argv):
     import keras
 
     import keras_dino
-    from keras_dino.data import DataAugmentationDINO, PhotometricConfig, multicrop_dataset
+    from keras_dino.data import multicrop_dataset
 
     # Distribution first: JAX must not run anything before jax.distributed.initialize.
     _init_jax_multiprocess()
@@ -398,14 +419,7 @@ def main(argv):
     # The official rule: the global batch is batch_size_per_gpu on every replica, and
     # DINO scales the learning rate by it (lr * global_batch / 256) inside the step.
     global_batch = F.batch_size_per_gpu * replicas
-    augmentation = DataAugmentationDINO(
-        global_crops_scale=[float(v) for v in F.global_crops_scale],
-        local_crops_scale=[float(v) for v in F.local_crops_scale],
-        local_crops_number=F.local_crops_number,
-        global_size=F.global_size,
-        local_size=F.local_size,
-        photometric_config=PhotometricConfig(blur_radius=tuple(float(v) for v in F.blur_radius)),
-    )
+    augmentation = augmentation_recipe()
     data_path = _data_path(F.data_path)
     tell(f"keras_dino {keras_dino.__version__} on {keras.backend.backend()}; data: {data_path}")
     # Several replicas: each input pipeline (worker, process) reads its own shard of the
@@ -418,6 +432,7 @@ def main(argv):
             data_path,
             global_batch,
             augmentation=augmentation,
+            split=F.photometric_on_device,
             seed=F.seed,
             input_context=input_context,
             repeat=distributed,
@@ -459,6 +474,9 @@ def main(argv):
     tell(f"{info.num_images} images, {info.num_skipped} skipped (this worker's shard of "
          f"{num_pipelines}); global batch {global_batch} on {replicas} replica(s): lr "
          f"{F.lr} * {global_batch}/256; {info.num_crops} crops per image")
+    if F.photometric_on_device:
+        tell("split mode: the input pipeline sends uint8 crops; the photometric half runs "
+             "inside the compiled training step")
 
     with scope:
         model = build_model()

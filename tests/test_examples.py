@@ -294,6 +294,23 @@ def test_visualize_attention(checkpoint, tmp_path):
     assert (mask != shown).any()  # the mask is drawn on the image
 
 
+TINY_RUN = [
+    "--arch=tiny", "--embed_dim=32", "--depth=1", "--num_heads=2", "--patch_size=8",
+    "--out_dim=64", "--head_hidden_dim=32", "--head_bottleneck_dim=16",
+    "--global_size=32", "--local_size=16", "--local_crops_number=2",
+    "--batch_size_per_gpu=8", "--epochs=2", "--warmup_epochs=0", "--use_fp16=false",
+    "--saveckp_freq=0", "--num_workers=1", "--export=false", "--verbose=0",
+]
+
+
+def _train_dino(*args):
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_dino.py"), "--backend=jax", *TINY_RUN, *args],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
 @pytest.mark.backends("jax")
 def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
     """--final_momentum_teacher (not official) moves the end of the momentum's cosine.
@@ -303,18 +320,8 @@ def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
     """
     out = tmp_path / "out"
     base, final, total = 0.5, 0.9, 8
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_dino.py"), "--backend=jax",
-         f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
-         "--arch=tiny", "--embed_dim=32", "--depth=1", "--num_heads=2", "--patch_size=8",
-         "--out_dim=64", "--head_hidden_dim=32", "--head_bottleneck_dim=16",
-         "--global_size=32", "--local_size=16", "--local_crops_number=2",
-         "--batch_size_per_gpu=8", "--epochs=2", "--warmup_epochs=0", "--use_fp16=false",
-         f"--momentum_teacher={base}", f"--final_momentum_teacher={final}",
-         "--saveckp_freq=0", "--num_workers=1", "--export=false", "--verbose=0"],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
+                         f"--momentum_teacher={base}", f"--final_momentum_teacher={final}")
     assert result.returncode == 0, result.stderr[-3000:]
     epochs = [r for r in _log(out) if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [0, 1]
@@ -333,3 +340,18 @@ def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
     assert result.returncode == 1, result.stderr[-2000:]
     assert "--final_momentum_teacher=98: 98.0 is not a number in the range [0.0, 1.0]" in (
         result.stderr)
+
+
+@pytest.mark.backends("jax")
+def test_train_dino_photometric_on_device(image_folder, tmp_path):
+    """Split mode from the command line: uint8 crops in, photometric part in the step."""
+    out = tmp_path / "out"
+    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
+                         "--photometric_on_device")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "split mode: the input pipeline sends uint8 crops" in result.stdout
+    epochs = [r for r in _log(out) if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    # DINO refuses uint8 crops without a photometric layer, so this ran with one.
+    assert all(math.isfinite(r["train_loss"]) for r in epochs), epochs
+    assert (out / "checkpoint.pth").is_file()

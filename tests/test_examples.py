@@ -74,11 +74,16 @@ def _typed(flag):
     return text
 
 
-def _script_defaults(script):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "--helpxml"], capture_output=True, text=True,
-        timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+def _run_script(script, *args, timeout=120):
+    """Runs examples/<script> in a subprocess with these command-line arguments."""
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+
+
+def _script_defaults(script):
+    result = _run_script(script, "--helpxml")
     assert "<AllFlags>" in result.stdout, result.stderr[-2000:]
     root = ET.fromstring(result.stdout)
     return {
@@ -116,11 +121,7 @@ def test_official_flag_names_and_defaults(script):
 @pytest.mark.parametrize("script", ["eval_knn.py", "eval_linear.py", "visualize_attention.py"])
 def test_stray_positional_argument_is_a_usage_error(script):
     # A forgotten "--" must not be silently dropped (it would run with a default instead).
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "--arch=vit_small", "imagenet"],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = _run_script(script, "--arch=vit_small", "imagenet")
     assert result.returncode == 1, result.stderr[-2000:]
     assert "unexpected arguments: imagenet" in result.stderr
 
@@ -304,11 +305,7 @@ TINY_RUN = [
 
 
 def _train_dino(*args):
-    return subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_dino.py"), "--backend=jax", *TINY_RUN, *args],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    return _run_script("train_dino.py", "--backend=jax", *TINY_RUN, *args, timeout=600)
 
 
 @pytest.mark.backends("jax")
@@ -332,11 +329,7 @@ def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
 
 
 def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_dino.py"), "--final_momentum_teacher=98"],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = _run_script("train_dino.py", "--final_momentum_teacher=98")
     assert result.returncode == 1, result.stderr[-2000:]
     assert "--final_momentum_teacher=98: 98.0 is not a number in the range [0.0, 1.0]" in (
         result.stderr)

@@ -320,12 +320,12 @@ class DINO(keras.Model):
     def _forward(self, crops, step):
         if self.photometric is not None:
             crops = list(self.photometric(tuple(crops), training=True))
-        elif "int" in keras.backend.standardize_dtype(crops[0].dtype):
+        elif "int" in (dtype := keras.backend.standardize_dtype(crops[0].dtype)):
             raise ValueError(
-                f"the crops are {keras.backend.standardize_dtype(crops[0].dtype)} (split mode: "
-                "multicrop_dataset(split=True)) but this DINO has no photometric layer to "
-                "augment and normalise them: pass DINO(photometric=keras_dino.data."
-                "MultiCropPhotometric()), or build the dataset with split=False."
+                f"the crops are {dtype} (split mode: multicrop_dataset(split=True)) but this "
+                "DINO has no photometric layer to augment and normalise them: pass DINO("
+                "photometric=keras_dino.data.MultiCropPhotometric()), or build the dataset "
+                "with split=False."
             )
         temp = self.schedules.teacher_temperature(step)
         teacher_output = ops.stop_gradient(self.teacher(crops[:2], training=True))

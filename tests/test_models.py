@@ -233,7 +233,7 @@ def test_head_variants_nlayers_and_batch_norm():
     ]
     bn = DINOHead(**HEAD, use_bn=True)
     kinds = [type(layer).__name__ for layer in bn.mlp]
-    assert kinds == ["Dense", "BatchNormalization", "Activation"] * 2 + ["Dense"]
+    assert kinds == ["Dense", "BatchNorm", "Activation"] * 2 + ["Dense"]
     x = np.random.default_rng(4).normal(size=(6, 48)).astype("float32")
     assert tuple(bn(x, training=True).shape) == (6, 1024)
     with pytest.raises(ValueError, match="nlayers"):

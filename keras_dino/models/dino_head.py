@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_dino.layers.activations import gelu_exact
+from keras_dino.layers.batch_norm import BatchNorm
 from keras_dino.layers.initializers import linear_kernel_initializer
 from keras_dino.layers.precision import at_least_float32
 from keras_dino.layers.weight_norm_dense import WeightNormDense
@@ -14,7 +15,8 @@ class DINOHead(keras.Model):
     """MLP, L2 normalisation, then a weight-normalised projection to `out_dim` logits.
 
     Official layout: `nlayers` dense layers (hidden `hidden_dim`, GELU between them, an
-    optional batch norm after each hidden dense layer) down to `bottleneck_dim`, L2
+    optional batch norm after each hidden dense layer, `keras_dino.layers.BatchNorm`:
+    PyTorch's, in training mode for the teacher too) down to `bottleneck_dim`, L2
     normalisation, and `last_layer`, a bias-free weight-normalised dense layer whose
     gain `g` is fixed at 1 (and not trainable) when `norm_last_layer` is True. Dense
     weights are initialised truncated-normal with std 0.02 and zero biases. The last
@@ -74,11 +76,7 @@ class DINOHead(keras.Model):
             )
             if i < nlayers - 1:
                 if use_bn:
-                    self.mlp.append(
-                        keras.layers.BatchNormalization(
-                            momentum=0.9, epsilon=1e-5, dtype=policy, name=f"mlp_{len(self.mlp)}"
-                        )
-                    )
+                    self.mlp.append(BatchNorm(dtype=policy, name=f"mlp_{len(self.mlp)}"))
                 self.mlp.append(
                     keras.layers.Activation(
                         gelu_exact,
@@ -108,7 +106,7 @@ class DINOHead(keras.Model):
 
     def call(self, x, training=None):
         for layer in self.mlp:
-            if isinstance(layer, keras.layers.BatchNormalization):
+            if isinstance(layer, BatchNorm):
                 x = layer(x, training=training)
             else:
                 x = layer(x)

@@ -1,6 +1,8 @@
-"""The one place that maps official DINO (PyTorch) tensor names and layouts to ours.
+"""Official DINO (PyTorch) state dicts <-> Keras variables, through the models' name maps.
 
-Every function here works on plain `{name: numpy array}` state dicts, so it serves
+The maps themselves (`{official name: (variable, layout kind)}`) belong to the models
+(`keras_dino.models.official_names`); this module converts layouts and checks names and
+shapes. Every function works on plain `{name: numpy array}` state dicts, so it serves
 `.pth` files (read without torch), their `.npz` twins and checkpoints we write back.
 """
 
@@ -9,18 +11,26 @@ import re
 import keras
 import numpy as np
 
+from keras_dino.models.official_names import (  # noqa: F401 (the maps, re-exported)
+    backbone_variable_map,
+    head_variable_map,
+    multicrop_variable_map,
+)
+
 # How an official tensor becomes the Keras variable's value, and back.
 _TO_KERAS = {
     "same": lambda a: a,
     "linear": lambda a: a.T,  # nn.Linear (out, in) -> Dense kernel (in, out)
     "conv": lambda a: a.transpose(2, 3, 1, 0),  # Conv2d (E, C, p, p) -> (p, p, C, E)
     "gain": lambda a: a.reshape(-1),  # weight_g (out, 1) -> (out,)
+    "buffer": lambda a: a,  # BatchNorm running statistics
 }
 _TO_OFFICIAL = {
     "same": lambda a: a,
     "linear": lambda a: a.T,
     "conv": lambda a: a.transpose(3, 2, 0, 1),
     "gain": lambda a: a.reshape(-1, 1),
+    "buffer": lambda a: a,
 }
 # Official buffers that have no Keras counterpart and are safe to ignore.
 _IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
@@ -47,76 +57,6 @@ class CheckpointShapeError(ValueError):
     >>> issubclass(CheckpointShapeError, ValueError)
     True
     """
-
-
-def _dense(prefix, layer, kind="linear"):
-    entries = {f"{prefix}.weight": (layer.kernel, kind)}
-    if layer.use_bias:
-        entries[f"{prefix}.bias"] = (layer.bias, "same")
-    return entries
-
-
-def _layer_norm(prefix, layer):
-    return {f"{prefix}.weight": (layer.gamma, "same"), f"{prefix}.bias": (layer.beta, "same")}
-
-
-def backbone_variable_map(backbone) -> dict:
-    """`{official name: (keras variable, layout kind)}` for a `VisionTransformer`.
-
-    Example:
-
-    >>> from keras_dino.models import vit_tiny
-    >>> model = vit_tiny(16, depth=1)
-    >>> model.build((None, 224, 224, 3))
-    >>> sorted(backbone_variable_map(model))[:3]
-    ['blocks.0.attn.proj.bias', 'blocks.0.attn.proj.weight', 'blocks.0.attn.qkv.bias']
-    """
-    backbone.build((None, None, None, 3))
-    entries = {
-        "cls_token": (backbone.cls_token, "same"),
-        "pos_embed": (backbone.pos_embed, "same"),
-    }
-    proj = backbone.patch_embed.proj
-    entries["patch_embed.proj.weight"] = (proj.kernel, "conv")
-    entries["patch_embed.proj.bias"] = (proj.bias, "same")
-    for i, block in enumerate(backbone.blocks):
-        p = f"blocks.{i}"
-        entries.update(_layer_norm(f"{p}.norm1", block.norm1))
-        entries.update(_dense(f"{p}.attn.qkv", block.attn.qkv))
-        entries.update(_dense(f"{p}.attn.proj", block.attn.proj))
-        entries.update(_layer_norm(f"{p}.norm2", block.norm2))
-        entries.update(_dense(f"{p}.mlp.fc1", block.mlp.fc1))
-        entries.update(_dense(f"{p}.mlp.fc2", block.mlp.fc2))
-    entries.update(_layer_norm("norm", backbone.norm))
-    return entries
-
-
-def head_variable_map(head) -> dict:
-    """`{official name: (keras variable, layout kind)}` for a `DINOHead`.
-
-    Example:
-
-    >>> from keras_dino.models import DINOHead
-    >>> head = DINOHead(out_dim=64, hidden_dim=32, bottleneck_dim=16, in_dim=192)
-    >>> sorted(head_variable_map(head))[:3]
-    ['last_layer.weight_g', 'last_layer.weight_v', 'mlp.0.bias']
-    """
-    if not head.built:
-        raise ValueError("build the DINOHead (or give it in_dim) before mapping its weights.")
-    entries = {}
-    if head.nlayers == 1:  # the official head then holds a bare nn.Linear as `mlp`.
-        entries.update(_dense("mlp", head.mlp[0]))
-    for i, layer in enumerate(head.mlp if head.nlayers > 1 else []):
-        if isinstance(layer, keras.layers.Dense):
-            entries.update(_dense(f"mlp.{i}", layer))
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            entries[f"mlp.{i}.weight"] = (layer.gamma, "same")
-            entries[f"mlp.{i}.bias"] = (layer.beta, "same")
-            entries[f"mlp.{i}.running_mean"] = (layer.moving_mean, "same")
-            entries[f"mlp.{i}.running_var"] = (layer.moving_variance, "same")
-    entries["last_layer.weight_g"] = (head.last_layer.kernel_g, "gain")
-    entries["last_layer.weight_v"] = (head.last_layer.kernel_v, "linear")
-    return entries
 
 
 def load_state_dict(variable_map: dict, state_dict: dict, what: str = "model") -> None:
@@ -313,4 +253,69 @@ def infer_head_config(state_dict: dict) -> dict:
         hidden_dim=int(first.shape[0]) if len(dense) > 1 else 2048,
         nlayers=max(len(dense), 1),
         use_bn=any(k.endswith("running_mean") for k in state_dict),
+    )
+
+
+def is_resnet_state(state_dict: dict) -> bool:
+    """Whether a backbone state dict holds torchvision ResNet tensors.
+
+    Example:
+
+    >>> import numpy as np
+    >>> is_resnet_state({"conv1.weight": np.zeros((64, 3, 7, 7))}), is_resnet_state({})
+    (True, False)
+    """
+    return "conv1.weight" in state_dict and "cls_token" not in state_dict
+
+
+def infer_resnet_config(state_dict: dict) -> dict:
+    """`ResNet` arguments read off the tensors of a torchvision ResNet state dict.
+
+    The block type, the blocks per stage and every width come from the tensors. A
+    bottleneck's inner width and expansion are expressed as `stage_widths` (the inner
+    widths, `width_per_group=64`) and `expansion` (output over inner width), which
+    builds the same network as torchvision's parametrisation.
+
+    Example:
+
+    >>> from keras_dino.models.official_names import resnet_map
+    >>> from keras_dino.models.resnet import resnet
+    >>> state = state_dict_of(resnet_map(resnet("resnet50")))
+    >>> config = infer_resnet_config(state)
+    >>> config["block"], config["layers"], config["stage_widths"], config["expansion"]
+    ('bottleneck', (3, 4, 6, 3), (64, 128, 256, 512), 4)
+    """
+    if not is_resnet_state(state_dict):
+        raise CheckpointKeyError(
+            "not a ResNet state dict: no 'conv1.weight' among its keys "
+            f"({', '.join(sorted(state_dict)[:6])})."
+        )
+    layers = []
+    for i in range(1, 9):
+        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
+        if not blocks:
+            break
+        layers.append(max(blocks) + 1)
+    if not layers:
+        raise CheckpointKeyError("the ResNet state dict has no residual stages ('layer1.*').")
+    bottleneck = "layer1.0.conv3.weight" in state_dict
+    widths, expansions = [], set()
+    for i in range(1, len(layers) + 1):
+        inner = int(state_dict[f"layer{i}.0.conv1.weight"].shape[0])
+        last = f"layer{i}.0.conv3.weight" if bottleneck else f"layer{i}.0.conv2.weight"
+        out = int(state_dict[last].shape[0])
+        if out % inner:
+            raise ValueError(f"stage {i} of the ResNet maps {inner} to {out} channels: "
+                             "not a torchvision block layout.")
+        widths.append(inner)
+        expansions.add(out // inner)
+    if len(expansions) != 1:
+        raise ValueError(f"the ResNet's stages expand by different factors {sorted(expansions)}.")
+    return dict(
+        block="bottleneck" if bottleneck else "basic",
+        layers=tuple(layers),
+        width_per_group=64,
+        expansion=expansions.pop(),
+        stem_width=int(state_dict["conv1.weight"].shape[0]),
+        stage_widths=tuple(widths),
     )

@@ -1,0 +1,139 @@
+"""Official (PyTorch) tensor names of every keras_dino network's variables.
+
+Each network maps the names its official twin uses in a `state_dict` to its own Keras
+variables, with the layout change between them (`kind`):
+
+* `"same"`: identical layout;
+* `"linear"`: `nn.Linear` weight `(out, in)`, a Dense kernel `(in, out)`;
+* `"conv"`: `nn.Conv2d` weight `(out, in, kh, kw)`, a Conv2D kernel `(kh, kw, in, out)`;
+* `"gain"`: weight-norm gain `(out, 1)`, here `(out,)`;
+* `"buffer"`: a BatchNorm running statistic (identical layout; not a parameter, so the
+  optimizer and the teacher EMA leave it alone).
+
+The maps belong to the models; `keras_dino.checkpoints` converts tensors with them.
+"""
+
+import keras
+
+from keras_dino.layers.batch_norm import BatchNorm
+
+# Kinds that are parameters of the official model (everything but buffers).
+PARAMETER_KINDS = ("same", "linear", "conv", "gain")
+
+
+def _dense(prefix, layer, kind="linear"):
+    entries = {f"{prefix}.weight": (layer.kernel, kind)}
+    if layer.use_bias:
+        entries[f"{prefix}.bias"] = (layer.bias, "same")
+    return entries
+
+
+def _layer_norm(prefix, layer):
+    return {f"{prefix}.weight": (layer.gamma, "same"), f"{prefix}.bias": (layer.beta, "same")}
+
+
+def _batch_norm(prefix, layer):
+    return {
+        f"{prefix}.weight": (layer.gamma, "same"),
+        f"{prefix}.bias": (layer.beta, "same"),
+        f"{prefix}.running_mean": (layer.moving_mean, "buffer"),
+        f"{prefix}.running_var": (layer.moving_variance, "buffer"),
+    }
+
+
+def vision_transformer_map(backbone) -> dict:
+    """`{official name: (variable, kind)}` of a `VisionTransformer`.
+
+    Example:
+
+    >>> from keras_dino.models import vit_tiny
+    >>> sorted(vision_transformer_map(vit_tiny(16, depth=1)))[:3]
+    ['blocks.0.attn.proj.bias', 'blocks.0.attn.proj.weight', 'blocks.0.attn.qkv.bias']
+    """
+    backbone.build((None, None, None, 3))
+    entries = {
+        "cls_token": (backbone.cls_token, "same"),
+        "pos_embed": (backbone.pos_embed, "same"),
+    }
+    proj = backbone.patch_embed.proj
+    entries["patch_embed.proj.weight"] = (proj.kernel, "conv")
+    entries["patch_embed.proj.bias"] = (proj.bias, "same")
+    for i, block in enumerate(backbone.blocks):
+        p = f"blocks.{i}"
+        entries.update(_layer_norm(f"{p}.norm1", block.norm1))
+        entries.update(_dense(f"{p}.attn.qkv", block.attn.qkv))
+        entries.update(_dense(f"{p}.attn.proj", block.attn.proj))
+        entries.update(_layer_norm(f"{p}.norm2", block.norm2))
+        entries.update(_dense(f"{p}.mlp.fc1", block.mlp.fc1))
+        entries.update(_dense(f"{p}.mlp.fc2", block.mlp.fc2))
+    entries.update(_layer_norm("norm", backbone.norm))
+    return entries
+
+
+def resnet_map(backbone) -> dict:
+    """`{official name: (variable, kind)}` of a `ResNet` (torchvision's names, no `fc`).
+
+    Example:
+
+    >>> from keras_dino.models.resnet import resnet
+    >>> names = resnet_map(resnet("resnet50"))
+    >>> names["layer1.0.downsample.0.weight"][1], len(names)
+    ('conv', 320)
+    """
+    backbone.build((None, None, None, 3))
+    entries = {"conv1.weight": (backbone.conv1.kernel, "conv")}
+    entries.update(_batch_norm("bn1", backbone.bn1))
+    for i, stage in enumerate(backbone.stages):
+        for j, block in enumerate(stage):
+            p = f"layer{i + 1}.{j}"
+            for k, conv_bn in enumerate(block.convs):
+                entries[f"{p}.conv{k + 1}.weight"] = (conv_bn.conv.kernel, "conv")
+                entries.update(_batch_norm(f"{p}.bn{k + 1}", conv_bn.bn))
+            if block.downsample is not None:
+                entries[f"{p}.downsample.0.weight"] = (block.downsample.conv.kernel, "conv")
+                entries.update(_batch_norm(f"{p}.downsample.1", block.downsample.bn))
+    return entries
+
+
+def backbone_variable_map(backbone) -> dict:
+    """The official-name map of any keras_dino backbone (ViT or ResNet)."""
+    from keras_dino.models.resnet import ResNet
+    from keras_dino.models.vision_transformer import VisionTransformer
+
+    if isinstance(backbone, VisionTransformer):
+        return vision_transformer_map(backbone)
+    if isinstance(backbone, ResNet):
+        return resnet_map(backbone)
+    raise TypeError(f"no official names for a {type(backbone).__name__} backbone.")
+
+
+def head_variable_map(head) -> dict:
+    """`{official name: (variable, kind)}` of a `DINOHead`.
+
+    Example:
+
+    >>> from keras_dino.models import DINOHead
+    >>> head = DINOHead(out_dim=64, hidden_dim=32, bottleneck_dim=16, in_dim=192)
+    >>> sorted(head_variable_map(head))[:3]
+    ['last_layer.weight_g', 'last_layer.weight_v', 'mlp.0.bias']
+    """
+    if not head.built:
+        raise ValueError("build the DINOHead (or give it in_dim) before mapping its weights.")
+    entries = {}
+    if head.nlayers == 1:  # the official head then holds a bare nn.Linear as `mlp`.
+        entries.update(_dense("mlp", head.mlp[0]))
+    for i, layer in enumerate(head.mlp if head.nlayers > 1 else []):
+        if isinstance(layer, keras.layers.Dense):
+            entries.update(_dense(f"mlp.{i}", layer))
+        elif isinstance(layer, BatchNorm):
+            entries.update(_batch_norm(f"mlp.{i}", layer))
+    entries["last_layer.weight_g"] = (head.last_layer.kernel_g, "gain")
+    entries["last_layer.weight_v"] = (head.last_layer.kernel_v, "linear")
+    return entries
+
+
+def multicrop_variable_map(wrapper) -> dict:
+    """`backbone.*` and `head.*` names of a `MultiCropWrapper`, as the official state dict."""
+    entries = {f"backbone.{k}": v for k, v in backbone_variable_map(wrapper.backbone).items()}
+    entries.update({f"head.{k}": v for k, v in head_variable_map(wrapper.head).items()})
+    return entries

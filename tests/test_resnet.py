@@ -1,0 +1,166 @@
+"""The ResNet backbone and its BatchNorm against the official (torchvision) numbers.
+
+`../shared/fixtures/official_dino_zoo/` holds a reduced torchvision ResNet with trained
+BatchNorm statistics and its outputs at four sizes; every backend runs this file.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_dino.checkpoints import official
+from keras_dino.layers.batch_norm import BatchNorm
+from keras_dino.models.backbones import backbone_config, build_backbone
+from keras_dino.models.official_names import resnet_map
+from keras_dino.models.resnet import RESNETS, ResNet, resnet
+
+SIZES = ("224x224", "96x96", "64x64", "96x64")
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(fixtures_dir):
+    return fixtures_dir.parent / "official_dino_zoo"
+
+
+@pytest.fixture(scope="module")
+def zoo_inputs(zoo_dir):
+    data = np.load(zoo_dir / "inputs.npz")
+    return {
+        size: ((data[f"{size}/uint8_nhwc"].astype(np.float32) / np.float32(255) - MEAN) / STD)
+        for size in SIZES
+    }
+
+
+@pytest.fixture(scope="module")
+def resnet_mini(zoo_dir):
+    # torchvision ResNet(Bottleneck with expansion 1, [1, 1, 1, 1], width_per_group=8).
+    model = ResNet("bottleneck", (1, 1, 1, 1), width_per_group=8, expansion=1)
+    state = dict(np.load(zoo_dir / "backbone_resnet_mini.npz"))
+    official.load_state_dict(resnet_map(model), state, "ResNet")
+    return model
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_pooled_features_match_torchvision(resnet_mini, zoo_inputs, zoo_dir, size):
+    expected = np.load(zoo_dir / "outputs_resnet_mini.npz")[f"{size}/pooled"]
+    actual = _np(resnet_mini(zoo_inputs[size]))
+    # The fixture's README: ~1e-4 relative for ResNets (float32 noise of the official
+    # model itself is ~1e-5 relative); the features are O(1).
+    np.testing.assert_allclose(actual, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+
+
+@pytest.mark.parametrize("size", ["64x64", "96x64"])
+def test_every_stage_matches_torchvision_on_odd_grids(resnet_mini, zoo_inputs, zoo_dir, size):
+    ref = np.load(zoo_dir / "outputs_resnet_mini.npz")
+    stages = resnet_mini.forward_features(zoo_inputs[size][:1])
+    for name in ("stem", "layer1", "layer2", "layer3", "layer4"):
+        expected = ref[f"{size}/first_image/{name}"].transpose(0, 2, 3, 1)  # NCHW -> NHWC
+        actual = _np(stages[name])
+        assert actual.shape == expected.shape, name
+        np.testing.assert_allclose(
+            actual, expected, atol=1e-4 * np.abs(expected).max(), rtol=0, err_msg=name
+        )
+
+
+def test_official_state_dict_round_trip(resnet_mini, zoo_dir):
+    state = dict(np.load(zoo_dir / "backbone_resnet_mini.npz"))
+    written = official.state_dict_of(resnet_map(resnet_mini))
+    expected = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert sorted(written) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(written[key], value, err_msg=key)
+
+
+def test_torchvision_architectures_have_their_parameter_counts():
+    # torchvision's counts without `fc` (e.g. resnet50: 25,557,032 - 2,049,000).
+    counts = {"resnet18": 11_176_512, "resnet50": 23_508_032}
+    for arch, expected in counts.items():
+        model = resnet(arch)
+        model.build((None, None, None, 3))
+        assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == expected, arch
+    assert set(RESNETS) >= {"resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2"}
+
+
+def test_any_input_size_and_strides_as_torch():
+    model = ResNet("basic", (1, 1, 1, 1), stem_width=8, stage_widths=(8, 8, 16, 16))
+    stages = model.forward_features(np.zeros((1, 33, 47, 3), "float32"))
+    # torch: floor((n + 2p - k) / s) + 1 per stride-2 layer.
+    assert tuple(stages["stem"].shape) == (1, 9, 12, 8)
+    assert tuple(stages["layer4"].shape) == (1, 2, 2, 16)
+
+
+def test_custom_resnet_config_round_trip():
+    cls, config = backbone_config(
+        "resnet_small", resnet_kwargs=dict(block="basic", layers=[1, 1], stage_widths=[8, 16],
+                                           stem_width=8)
+    )
+    model = cls(**config)
+    clone = ResNet.from_config(model.get_config())
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    model(x)
+    clone(x)
+    for a, b in zip(model.weights, clone.weights):
+        b.assign(a)
+    np.testing.assert_allclose(_np(clone(x)), _np(model(x)), atol=1e-6)
+    assert clone.embed_dim == 16
+
+
+def test_unknown_architectures_are_named():
+    with pytest.raises(ValueError, match="resnet_tiny"):
+        build_backbone("resnet_tiny")
+    with pytest.raises(ValueError, match="vit_huge"):
+        build_backbone("vit_huge")
+
+
+def test_batch_norm_trains_like_torch_batch_norm():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4, 3, 5, 2)) * 2 + 1).astype("float32")
+    bn = BatchNorm()
+    y = _np(bn(x, training=True))
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+    n = x.size // x.shape[-1]
+    np.testing.assert_allclose(_np(bn.moving_mean), 0.1 * mean, atol=1e-6)
+    # PyTorch updates the running variance with the unbiased batch variance.
+    np.testing.assert_allclose(_np(bn.moving_variance), 0.9 + 0.1 * var * n / (n - 1), atol=1e-6)
+    # Inference: the running statistics.
+    y = _np(bn(x, training=False))
+    expected = (x - _np(bn.moving_mean)) / np.sqrt(_np(bn.moving_variance) + 1e-5)
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_batch_norm_follows_training_even_when_not_trainable():
+    # The DINO teacher is not trainable (EMA only) but runs its BatchNorms on batch
+    # statistics; Keras' BatchNormalization would switch to inference mode.
+    bn = BatchNorm()
+    bn.trainable = False
+    x = np.arange(12, dtype="float32").reshape(6, 2)
+    y = _np(bn(x, training=True))
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
+    assert float(_np(bn.moving_mean)[0]) != 0.0
+
+
+def test_batch_norm_config_round_trip():
+    bn = BatchNorm(momentum=0.2, epsilon=1e-3, synchronized=False)
+    clone = BatchNorm.from_config(bn.get_config())
+    assert (clone.momentum, clone.epsilon, clone.synchronized) == (0.2, 1e-3, False)
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNorm(momentum=0.9 + 1)
+
+
+def test_resnet_keras_file_round_trip(tmp_path):
+    model = ResNet("bottleneck", (1, 1), width_per_group=16, stem_width=8, stage_widths=(8, 16))
+    x = np.random.default_rng(1).normal(size=(2, 40, 40, 3)).astype("float32")
+    expected = _np(model(x, training=True))  # moves the BatchNorm statistics too
+    path = tmp_path / "resnet.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), atol=1e-5)
+    assert expected.shape == (2, 64)  # bottleneck: 16 planes x expansion 4

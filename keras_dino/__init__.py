@@ -13,15 +13,16 @@ features = model(keras_dino.preprocess_images(images))
 from keras_dino import callbacks, evaluation, layers, models, training
 from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained
 from keras_dino.models import (
-    DINO,
     DINOHead,
     MultiCropWrapper,
+    ResNet,
     VisionTransformer,
     vit_base,
     vit_small,
     vit_tiny,
 )
 from keras_dino.preprocessing import normalize_images, preprocess_images
+from keras_dino.training.dino import DINO
 from keras_dino.version import __version__
 
 
@@ -43,6 +44,7 @@ __all__ = [
     "PRESETS",
     "DINOHead",
     "MultiCropWrapper",
+    "ResNet",
     "VisionTransformer",
     "__version__",
     "callbacks",

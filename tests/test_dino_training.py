@@ -10,8 +10,8 @@ from keras import ops
 
 from keras_dino import callbacks as dino_callbacks
 from keras_dino.checkpoints import official, read_checkpoint
-from keras_dino.models.dino import DINO
 from keras_dino.testing.golden import bound_for, run_golden
+from keras_dino.training.dino import DINO
 
 EMBED = 48
 

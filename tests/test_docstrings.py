@@ -39,7 +39,7 @@ EXAMPLE_REQUIRED = [
     m
     for m in MODULES
     if m.startswith(("keras_dino.layers.", "keras_dino.models.", "keras_dino.checkpoints."))
-    and m != "keras_dino.models.dino"
+    and m != "keras_dino.training.dino"
     or m == "keras_dino.preprocessing"
 ]
 # Keras hooks documented by Keras itself.

@@ -19,6 +19,7 @@ from keras_dino.checkpoints.torch_format import (
     read_checkpoint,
     write_torch_checkpoint,
 )
+from keras_dino.models.backbones import backbone_config
 
 # Official main_dino.py arguments that are not DINO hyper-parameters, with defaults.
 _OTHER_OFFICIAL_ARGS = dict(
@@ -69,21 +70,19 @@ def _strip_module(state: dict) -> dict:
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def _model_kwargs(args: dict, overrides: dict) -> dict:
-    from keras_dino.models.dino import OFFICIAL_DEFAULTS
-    from keras_dino.models.vision_transformer import ARCHITECTURES
-
-    kwargs = {k: args[k] for k in OFFICIAL_DEFAULTS if k in args}
-    if args.get("vit_kwargs"):
-        kwargs["vit_kwargs"] = dict(args["vit_kwargs"])
-    elif kwargs.get("arch") not in ARCHITECTURES:
-        raise ValueError(
-            f"the checkpoint's arch '{kwargs.get('arch')}' is not one of "
-            f"{', '.join(ARCHITECTURES)}; pass vit_kwargs=dict(embed_dim=..., depth=..., "
-            "num_heads=...)."
-        )
-    if args.get("head_kwargs"):
-        kwargs["head_kwargs"] = dict(args["head_kwargs"])
+def _model_kwargs(cls, args: dict, overrides: dict) -> dict:
+    defaults = cls.OFFICIAL_DEFAULTS
+    kwargs = {k: args[k] for k in defaults if k in args}
+    for key in ("vit_kwargs", "resnet_kwargs", "head_kwargs"):
+        if args.get(key):
+            kwargs[key] = dict(args[key])
+    merged = {**kwargs, **overrides}
+    backbone_config(  # names an unknown architecture before anything is built
+        merged.get("arch", defaults["arch"]),
+        merged.get("patch_size", defaults["patch_size"]),
+        merged.get("vit_kwargs"),
+        merged.get("resnet_kwargs"),
+    )
     if "batch_size_per_gpu" in args:
         kwargs["batch_size"] = int(args["batch_size_per_gpu"]) * int(args.get("world_size", 1))
     for key in ("global_crops_scale", "local_crops_scale"):
@@ -117,8 +116,8 @@ def _inner(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
-def load_official_checkpoint(path, **overrides):
-    """Rebuilds a compiled `keras_dino.DINO` from an official full training checkpoint.
+def load_official_checkpoint(path, cls, **overrides):
+    """Rebuilds a compiled `cls` (`keras_dino.DINO`) from an official full training checkpoint.
 
     Example:
 
@@ -128,8 +127,6 @@ def load_official_checkpoint(path, **overrides):
     model.fit(dataset)                      # resumes at the checkpoint's epoch
     ```
     """
-    from keras_dino.models.dino import DINO
-
     checkpoint = read_checkpoint(os.fspath(path))
     required = ("student", "teacher", "optimizer", "epoch", "args", "dino_loss")
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in required):
@@ -139,7 +136,7 @@ def load_official_checkpoint(path, **overrides):
             f"{', '.join(required)}; found {found}."
         )
     args = dict(checkpoint["args"])
-    model = DINO(**_model_kwargs(args, overrides))
+    model = cls(**_model_kwargs(cls, args, overrides))
     official.load_state_dict(model.student_map, _strip_module(checkpoint["student"]), "student")
     official.load_state_dict(model.teacher_map, _strip_module(checkpoint["teacher"]), "teacher")
     center = np.asarray(checkpoint["dino_loss"]["center"], np.float32)
@@ -203,16 +200,23 @@ def official_checkpoint_dict(model) -> dict:
         model.compile()
     optimizer = _inner(model.optimizer)
     name = model.hparams["optimizer"]
-    use_bn = model.hparams["use_bn_in_head"]
+    # main_dino.py wraps the teacher in DistributedDataParallel (keys `module.*`) when
+    # the networks have BatchNorm, and only then.
+    has_batch_norm = any(kind == "buffer" for _, kind in model.student_map.values())
     iterations = int(ops.convert_to_numpy(optimizer.iterations))
 
-    def network(mapping, prefix):
+    # BatchNorm counters: the official student backbone runs once per crop resolution
+    # (globals, then locals) per iteration, its head and the teacher once.
+    student_calls = 2 if model.hparams["local_crops_number"] > 0 else 1
+
+    def network(mapping, prefix, backbone_calls):
         out = {}
         for key, value in official.state_dict_of(mapping).items():
             out[prefix + key] = value
             if key.endswith(".running_var"):  # BatchNorm buffers end with this counter.
+                calls = backbone_calls if key.startswith("backbone.") else 1
                 out[prefix + key[: -len("running_var")] + "num_batches_tracked"] = np.array(
-                    iterations, np.int64
+                    iterations * calls, np.int64
                 )
         return out
 
@@ -249,20 +253,17 @@ def official_checkpoint_dict(model) -> dict:
     ]
     hp = model.hparams
     args = dict(_OTHER_OFFICIAL_ARGS)
-    from keras_dino.models.dino import OFFICIAL_DEFAULTS
-
-    args.update({k: hp[k] for k in OFFICIAL_DEFAULTS})
+    args.update({k: hp[k] for k in type(model).OFFICIAL_DEFAULTS})
     args["global_crops_scale"] = tuple(hp["global_crops_scale"])
     args["local_crops_scale"] = tuple(hp["local_crops_scale"])
     if hp["batch_size"]:
         args["batch_size_per_gpu"] = int(hp["batch_size"]) // int(args["world_size"])
-    if hp["vit_kwargs"]:
-        args["vit_kwargs"] = dict(hp["vit_kwargs"])
-    if hp["head_kwargs"]:
-        args["head_kwargs"] = dict(hp["head_kwargs"])
+    for key in ("vit_kwargs", "resnet_kwargs", "head_kwargs"):
+        if hp.get(key):
+            args[key] = dict(hp[key])
     return {
-        "student": network(model.student_map, "module."),
-        "teacher": network(model.teacher_map, "module." if use_bn else ""),
+        "student": network(model.student_map, "module.", student_calls),
+        "teacher": network(model.teacher_map, "module." if has_batch_norm else "", 1),
         "optimizer": {"state": state, "param_groups": groups},
         "epoch": _current_epoch(model),
         "args": CheckpointArgs(args),

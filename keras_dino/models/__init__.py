@@ -1,8 +1,12 @@
-"""The DINO models: Vision Transformer backbones, the DINO head and the multi-crop wrapper."""
+"""The networks: Vision Transformer and ResNet backbones, the DINO head, the multi-crop wrapper.
 
-from keras_dino.models.dino import DINO
+The `DINO` training model that pairs them is `keras_dino.DINO` (`keras_dino.training.dino`).
+"""
+
+from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper, group_crops_by_resolution
+from keras_dino.models.resnet import RESNETS, ResNet
 from keras_dino.models.vision_transformer import (
     ARCHITECTURES,
     VisionTransformer,
@@ -13,12 +17,23 @@ from keras_dino.models.vision_transformer import (
 
 __all__ = [
     "ARCHITECTURES",
-    "DINO",
     "DINOHead",
     "MultiCropWrapper",
+    "RESNETS",
+    "ResNet",
     "VisionTransformer",
+    "build_backbone",
     "group_crops_by_resolution",
     "vit_base",
     "vit_small",
     "vit_tiny",
 ]
+
+
+def __getattr__(name):
+    # `keras_dino.models.DINO` before the training model moved to keras_dino.training.
+    if name == "DINO":
+        from keras_dino.training.dino import DINO
+
+        return DINO
+    raise AttributeError(f"module 'keras_dino.models' has no attribute {name!r}")

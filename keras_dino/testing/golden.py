@@ -83,7 +83,7 @@ def run_golden(
     """
     import contextlib
 
-    from keras_dino.models.dino import DINO
+    from keras_dino.training.dino import DINO
 
     golden_dir = pathlib.Path(golden_dir)
     previous = keras.config.dtype_policy()

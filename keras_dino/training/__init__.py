@@ -1,4 +1,4 @@
-"""Training internals: schedules, the official optimizers, cross-replica helpers."""
+"""Training: the `DINO` model, its schedules, the official optimizers, cross-replica helpers."""
 
 from keras_dino.training.optimizers import LARS, SGD, AdamW, DINOOptimizer
 from keras_dino.training.schedules import DINOSchedules, cosine_scheduler, teacher_temp_schedule

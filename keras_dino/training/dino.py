@@ -4,11 +4,11 @@ import keras
 from keras import ops
 
 from keras_dino import callbacks as dino_callbacks
-from keras_dino.checkpoints import official
-from keras_dino.losses import batch_center, dino_loss
+from keras_dino.losses import batch_center, dino_loss, teacher_entropy
+from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
-from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
+from keras_dino.models.official_names import PARAMETER_KINDS, multicrop_variable_map
 from keras_dino.training import distribute
 from keras_dino.training.optimizers import OPTIMIZERS, DINOOptimizer
 from keras_dino.training.schedules import DINOSchedules
@@ -71,8 +71,11 @@ class DINO(keras.Model):
             replicas.
         student_temp: student temperature (0.1).
         center_momentum: momentum of the center (0.9).
-        vit_kwargs: overrides of the backbone architecture (e.g. `embed_dim`, `depth`,
+        vit_kwargs: overrides of a Vision Transformer backbone (e.g. `embed_dim`, `depth`,
             `num_heads` for a custom size, `use_fused_attention`).
+        resnet_kwargs: overrides of a ResNet backbone (`arch="resnet50"` or any
+            torchvision ResNet name; e.g. `layers`, `stem_width`, `stage_widths` for a
+            small custom one).
         head_kwargs: `DINOHead` arguments (`hidden_dim`, `bottleneck_dim`, `nlayers`).
         steps_per_epoch: fixes the schedules' iterations per epoch; by default the
             number of steps `fit` runs per epoch.
@@ -89,6 +92,8 @@ class DINO(keras.Model):
     model.fit(keras_dino.data.multicrop_dataset("/data/imagenet/train", 64), epochs=100)
     ```
     """
+
+    OFFICIAL_DEFAULTS = OFFICIAL_DEFAULTS
 
     def __init__(
         self,
@@ -119,6 +124,7 @@ class DINO(keras.Model):
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
         vit_kwargs: dict | None = None,
+        resnet_kwargs: dict | None = None,
         head_kwargs: dict | None = None,
         steps_per_epoch: int | None = None,
         photometric=None,
@@ -157,6 +163,7 @@ class DINO(keras.Model):
             student_temp=student_temp,
             center_momentum=center_momentum,
             vit_kwargs=dict(vit_kwargs or {}),
+            resnet_kwargs=dict(resnet_kwargs or {}),
             head_kwargs=dict(head_kwargs or {}),
             steps_per_epoch=steps_per_epoch,
         )
@@ -181,26 +188,22 @@ class DINO(keras.Model):
             freeze_last_layer=freeze_last_layer,
             steps_per_epoch=steps_per_epoch,
         )
-        vit_config = dict(ARCHITECTURES.get(arch, {}))
-        vit_config.update(self.hparams["vit_kwargs"])
-        missing = {"embed_dim", "depth", "num_heads"} - set(vit_config)
-        if missing:
-            raise ValueError(
-                f"unknown arch '{arch}' (known: {', '.join(ARCHITECTURES)}); give "
-                f"vit_kwargs with {', '.join(sorted(missing))} for a custom architecture."
-            )
-        vit_config["patch_size"] = patch_size
         head_config = dict(self.hparams["head_kwargs"])
         head_config.update(out_dim=out_dim, use_bn=use_bn_in_head)
-        embed_dim = vit_config["embed_dim"]
-
-        student_backbone = VisionTransformer(
-            **vit_config, drop_path_rate=drop_path_rate, name="student_backbone"
+        backbone_args = dict(
+            arch=arch,
+            patch_size=patch_size,
+            vit_kwargs=self.hparams["vit_kwargs"],
+            resnet_kwargs=self.hparams["resnet_kwargs"],
         )
+        student_backbone = build_backbone(
+            **backbone_args, drop_path_rate=drop_path_rate, name="student_backbone"
+        )
+        teacher_backbone = build_backbone(**backbone_args, name="teacher_backbone")
+        embed_dim = student_backbone.embed_dim
         student_head = DINOHead(
             **head_config, norm_last_layer=norm_last_layer, in_dim=embed_dim, name="student_head"
         )
-        teacher_backbone = VisionTransformer(**vit_config, name="teacher_backbone")
         teacher_head = DINOHead(**head_config, in_dim=embed_dim, name="teacher_head")
         self.student = MultiCropWrapper(student_backbone, student_head, name="student")
         self.teacher = MultiCropWrapper(teacher_backbone, teacher_head, name="teacher")
@@ -210,32 +213,34 @@ class DINO(keras.Model):
         self.center = self.add_weight(
             shape=(1, out_dim), initializer="zeros", trainable=False, name="center"
         )
-        self.student_map = self._official_map(self.student)
-        self.teacher_map = self._official_map(self.teacher)
-        # The teacher starts as a copy of the student (official: load_state_dict).
-        # A copy, not the student's buffer: JAX donates both to the compiled step.
+        self.student_map = multicrop_variable_map(self.student)
+        self.teacher_map = multicrop_variable_map(self.teacher)
+        # The teacher starts as a copy of the student, BatchNorm statistics included
+        # (official: load_state_dict). A copy, not the student's buffer: JAX donates
+        # both to the compiled step.
         for name, (variable, _) in self.teacher_map.items():
             variable.assign(ops.copy(ops.convert_to_tensor(self.student_map[name][0])))
+        # The EMA follows the parameters only; the teacher's BatchNorm statistics come
+        # from its own forward passes in training mode, as in the official code.
         self._ema_pairs = [
-            (self.student_map[name][0], self.teacher_map[name][0]) for name in self.student_map
+            (variable, self.teacher_map[name][0])
+            for name, (variable, kind) in self.student_map.items()
+            if kind in PARAMETER_KINDS
         ]
+        # Epoch means of the two parts of the loss (`dino_loss_terms`), to watch collapse.
+        self._entropy_tracker = keras.metrics.Mean(name="teacher_entropy")
+        self._kl_tracker = keras.metrics.Mean(name="kl")
         self._resume_epoch = 0
         self.built = True
-
-    @staticmethod
-    def _official_map(wrapper):
-        entries = {
-            f"backbone.{k}": v for k, v in official.backbone_variable_map(wrapper.backbone).items()
-        }
-        entries.update(
-            {f"head.{k}": v for k, v in official.head_variable_map(wrapper.head).items()}
-        )
-        return entries
 
     # ------------------------------------------------------------------ inference
     def call(self, crops, training=None):
         """Student logits of a list of crops (crop-major), as the official student."""
         return self.student(crops, training=training)
+
+    @property
+    def metrics(self):
+        return super().metrics + [self._entropy_tracker, self._kl_tracker]
 
     @property
     def backbone(self):
@@ -340,7 +345,12 @@ class DINO(keras.Model):
         )
         return loss, teacher_output
 
-    def _after_update(self, loss, teacher_output, step):
+    def _after_update(self, loss, teacher_output, step, ncrops):
+        # Outside the differentiated function, so the loss's program stays the official
+        # arithmetic; the center is still the one the loss used.
+        entropy = teacher_entropy(
+            teacher_output, self.center, self.schedules.teacher_temperature(step), ncrops
+        )
         momentum = self.schedules.momentum(step)
         student_weight = self.schedules.one_minus_momentum(step)
         updates = []
@@ -356,8 +366,12 @@ class DINO(keras.Model):
         updates.append((self.center, self.center * cm + mean * (1.0 - cm)))
         distribute.assign_all(updates)
         self._loss_tracker.update_state(loss)
+        self._entropy_tracker.update_state(entropy)
+        self._kl_tracker.update_state(loss - entropy)
         return {
             "loss": self._loss_tracker.result(),
+            "teacher_entropy": self._entropy_tracker.result(),
+            "kl": self._kl_tracker.result(),
             "lr": self.schedules.lr(step),
             "wd": self.schedules.wd(step),
             "momentum": momentum,
@@ -381,7 +395,7 @@ class DINO(keras.Model):
                 scaled = self.optimizer.scale_loss(loss / distribute.num_replicas())
             grads = tape.gradient(scaled, variables)
             self.optimizer.apply(grads, variables)
-            logs = self._after_update(loss, teacher_output, step)
+            logs = self._after_update(loss, teacher_output, step, len(crops))
             if distribute.in_multi_worker_mode():
                 # Keras reduces the logs of a multi-worker step with
                 # strategy.reduce("MEAN", value, axis=0), which fails for scalars
@@ -397,7 +411,7 @@ class DINO(keras.Model):
             grads = [v.value.grad for v in variables]
             with torch.no_grad():
                 self.optimizer.apply(grads, variables)
-                return self._after_update(loss.detach(), teacher_output, step)
+                return self._after_update(loss.detach(), teacher_output, step, len(crops))
         raise NotImplementedError(f"DINO does not support the {backend} backend.")
 
     def _jax_train_step(self, state, data):
@@ -438,7 +452,7 @@ class DINO(keras.Model):
         ]
         mapping = [pair for variables, values in groups for pair in zip(variables, values)]
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            logs = self._after_update(loss, teacher_output, step)
+            logs = self._after_update(loss, teacher_output, step, len(crops))
         non_trainable = [
             _current(scope, v, old) for v, old in zip(self.non_trainable_variables, non_trainable)
         ]
@@ -478,8 +492,13 @@ class DINO(keras.Model):
             callbacks.append(dino_callbacks.Centering())
         if not any(isinstance(c, dino_callbacks.StopOnNonFiniteLoss) for c in callbacks):
             callbacks.append(dino_callbacks.StopOnNonFiniteLoss())
+        if not any(isinstance(c, dino_callbacks.CollapseWarning) for c in callbacks):
+            callbacks.append(dino_callbacks.CollapseWarning())
         callbacks.insert(0, _ScheduleSetup())
         x = _with_known_size(x)
+        if hasattr(x, "element_spec"):
+            # A tf.data pipeline shuffles itself; Keras would warn that it ignores shuffle.
+            kwargs.setdefault("shuffle", False)
         if self._resume_epoch and "initial_epoch" not in kwargs:
             kwargs["initial_epoch"] = self._resume_epoch
         # The schedules' constants are read when the step is traced: trace it anew.
@@ -500,7 +519,35 @@ class DINO(keras.Model):
         """
         from keras_dino.checkpoints.dino_checkpoint import load_official_checkpoint
 
-        return load_official_checkpoint(path, **overrides)
+        return load_official_checkpoint(path, cls, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, weights, checkpoint_key=None, load_heads=True, **kwargs):
+        """A new DINO run whose networks start from released or earlier weights.
+
+        `weights` is a preset name (`"dino_vits16"`, ...), a released backbone `.pth`, an
+        official full training `checkpoint.pth`, their `.npz` twins, or a `.keras` file
+        (a DINO, a `MultiCropWrapper` or a backbone). A backbone starts the student's and
+        the teacher's backbones, and the heads start fresh; a full checkpoint also starts
+        both heads and the center (`load_heads=False` keeps its backbones only;
+        `checkpoint_key="teacher"` or `"student"` starts both networks from one of them).
+        The optimizer, the epoch and the schedules start anew.
+
+        `kwargs` are the constructor's (`out_dim`, `momentum_teacher`, `epochs`, `lr`,
+        `local_crops_number`, ...). The architecture (`arch`, `patch_size`, the backbone's
+        and the head's shapes) is read from the file when not given; given, it must match.
+
+        Example:
+
+        ```python
+        model = keras_dino.DINO.from_pretrained(
+            "dino_vits16", out_dim=4096, epochs=20, lr=1e-4, warmup_epochs=1)
+        model.fit(keras_dino.data.multicrop_dataset("my_images/", 64), epochs=20)
+        ```
+        """
+        from keras_dino.checkpoints.warm_start import dino_from_pretrained
+
+        return dino_from_pretrained(cls, weights, checkpoint_key, load_heads, **kwargs)
 
     def save_official_checkpoint(self, path) -> str:
         """Writes an official `checkpoint.pth` (or `.npz`) that `main_dino.py` resumes from."""

@@ -100,7 +100,7 @@ def distributed_dataset(strategy, crops=None):
 def tiny_dino(epochs=3, seed=0):
     import keras
 
-    from keras_dino.models.dino import DINO
+    from keras_dino.training.dino import DINO
 
     keras.utils.set_random_seed(seed)
     return DINO(

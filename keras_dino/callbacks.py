@@ -7,6 +7,7 @@ step when training starts and put the current values in the epoch logs.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -81,6 +82,10 @@ class Centering(keras.callbacks.Callback):
             logs["center_norm"] = float(np.linalg.norm(center))
 
 
+class CollapseDetected(UserWarning):
+    """The teacher's output collapsed (see `CollapseWarning`)."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """The DINO loss became NaN or infinite."""
 
@@ -112,3 +117,184 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"batch {batch + 1}); training stopped. Checkpoints written before this "
                 "step were kept. Lower the learning rate, raise warmup, or check the data."
             )
+
+
+def _as_arrays(data, batch_size):
+    """`(images, labels)` numpy arrays of an array pair or a dataset of such batches."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
+        return np.asarray(data[0]), np.asarray(data[1])
+    images, labels = [], []
+    for element in data:
+        if not isinstance(element, (tuple, list)) or len(element) != 2:
+            raise ValueError(
+                "KNNEvaluation expects (images, labels) arrays or a dataset of "
+                "(images, labels) batches."
+            )
+        images.append(np.asarray(element[0]))
+        labels.append(np.asarray(element[1]))
+    if not images:
+        raise ValueError("KNNEvaluation was given an empty dataset.")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+class KNNEvaluation(keras.callbacks.Callback):
+    """Weighted k-NN accuracy of the teacher backbone during training, every N epochs.
+
+    At the end of every `every_n_epochs`-th epoch (and of the last one), the features
+    of a small labelled reference split and a test split are extracted with the model's
+    backbone (the teacher's, for `keras_dino.DINO`) and the test split is classified
+    with the official weighted k-NN vote (`keras_dino.evaluation.knn_classifier`). The
+    accuracies go into the epoch logs as `knn_top1` and `knn_top5` (percent), so the
+    progress bar, `History`, `log.txt` and the training-curves plot show them beside
+    the loss. Off by default: pass it to `fit`.
+
+    Args:
+        train_data: the labelled reference set: `(images, labels)` arrays of normalised
+            NHWC images, or a dataset of such batches (e.g.
+            `keras_dino.evaluation.image_folder_dataset(...)[0]`), read once.
+        test_data: the images to classify, in the same forms.
+        every_n_epochs: evaluate after every this many epochs (and after the last).
+        k: neighbours (20, the paper's best).
+        temperature: temperature of the vote weights (0.07).
+        batch_size: images per feature-extraction batch.
+        backbone: `fn(model) -> backbone` to evaluate; default `model.backbone`.
+
+    Example:
+
+    ```python
+    ds, _, _ = keras_dino.evaluation.image_folder_dataset("cifar/train", 500, 32, 32)
+    test, _, _ = keras_dino.evaluation.image_folder_dataset("cifar/test", 500, 32, 32)
+    model.fit(crops, epochs=10, callbacks=[keras_dino.callbacks.KNNEvaluation(ds, test)])
+    ```
+    """
+
+    def __init__(
+        self,
+        train_data,
+        test_data,
+        every_n_epochs: int = 1,
+        k: int = 20,
+        temperature: float = 0.07,
+        batch_size: int = 256,
+        backbone=None,
+    ):
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"KNNEvaluation: every_n_epochs must be >= 1, got {every_n_epochs}")
+        self._train_data, self._test_data = train_data, test_data
+        self.every_n_epochs = int(every_n_epochs)
+        self.k = int(k)
+        self.temperature = float(temperature)
+        self.batch_size = int(batch_size)
+        self._backbone = backbone or (lambda model: model.backbone)
+        self._splits = None
+        self.history = []  # (epoch, top1, top5) of every evaluation
+
+    def _arrays(self):
+        if self._splits is None:
+            self._splits = (
+                _as_arrays(self._train_data, self.batch_size),
+                _as_arrays(self._test_data, self.batch_size),
+            )
+        return self._splits
+
+    def evaluate(self, backbone) -> tuple[float, float]:
+        """`(top1, top5)` of `backbone` on the callback's splits."""
+        from keras_dino.evaluation import extract_features, knn_classifier
+
+        train, test = self._arrays()
+        train_f, train_y = extract_features(backbone, train, self.batch_size, verbose=0)
+        test_f, test_y = extract_features(backbone, test, self.batch_size, verbose=0)
+        return knn_classifier(train_f, train_y, test_f, test_y, k=self.k, T=self.temperature)
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.every_n_epochs and not last:
+            return
+        top1, top5 = self.evaluate(self._backbone(self.model))
+        self.history.append((epoch, top1, top5))
+        if logs is not None:
+            logs["knn_top1"] = top1
+            logs["knn_top5"] = top5
+
+
+class CollapseWarning(keras.callbacks.Callback):
+    """Warns, once per kind, when the teacher's output collapses.
+
+    DINO avoids the two trivial solutions by balancing centering and sharpening; the
+    epoch logs' `teacher_entropy` and `kl` (`keras_dino.losses.dino_loss_terms`) show
+    which one is winning. The paper's signature of a collapse is a KL divergence
+    between teacher and student that falls to 0 (the student has nothing left to learn)
+    while the teacher's entropy goes to an extreme:
+
+    * near `log(out_dim)`: a uniform output, the same for every image (centering wins);
+    * near 0 with the same prototype for every image (sharpening wins).
+
+    The warning names the kind, the numbers and what usually helps. `keras_dino.DINO`
+    adds this callback to `fit` unless one is given.
+
+    Args:
+        kl_threshold: KL (nats) under which the student is considered to have caught up.
+        uniform_fraction: entropy above this fraction of `log(out_dim)` is "uniform".
+        sharp_fraction: entropy below this fraction of `log(out_dim)` is "one prototype".
+        start_epoch: epochs to wait before checking (the first one moves fast).
+
+    Example:
+
+    ```python
+    model.fit(crops, callbacks=[keras_dino.callbacks.CollapseWarning(kl_threshold=0.05)])
+    ```
+    """
+
+    def __init__(
+        self,
+        kl_threshold: float = 0.05,
+        uniform_fraction: float = 0.9,
+        sharp_fraction: float = 0.1,
+        start_epoch: int = 1,
+    ):
+        super().__init__()
+        self.kl_threshold = float(kl_threshold)
+        self.uniform_fraction = float(uniform_fraction)
+        self.sharp_fraction = float(sharp_fraction)
+        self.start_epoch = int(start_epoch)
+        self.warnings = []  # (epoch, kind, message)
+
+    def diagnose(self, teacher_entropy: float, kl: float, out_dim: int) -> str | None:
+        """`"uniform"`, `"one_prototype"` or None for an epoch's entropy and KL."""
+        if not (math.isfinite(teacher_entropy) and math.isfinite(kl)) or kl >= self.kl_threshold:
+            return None
+        max_entropy = math.log(out_dim)
+        if teacher_entropy >= self.uniform_fraction * max_entropy:
+            return "uniform"
+        if teacher_entropy <= self.sharp_fraction * max_entropy:
+            return "one_prototype"
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if epoch < self.start_epoch or "teacher_entropy" not in logs or "kl" not in logs:
+            return
+        out_dim = int(self.model.center.shape[-1])
+        entropy, kl = float(logs["teacher_entropy"]), float(logs["kl"])
+        kind = self.diagnose(entropy, kl, out_dim)
+        if kind is None or any(k == kind for _, k, _ in self.warnings):
+            return
+        bound = f"log({out_dim}) = {math.log(out_dim):.2f}"
+        if kind == "uniform":
+            message = (
+                f"DINO collapse (uniform) at epoch {epoch + 1}: the teacher's output is almost "
+                f"uniform (entropy {entropy:.2f} of {bound}) and the student matches it (KL "
+                f"{kl:.3f}), so the features no longer tell images apart. Centering is winning "
+                "over sharpening: lower teacher_temp (e.g. 0.02), or lower out_dim or the "
+                "learning rate."
+            )
+        else:
+            message = (
+                f"DINO collapse (one prototype) at epoch {epoch + 1}: the teacher puts every "
+                f"image on the same few prototypes (entropy {entropy:.2f} of {bound}) and the "
+                f"student matches it (KL {kl:.3f}). Sharpening is winning over centering: raise "
+                "teacher_temp or the center momentum's weight (lower center_momentum)."
+            )
+        self.warnings.append((epoch, kind, message))
+        warnings.warn(message, CollapseDetected, stacklevel=2)

@@ -5,6 +5,9 @@ import os
 
 CURVES = (
     ("train_loss", "loss"),
+    ("train_knn_top1", "k-NN top-1 (%)"),
+    ("train_teacher_entropy", "teacher entropy"),
+    ("train_kl", "KL(teacher || student)"),
     ("train_lr", "learning rate"),
     ("train_wd", "weight decay"),
     ("train_momentum", "teacher momentum"),
@@ -29,15 +32,23 @@ def read_log(path) -> list[dict]:
     return records
 
 
-def plot_training_curves(log_path, output_path) -> str:
-    """Draws loss, lr, weight decay, teacher momentum and temperature per epoch to a PNG.
+def plot_training_curves(log_path, output_path, out_dim: int | None = None) -> str:
+    """Draws the per-epoch curves of a `log.txt` to a PNG.
+
+    One panel per logged value: the loss, the k-NN accuracy (when
+    `keras_dino.callbacks.KNNEvaluation` ran), the teacher's entropy and the KL divergence
+    from teacher to student (the collapse indicators; with `out_dim`, the entropy of a
+    uniform output, `log(out_dim)`, is drawn as a dashed line), the learning rate, the
+    weight decay, the teacher momentum and temperature. Values never logged get no panel.
 
     Example:
 
     ```python
-    plot_training_curves("out/log.txt", "out/training_curves.png")
+    plot_training_curves("out/log.txt", "out/training_curves.png", out_dim=65536)
     ```
     """
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,12 +60,19 @@ def plot_training_curves(log_path, output_path) -> str:
     # A resumed run appends: keep the last record of each epoch.
     by_epoch = {int(r["epoch"]): r for r in records}
     epochs = sorted(by_epoch)
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(3.2 * len(CURVES), 2.8))
-    for ax, (key, title) in zip(axes, CURVES):
-        values = [by_epoch[e].get(key) for e in epochs]
-        points = [(e + 1, v) for e, v in zip(epochs, values) if v is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o", markersize=3)
+    panels = [(k, t) for k, t in CURVES if any(by_epoch[e].get(k) is not None for e in epochs)]
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.flat, panels):
+        points = [(e + 1, by_epoch[e][key]) for e in epochs if by_epoch[e].get(key) is not None]
+        ax.plot(*zip(*points), marker="o", markersize=3)
+        if key == "train_teacher_entropy" and out_dim:
+            ax.axhline(math.log(out_dim), color="grey", linestyle="--", linewidth=1,
+                       label=f"uniform, log({out_dim})")
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -1,0 +1,234 @@
+"""A new DINO run that starts from released or earlier weights (`DINO.from_pretrained`).
+
+What the file holds decides what starts from it:
+
+* a backbone (a preset, a released `*_pretrain.pth`, a backbone `.npz`, a `.keras`
+  backbone): the student's and the teacher's backbones; both heads start fresh (the
+  teacher's a copy of the student's, as at any start) and the center at zero;
+* a full training checkpoint (official `checkpoint.pth` or its `.npz`, or a `.keras`
+  DINO): the student and the teacher, backbone and head, and the center.
+
+Only weights carry over: the optimizer state, the epoch and the schedules start anew
+with the new run's hyper-parameters. The architecture comes from the file unless the
+arguments name one; a mismatch is an error that names both.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from keras_dino.checkpoints import official
+from keras_dino.models.backbones import is_resnet
+from keras_dino.models.official_names import backbone_variable_map, head_variable_map
+from keras_dino.models.vision_transformer import ARCHITECTURES
+
+logger = logging.getLogger("keras_dino")
+
+_ARCH_KEYS = ("arch", "patch_size", "vit_kwargs", "resnet_kwargs")
+
+
+class WarmStart:
+    """The weights of a file, sorted into what a DINO model can start from.
+
+    Attributes:
+        source: what was read (a path or a preset name).
+        student, teacher: backbone state dicts (official names).
+        student_head, teacher_head: head state dicts, or None for a backbone file.
+        center: the `(1, out_dim)` center, or None.
+        args: the file's training arguments (`args` of a full checkpoint), or {}.
+    """
+
+    def __init__(self, source, student, teacher=None, student_head=None, teacher_head=None,
+                 center=None, args=None):
+        self.source = source
+        self.student = student
+        self.teacher = teacher if teacher is not None else student
+        self.student_head = student_head
+        self.teacher_head = teacher_head if teacher_head is not None else student_head
+        self.center = center
+        self.args = dict(args or {})
+
+    @property
+    def has_head(self) -> bool:
+        return self.student_head is not None
+
+
+def _split(state: dict, what: str):
+    state = {k: np.asarray(v) for k, v in state.items()}
+    backbone, head = official.split_backbone_and_head(state)
+    if not backbone:
+        raise official.CheckpointKeyError(f"{what} holds no backbone weights.")
+    return backbone, (head or None)
+
+
+def read_warm_start(weights, checkpoint_key: str | None = None) -> WarmStart:
+    """Reads `weights` (a preset name or a file) without building a model.
+
+    Example:
+
+    ```python
+    start = read_warm_start("dino_vits16")            # a released backbone
+    start.has_head                                    # False: the heads start fresh
+    ```
+    """
+    from keras_dino.checkpoints.pretrained import PRESETS, _fetch, read_state
+
+    source = os.fspath(weights)
+    if source in PRESETS:
+        path = _fetch(source, with_head=False)
+    elif os.path.exists(source):
+        path = source
+    else:
+        raise FileNotFoundError(
+            f"'{source}' is neither a preset ({', '.join(PRESETS)}) nor an existing file."
+        )
+    if path.endswith(".keras"):
+        return _keras_warm_start(path)
+    checkpoint = read_state(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(checkpoint).__name__}).")
+    if "student" in checkpoint and "teacher" in checkpoint:
+        student, student_head = _split(checkpoint["student"], f"{path} ('student')")
+        teacher, teacher_head = _split(checkpoint["teacher"], f"{path} ('teacher')")
+        if checkpoint_key in ("student", "teacher"):  # one network for both
+            student, student_head = (student, student_head) if checkpoint_key == "student" else (
+                teacher, teacher_head)
+            teacher, teacher_head = student, student_head
+        center = checkpoint.get("dino_loss", {}).get("center")
+        args = checkpoint.get("args")
+        args = dict(args) if isinstance(args, dict) else dict(vars(args)) if args else {}
+        return WarmStart(source, student, teacher, student_head, teacher_head,
+                         None if center is None else np.asarray(center, np.float32), args)
+    if checkpoint_key and isinstance(checkpoint.get(checkpoint_key), dict):
+        checkpoint = checkpoint[checkpoint_key]
+    backbone, head = _split(checkpoint, path)
+    return WarmStart(source, backbone, student_head=head)
+
+
+def _keras_warm_start(path) -> WarmStart:
+    import keras
+
+    from keras_dino.models.multicrop import MultiCropWrapper
+    from keras_dino.models.official_names import multicrop_variable_map
+
+    model = keras.saving.load_model(path)
+    if hasattr(model, "student_map") and hasattr(model, "teacher_map"):  # a DINO
+        student = official.state_dict_of(model.student_map)
+        teacher = official.state_dict_of(model.teacher_map)
+        s_backbone, s_head = _split(student, path)
+        t_backbone, t_head = _split(teacher, path)
+        center = np.asarray(keras.ops.convert_to_numpy(model.center), np.float32)
+        args = {k: model.hparams[k] for k in _ARCH_KEYS if k in model.hparams}
+        args["norm_last_layer"] = model.hparams.get("norm_last_layer", True)
+        return WarmStart(path, s_backbone, t_backbone, s_head, t_head, center, args)
+    if isinstance(model, MultiCropWrapper):
+        backbone, head = _split(official.state_dict_of(multicrop_variable_map(model)), path)
+        return WarmStart(path, backbone, student_head=head)
+    return WarmStart(path, official.state_dict_of(backbone_variable_map(model)))
+
+
+def _architecture(start: WarmStart, kwargs: dict) -> dict:
+    """The backbone arguments of the new run: the file's, unless the caller names them."""
+    state = start.student
+    if official.is_resnet_state(state):
+        config = official.infer_resnet_config(state)
+        arch = kwargs.get("arch") or start.args.get("arch") or "resnet"
+        if not is_resnet(arch, kwargs.get("resnet_kwargs")):
+            raise ValueError(
+                f"{start.source} holds a ResNet backbone, but arch='{arch}' is not a ResNet."
+            )
+        out = {"arch": arch, "resnet_kwargs": {**config, **(kwargs.get("resnet_kwargs") or {})}}
+        if "patch_size" in kwargs:
+            out["patch_size"] = kwargs["patch_size"]
+        return out
+    heads = (kwargs.get("vit_kwargs") or {}).get("num_heads")
+    arch = kwargs.get("arch") or start.args.get("arch")
+    if heads is None and arch in ARCHITECTURES:
+        heads = ARCHITECTURES[arch]["num_heads"]
+    if heads is None:
+        heads = (start.args.get("vit_kwargs") or {}).get("num_heads")
+    config = official.infer_backbone_config(state, num_heads=heads)
+    if arch and is_resnet(arch, kwargs.get("resnet_kwargs")):
+        raise ValueError(
+            f"{start.source} holds a Vision Transformer backbone, but arch='{arch}' is a ResNet."
+        )
+    if arch in ARCHITECTURES:
+        expected = ARCHITECTURES[arch]
+        if (config["embed_dim"], config["depth"]) != (expected["embed_dim"], expected["depth"]):
+            raise ValueError(
+                f"{start.source} holds a Vision Transformer of width {config['embed_dim']} and "
+                f"depth {config['depth']}, not a {arch} (width {expected['embed_dim']}, depth "
+                f"{expected['depth']})."
+            )
+    patch_size = kwargs.get("patch_size", config["patch_size"])
+    if patch_size != config["patch_size"]:
+        raise ValueError(
+            f"patch_size={patch_size} was asked for, but {start.source} has patches of "
+            f"{config['patch_size']} pixels."
+        )
+    if arch is None:
+        arch = next(
+            (name for name, c in ARCHITECTURES.items()
+             if (c["embed_dim"], c["depth"], c["num_heads"])
+             == (config["embed_dim"], config["depth"], config["num_heads"])),
+            "vit_custom",
+        )
+    vit_kwargs = {k: config[k] for k in ("embed_dim", "depth", "num_heads", "img_size",
+                                         "mlp_ratio", "qkv_bias") if k in config}
+    vit_kwargs.update(kwargs.get("vit_kwargs") or {})
+    return {"arch": arch, "patch_size": patch_size, "vit_kwargs": vit_kwargs}
+
+
+def _head_arguments(start: WarmStart, kwargs: dict) -> dict:
+    """The file's head shape, for arguments the caller left out."""
+    if not start.has_head:
+        return {}
+    config = official.infer_head_config(start.student_head)
+    head_kwargs = {k: config[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
+    out = {"out_dim": config["out_dim"], "use_bn_in_head": config["use_bn"]}
+    if "norm_last_layer" in start.args:
+        out["norm_last_layer"] = bool(start.args["norm_last_layer"])
+    out = {k: v for k, v in out.items() if k not in kwargs}
+    out["head_kwargs"] = {**head_kwargs, **(kwargs.get("head_kwargs") or {})}
+    return out
+
+
+def dino_from_pretrained(cls, weights, checkpoint_key: str | None = None,
+                         load_heads: bool = True, **kwargs):
+    """`cls(**kwargs)` (a `keras_dino.DINO`) whose networks start from `weights`.
+
+    See `keras_dino.DINO.from_pretrained`.
+    """
+    start = read_warm_start(weights, checkpoint_key)
+    if not load_heads:
+        start.student_head = start.teacher_head = start.center = None
+    arguments = {**kwargs, **_architecture(start, kwargs)}
+    arguments = {**_head_arguments(start, kwargs), **arguments}
+    model = cls(**arguments)
+    pairs = (
+        (model.student.backbone, start.student, "student backbone"),
+        (model.teacher.backbone, start.teacher, "teacher backbone"),
+    )
+    for backbone, state, what in pairs:
+        official.load_state_dict(backbone_variable_map(backbone), state, what)
+    if start.has_head:
+        try:
+            official.load_state_dict(
+                head_variable_map(model.student.head), start.student_head, "student head"
+            )
+            official.load_state_dict(
+                head_variable_map(model.teacher.head), start.teacher_head, "teacher head"
+            )
+        except (official.CheckpointKeyError, official.CheckpointShapeError) as error:
+            raise ValueError(
+                f"the DINO heads of {start.source} do not fit the head asked for "
+                f"(out_dim={model.hparams['out_dim']}, head_kwargs={model.hparams['head_kwargs']}"
+                "); leave those arguments out to continue with the file's heads, or pass "
+                f"load_heads=False to start from its backbones alone: {error}"
+            ) from error
+        if start.center is not None and tuple(start.center.shape) == tuple(model.center.shape):
+            model.center.assign(start.center)
+    logger.info("DINO starts from %s (%s).", start.source,
+                "backbones, heads and center" if start.has_head else "backbones; fresh heads")
+    return model

@@ -554,7 +554,7 @@ def test_bad_inputs_fail_with_named_input(tf_export, loaded):
 
 
 def _tiny_dino():
-    from keras_dino.models.dino import DINO
+    from keras_dino.training.dino import DINO
 
     dino = DINO(
         arch="vit_tiny",
@@ -633,6 +633,39 @@ def test_models_config_keeps_other_models(tmp_path):
     assert len(blocks) == 2
     assert "model_version_policy { all {} }" in blocks[0]
     assert "/srv/models/dino" in blocks[1] and "/old" not in text
+
+
+@pytest.mark.backends("tensorflow", "jax")
+def test_resnet_export_serves_pooled_features(tmp_path):
+    """A ResNet exports like a ViT, without the ViT-only attention signature."""
+    import tensorflow as tf
+
+    from keras_dino.checkpoints import official
+    from keras_dino.models import ResNet
+    from keras_dino.models.official_names import resnet_map
+
+    zoo = SHARED / "fixtures" / "official_dino_zoo"
+    model = ResNet("bottleneck", (1, 1, 1, 1), width_per_group=8, expansion=1)
+    official.load_state_dict(resnet_map(model), dict(np.load(zoo / "backbone_resnet_mini.npz")))
+    path = export.export(model, tmp_path / "exports", format="saved_model", image_size=64)
+    meta = export.load_metadata(path)
+    assert meta["model"]["class"] == "ResNet" and meta["model"]["arch"] == "custom"
+    assert meta["model"]["embed_dim"] == 512 and "patch_grid" not in meta
+    assert sorted(meta["signatures"]) == ["serve_bytes", "serving_default"]
+    served = tf.saved_model.load(path)
+    assert sorted(served.signatures) == ["serve_bytes", "serving_default"]
+    pixels = np.load(zoo / "inputs.npz")["64x64/uint8_nhwc"]
+    out = served.signatures["serving_default"](images=tf.constant(pixels))["embedding"].numpy()
+    # The official torchvision features of these pixels (eval mode, running statistics).
+    expected = np.load(zoo / "outputs_resnet_mini.npz")["64x64/pooled"]
+    assert float(np.max(np.abs(out - expected))) < 1e-4 * float(np.abs(expected).max())
+    with pytest.raises(ValueError, match="patch tokens"):
+        export.export_saved_model(model, tmp_path / "again", include_patch_tokens=True)
+    with pytest.raises(ValueError, match="unknown export format"):
+        export.export(model, tmp_path / "x", format="tflite")
+    lines = []
+    export.describe(path, print_fn=lines.append)
+    assert "bottleneck blocks [1, 1, 1, 1], 512 features" in lines[0]
 
 
 # --------------------------------------------------------------------------- JAX (jax2tf)

@@ -263,3 +263,66 @@ def _load_keras_weights(path, arch, patch_size, with_head, model_kwargs):
     except (ValueError, KeyError, zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"could not load {path} into a {config}: {error}") from error
     return model
+
+
+def file_sha256(path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_backbone(model, **load_kwargs):
+    """The backbone that `model` names, and a line saying where its weights come from.
+
+    The one place every tool turns "a model, a preset or a file" into a backbone:
+    `model` is a backbone (`VisionTransformer`, `ResNet`), a `keras_dino.DINO` (its
+    teacher backbone, the one DINO evaluates), a `MultiCropWrapper` (its backbone), a
+    preset name or a checkpoint path (read with `load_pretrained(model, **load_kwargs)`).
+
+    Returns:
+        `(backbone, source)`; `source` names the preset and its URL, or the file and its
+        sha256, or the in-memory model.
+
+    Example:
+
+    >>> from keras_dino.models.resnet import resnet
+    >>> backbone, source = resolve_backbone(resnet("resnet18", name="rn18"))
+    >>> source
+    "in-memory ResNet 'rn18'"
+    """
+    from keras_dino.models.resnet import ResNet
+
+    if isinstance(model, (str, os.PathLike)):
+        name = os.fspath(model)
+        if name in PRESETS:
+            source = f"preset '{name}' ({preset_url(name)})"
+        else:
+            path = pathlib.Path(name)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"'{name}' is neither a preset ({', '.join(PRESETS)}) nor an existing file."
+                )
+            source = f"checkpoint {path.resolve()} (sha256 {file_sha256(path)})"
+        if load_kwargs.get("checkpoint_key", "teacher") != "teacher":
+            source += f", {load_kwargs['checkpoint_key']} weights"
+        loaded = load_pretrained(name, **load_kwargs)
+        return getattr(loaded, "backbone", loaded), source
+    if load_kwargs:
+        raise ValueError("load_kwargs only applies when `model` is a preset name or a file path.")
+    backbones = (VisionTransformer, ResNet)
+    if hasattr(model, "teacher") and isinstance(getattr(model, "backbone", None), backbones):
+        return model.backbone, f"teacher backbone of the in-memory keras_dino DINO '{model.name}'"
+    if isinstance(model, MultiCropWrapper):
+        return model.backbone, f"backbone of the in-memory MultiCropWrapper '{model.name}'"
+    if isinstance(model, backbones):
+        return model, f"in-memory {type(model).__name__} '{model.name}'"
+    raise TypeError(
+        "expected a keras_dino backbone (VisionTransformer, ResNet), a DINO model (its "
+        "teacher backbone), a MultiCropWrapper, a preset name or a checkpoint path; got "
+        f"{type(model).__name__}."
+    )

@@ -307,7 +307,42 @@ def test_tfds_source(aug):
     assert y.dtype == tf.int32
 
 
+def test_list_file_source(tmp_path, messy_folder, aug):
+    root, good, bad = messy_folder
+    listing = tmp_path / "images.txt"
+    # Absolute and relative paths, a comment, a blank line, and one undecodable file.
+    relative = os.path.relpath(good[1], tmp_path)
+    listing.write_text(f"# my images\n{good[0]}\n\n{relative}\n{bad[0]}\n")
+    ds, info = multicrop_dataset(str(listing), 1, augmentation=aug, seed=0, return_info=True)
+    assert info.source_type == "list"
+    assert info.num_images == 2 and info.skipped_files == [bad[0]]
+    assert len(list(ds)) == 2
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="names no file"):
+        multicrop_dataset(str(tmp_path / "empty.txt"), 1, augmentation=aug)
+
+
+def test_tfds_source_with_a_split(aug, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    splits = []
+    original = tfds.core.DatasetBuilder.as_dataset
+
+    def as_dataset(self, *args, **kwargs):
+        splits.append(kwargs.get("split"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", as_dataset)
+    with tfds.testing.mock_data(num_examples=4):
+        test = multicrop_dataset("tfds:mnist:test[:50%]", 2, augmentation=aug, seed=0)
+        plain = multicrop_dataset("mnist", 2, augmentation=aug, seed=0, tfds_split="test")
+        assert len(list(test)) == 2 and len(list(plain)) == 2
+    assert splits == ["test[:50%]", "test"]
+
+
 def test_source_type_detection(tmp_path):
+    (tmp_path / "images.txt").write_text("a.jpg\n")
+    assert detect_source_type(str(tmp_path / "images.txt")) == "list"
     assert detect_source_type(str(tmp_path)) == "folder"
     assert detect_source_type([str(PHOTOS[0])]) == "files"
     assert detect_source_type(str(PHOTOS[0])) == "files"

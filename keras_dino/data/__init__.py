@@ -28,6 +28,7 @@ _LAZY = {
     "multicrop_dataset": "keras_dino.data.pipeline",
     "MultiCropInfo": "keras_dino.data.pipeline",
     "detect_source_type": "keras_dino.data.pipeline",
+    "read_image_list": "keras_dino.data.pipeline",
     "list_image_files": "keras_dino.data.sources",
     "ImageFolderListing": "keras_dino.data.sources",
     "decode_image": "keras_dino.data.sources",
@@ -51,6 +52,7 @@ __all__ = [
     "dino_views",
     "list_image_files",
     "multicrop_dataset",
+    "read_image_list",
     "sample_photometric_params",
     "scan_images",
 ]

@@ -20,7 +20,9 @@ from keras_dino.data.sources import (
     scan_images,
 )
 
-SOURCE_TYPES = ("folder", "files", "tfrecord", "tfds", "dataset")
+SOURCE_TYPES = ("folder", "files", "list", "tfrecord", "tfds", "dataset")
+# Text files that list image paths, one per line.
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
 @dataclasses.dataclass
@@ -83,6 +85,8 @@ def detect_source_type(source) -> str:
             return "tfds"
         if os.path.isdir(s):
             return "folder"
+        if os.path.isfile(s) and s.lower().endswith(LIST_EXTENSIONS):
+            return "list"
         if any(ch in s for ch in "*?[") or os.path.isfile(s):
             if s.lower().endswith(IMAGE_EXTENSIONS):
                 return "files"
@@ -94,6 +98,42 @@ def detect_source_type(source) -> str:
         "source must be a directory, a list of files, a TFRecord glob, a TFDS name or a "
         f"tf.data.Dataset, got {type(source).__name__}"
     )
+
+
+def read_image_list(path) -> list[str]:
+    """The image paths of a list file: one per line, relative to the list's folder.
+
+    Blank lines and lines starting with `#` are ignored.
+
+    Example:
+
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "images.txt").write_text("# my photos\na.jpg\n\n/data/b.png\n")
+    >>> [p.replace(str(folder), "<dir>") for p in read_image_list(folder / "images.txt")]
+    ['<dir>/a.jpg', '/data/b.png']
+    """
+    path = os.fspath(path)
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    files = [os.path.join(base, line) for line in lines if line and not line.startswith("#")]
+    if not files:
+        raise ValueError(f"the image list {path} names no file.")
+    return files
+
+
+def parse_tfds_name(source: str, default_split: str = "train") -> tuple[str, str]:
+    """`(name, split)` of `"tfds:name[:split]"` or `"name"`.
+
+    Example:
+
+    >>> parse_tfds_name("tfds:cifar10:test"), parse_tfds_name("imagenet2012")
+    (('cifar10', 'test'), ('imagenet2012', 'train'))
+    """
+    name = source[len("tfds:"):] if source.startswith("tfds:") else source
+    name, _, split = name.partition(":")
+    return name, split or default_split
 
 
 def _parse_imagenet_example(record: tf.Tensor, label_offset: int):
@@ -175,9 +215,12 @@ def multicrop_dataset(
     * "folder": an ImageFolder directory (`root/<class>/**/*`), recursive; files are
       picked by `extensions` and decoded by content (JPEG, PNG, GIF, BMP, WebP).
     * "files": a list of image paths (`labels` optional).
+    * "list": a text file (`.txt`, `.lst`, `.list`) of image paths, one per line,
+      relative to the list's folder.
     * "tfrecord": a glob of TFRecords in the standard ImageNet format (`image/encoded`,
       `image/class/label`, from 1, shifted down by `tfrecord_label_offset`).
-    * "tfds": a TFDS name (`"imagenet2012"` or `"tfds:imagenet2012"`) and `tfds_split`.
+    * "tfds": a TFDS name (`"imagenet2012"`, `"tfds:imagenet2012"` or, with the split,
+      `"tfds:imagenet2012:train[:90%]"`; otherwise `tfds_split`).
     * "dataset": a `tf.data.Dataset` of images (uint8 `[H, W, C]` or encoded bytes),
       `(image, label)` tuples or dicts with "image" (and "label").
 
@@ -262,6 +305,9 @@ def multicrop_dataset(
     class_names: list[str] | None = None
     num_images: int | None = None
 
+    reported_type = stype
+    if stype == "list":
+        source, stype = read_image_list(source), "files"
     if stype in ("folder", "files"):
         if stype == "folder":
             listing = list_image_files(source, extensions)
@@ -325,11 +371,10 @@ def multicrop_dataset(
     elif stype == "tfds":
         import tensorflow_datasets as tfds
 
-        name = os.fspath(source)
-        name = name[len("tfds:"):] if name.startswith("tfds:") else name
+        name, split_name = parse_tfds_name(os.fspath(source), tfds_split)
         builder = tfds.builder(name, data_dir=tfds_data_dir)
         ds = builder.as_dataset(
-            split=tfds_split,
+            split=split_name,
             shuffle_files=shuffle,
             decoders={"image": tfds.decode.SkipDecoding()},
             read_config=tfds.ReadConfig(
@@ -383,7 +428,7 @@ def multicrop_dataset(
     ds = ds.with_options(options)
 
     info = MultiCropInfo(
-        source_type=stype,
+        source_type=reported_type,
         num_images=num_images,
         skipped=skipped,
         class_names=class_names,

@@ -16,6 +16,55 @@ def select_backend(argv):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# Python loggers of the frameworks: their start-up and export chatter goes to the log file.
+_FRAMEWORK_LOGGERS = ("tensorflow", "absl", "jax", "jax._src.xla_bridge", "h5py", "matplotlib")
+
+
+def framework_noise_to(path):
+    """Sends the frameworks' start-up and progress noise to `path`, not the terminal.
+
+    Call it before Keras, TensorFlow or JAX are imported. From then on:
+
+    * what C++ code writes to the standard error (TensorFlow's and XLA's logs: CUDA and
+      TPU probing, oneDNN notices, absl's "log messages before InitializeLog") goes to
+      `path`;
+    * so do the frameworks' Python loggers and the warnings they raise;
+    * Python's own `sys.stderr` (tracebacks, keras_dino's warnings, usage errors) still
+      reaches the terminal, and so does the standard output (progress bars, results).
+
+    Returns the path, so that a failure message can point at it.
+    """
+    import logging
+    import warnings
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    log = open(path, "a", buffering=1)  # noqa: SIM115 (open for the whole run)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in _FRAMEWORK_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.get_absl_handler().python_handler.stream = log
+    except ImportError:  # pragma: no cover - absl is a dependency
+        pass
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        ours = "keras_dino" in filename or category.__module__.startswith("keras_dino")
+        show(message, category, filename, lineno, None if ours else log, line)
+
+    warnings.showwarning = showwarning
+    return path
+
+
 def append_log(output_dir, record):
     """Appends one JSON line to `<output_dir>/log.txt`, like the official tools."""
     os.makedirs(output_dir, exist_ok=True)

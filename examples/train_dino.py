@@ -20,7 +20,7 @@ import contextlib
 import os
 import sys
 
-from common import append_log, resolve_data_path, say, select_backend
+from common import append_log, framework_noise_to, resolve_data_path, say, select_backend
 
 select_backend(sys.argv)
 
@@ -28,8 +28,9 @@ from absl import app, flags  # noqa: E402
 
 F = flags.FLAGS
 # --- the official main_dino.py arguments (names and defaults) ---
-flags.DEFINE_string("arch", "vit_small", "Architecture: vit_tiny, vit_small, vit_base, or a "
-                    "custom name with --embed_dim/--depth/--num_heads.")
+flags.DEFINE_string("arch", "vit_small", "Architecture: vit_tiny, vit_small, vit_base, a "
+                    "torchvision ResNet (resnet18, resnet50, ...), or a custom name with "
+                    "--embed_dim/--depth/--num_heads (ViT) or --resnet_layers (ResNet).")
 flags.DEFINE_integer("patch_size", 16, "Size in pixels of input square patches.")
 flags.DEFINE_integer("out_dim", 65536, "Dimensionality of the DINO head output.")
 flags.DEFINE_boolean("norm_last_layer", True, "Weight-normalize the last layer of the head.")
@@ -76,9 +77,22 @@ flags.DEFINE_boolean("photometric_on_device", False, "Split mode: the input pipe
                      "solarisation and normalisation run inside the compiled training step "
                      "(keras_dino.data.MultiCropPhotometric). For accelerators whose host CPUs "
                      "cannot keep up; on a CPU the full host pipeline is faster.")
+flags.DEFINE_string("pretrained_weights", "", "Start from these weights instead of random ones "
+                    "(the evaluation tools' flag): a preset (dino_vits16, ...), a released "
+                    "backbone .pth, a full training checkpoint.pth (heads and center too), an "
+                    ".npz twin or a .keras file. Schedules and optimizer start anew.")
+flags.DEFINE_string("checkpoint_key", None, "With --pretrained_weights: 'teacher' or 'student' "
+                    "to start both networks from one of a full checkpoint's networks.")
+flags.DEFINE_boolean("load_heads", True, "With --pretrained_weights holding DINO heads: start "
+                     "them and the center from it too (false: the backbone only).")
 flags.DEFINE_integer("embed_dim", None, "Custom architecture: token width.")
 flags.DEFINE_integer("depth", None, "Custom architecture: number of blocks.")
 flags.DEFINE_integer("num_heads", None, "Custom architecture: attention heads.")
+flags.DEFINE_enum("resnet_block", None, ["basic", "bottleneck"], "Custom ResNet: block type.")
+flags.DEFINE_list("resnet_layers", None, "Custom ResNet: blocks per stage, e.g. 1,1,1,1.")
+flags.DEFINE_integer("resnet_stem_width", None, "Custom ResNet: channels of the stem (64).")
+flags.DEFINE_list("resnet_widths", None, "Custom ResNet: widths of the stages "
+                  "(64,128,256,512).")
 flags.DEFINE_integer("head_hidden_dim", 2048, "Hidden width of the DINO head.")
 flags.DEFINE_integer("head_bottleneck_dim", 256, "Bottleneck width of the DINO head.")
 flags.DEFINE_boolean("bf16", False, "Mixed precision bfloat16 (TPU/recent GPU/CPU).")
@@ -114,6 +128,9 @@ flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch, the same on ever
 flags.DEFINE_string("knn_train_path", None, "Labelled ImageFolder for the k-NN reference set.")
 flags.DEFINE_string("knn_test_path", None, "Labelled ImageFolder to classify with k-NN.")
 flags.DEFINE_integer("knn_k", 20, "Neighbours of the k-NN evaluation.")
+flags.DEFINE_integer("knn_every", 0, "k-NN accuracy of the teacher on --knn_train_path / "
+                     "--knn_test_path every N epochs during training (0: only at the end), "
+                     "logged and plotted with the loss.", lower_bound=0)
 flags.DEFINE_integer("eval_size", 224, "Side of the center crop for evaluation.")
 flags.DEFINE_integer("eval_resize", None, "Shorter side before the center crop (default size*8/7).")
 flags.DEFINE_boolean("export", True, "Export the teacher backbone as a SavedModel at the end.")
@@ -333,15 +350,30 @@ def augmentation_recipe():
     )
 
 
+def _resnet_kwargs():
+    """The custom ResNet of the --resnet_* flags ({} when none is given)."""
+    kwargs = {}
+    if F.resnet_block:
+        kwargs["block"] = F.resnet_block
+    if F.resnet_layers:
+        kwargs["layers"] = [int(v) for v in F.resnet_layers]
+    if F.resnet_stem_width:
+        kwargs["stem_width"] = F.resnet_stem_width
+    if F.resnet_widths:
+        kwargs["stage_widths"] = [int(v) for v in F.resnet_widths]
+    return kwargs
+
+
 def build_model():
     import keras_dino
+    from keras_dino.models.backbones import is_resnet
 
-    vit_kwargs = {}
-    for key in ("embed_dim", "depth", "num_heads"):
-        if getattr(F, key) is not None:
-            vit_kwargs[key] = getattr(F, key)
-    vit_kwargs.update(use_fused_attention=F.fused_attention, remat=F.remat)
-    return keras_dino.DINO(
+    vit_kwargs, resnet_kwargs = {}, _resnet_kwargs()
+    if not is_resnet(F.arch, resnet_kwargs):
+        vit_kwargs = {k: getattr(F, k) for k in ("embed_dim", "depth", "num_heads")
+                      if getattr(F, k) is not None}
+        vit_kwargs.update(use_fused_attention=F.fused_attention, remat=F.remat)
+    arguments = dict(
         arch=F.arch,
         patch_size=F.patch_size,
         out_dim=F.out_dim,
@@ -366,9 +398,23 @@ def build_model():
         global_crops_scale=[float(v) for v in F.global_crops_scale],
         local_crops_scale=[float(v) for v in F.local_crops_scale],
         vit_kwargs=vit_kwargs,
+        resnet_kwargs=resnet_kwargs,
         head_kwargs=dict(hidden_dim=F.head_hidden_dim, bottleneck_dim=F.head_bottleneck_dim),
         photometric=augmentation_recipe().device_layer(seed=F.seed)
         if F.photometric_on_device else None,
+    )
+    if not F.pretrained_weights:
+        return keras_dino.DINO(**arguments)
+    # The file decides the architecture and the heads' shape, unless the command line
+    # (or the flags file) names them.
+    for key in ("arch", "patch_size", "out_dim", "norm_last_layer", "use_bn_in_head"):
+        if not F[key].present:
+            del arguments[key]
+    if not (F["head_hidden_dim"].present or F["head_bottleneck_dim"].present):
+        del arguments["head_kwargs"]
+    return keras_dino.DINO.from_pretrained(
+        F.pretrained_weights, checkpoint_key=F.checkpoint_key, load_heads=F.load_heads,
+        **arguments,
     )
 
 
@@ -396,6 +442,16 @@ class OfficialLog:
 
 def main(argv):
     del argv
+    # Before any framework is imported: their start-up noise goes to a file.
+    noise = framework_noise_to(os.path.join(F.output_dir, "framework.log"))
+    try:
+        run()
+    except Exception:
+        say(f"(TensorFlow/XLA messages of this run: {noise})")
+        raise
+
+
+def run():
     import keras
 
     import keras_dino
@@ -484,17 +540,21 @@ def main(argv):
                       if F.jit_compile is not None else "auto")
     multi_process = F.distribution is not None and F.jax_multiprocess
     random_backbone = None
-    if F.knn_train_path and F.knn_test_path and not multi_process:
-        # Same architecture, random initialisation: the baseline of the k-NN report.
-        random_backbone = keras_dino.models.VisionTransformer(
-            **{**model.backbone.get_config(), "name": "random_init"}
-        )
+    knn_data = None
+    if F.knn_train_path and F.knn_test_path:
+        knn_data = knn_splits()
+        if not multi_process:
+            # Same architecture, random initialisation: the baseline of the k-NN report.
+            random_backbone = _random_copy(model.backbone)
     backup = os.path.join(F.output_dir, "backup")
     callbacks = [
         _backup_callback(backup, chief),
         keras_dino.callbacks.TeacherEMA(final_momentum=F.final_momentum_teacher),
-        OfficialLog(model, F.output_dir, F.saveckp_freq, chief).callback,
     ]
+    if F.knn_every and knn_data and not multi_process:
+        callbacks.append(keras_dino.callbacks.KNNEvaluation(
+            *knn_data, every_n_epochs=F.knn_every, k=F.knn_k))
+    callbacks.append(OfficialLog(model, F.output_dir, F.saveckp_freq, chief).callback)
     with _fail_fast():
         history = model.fit(
             dataset,
@@ -509,7 +569,8 @@ def main(argv):
     from keras_dino.reporting import plot_training_curves
 
     plot = plot_training_curves(os.path.join(F.output_dir, "log.txt"),
-                                os.path.join(F.output_dir, "training_curves.png"))
+                                os.path.join(F.output_dir, "training_curves.png"),
+                                out_dim=int(model.center.shape[-1]))
     say(f"training curves: {plot}")
 
     reported = model
@@ -517,13 +578,11 @@ def main(argv):
         # The weights are arrays over every process's devices, and the other processes
         # are done: the reports run on a copy on this process's devices.
         reported = _local_copy(model)
-        if F.knn_train_path and F.knn_test_path:
-            random_backbone = keras_dino.models.VisionTransformer(
-                **{**reported.backbone.get_config(), "name": "random_init"}
-            )
+        if knn_data:
+            random_backbone = _random_copy(reported.backbone)
     summary = {"epochs": F.epochs}
     if random_backbone is not None:
-        summary.update(knn_report(reported.backbone, random_backbone))
+        summary.update(knn_report(reported.backbone, random_backbone, knn_data))
     attention_report(reported.backbone)
     if F.export:
         summary["saved_model"] = export_report(reported)
@@ -531,20 +590,35 @@ def main(argv):
     say("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
 
 
-def knn_report(trained, random_init):
-    from keras_dino.evaluation import extract_features, image_folder_dataset, knn_classifier
+def _random_copy(backbone):
+    """The same architecture as `backbone`, randomly initialised."""
+    return type(backbone).from_config({**backbone.get_config(), "name": "random_init"})
+
+
+def knn_splits():
+    """The labelled k-NN reference and test images, decoded once: `(train, test)` arrays."""
+    import numpy as np
+
+    from keras_dino.evaluation import image_folder_dataset
+
+    splits = []
+    for path in (F.knn_train_path, F.knn_test_path):
+        dataset, _, _ = image_folder_dataset(_data_path(path), 256, F.eval_size, F.eval_resize)
+        images, labels = zip(*((x.numpy(), y.numpy()) for x, y in dataset))
+        splits.append((np.concatenate(images), np.concatenate(labels)))
+    return tuple(splits)
+
+
+def knn_report(trained, random_init, splits):
+    from keras_dino.evaluation import extract_features, knn_classifier
 
     results = {}
-    train_ds, _, n_train = image_folder_dataset(
-        _data_path(F.knn_train_path), 256, F.eval_size, F.eval_resize
-    )
-    test_ds, _, n_test = image_folder_dataset(
-        _data_path(F.knn_test_path), 256, F.eval_size, F.eval_resize
-    )
+    (train_x, train_y), (test_x, test_y) = splits
     for name, backbone in (("trained teacher", trained), ("random init", random_init)):
-        say(f"k-NN ({F.knn_k}-NN, T=0.07) with the {name}: {n_train} reference, {n_test} test images")
-        train_f, train_y = extract_features(backbone, train_ds, verbose=F.verbose)
-        test_f, test_y = extract_features(backbone, test_ds, verbose=F.verbose)
+        say(f"k-NN ({F.knn_k}-NN, T=0.07) with the {name}: {len(train_x)} reference, "
+            f"{len(test_x)} test images")
+        train_f, _ = extract_features(backbone, (train_x, train_y), 256, verbose=0)
+        test_f, _ = extract_features(backbone, (test_x, test_y), 256, verbose=0)
         top1, top5 = knn_classifier(train_f, train_y, test_f, test_y, k=F.knn_k, T=0.07)
         key = "trained" if name.startswith("trained") else "random"
         results[f"knn_top1_{key}"] = round(top1, 2)
@@ -561,6 +635,9 @@ def attention_report(backbone):
 
     path = _data_path(F.knn_test_path) if F.knn_test_path else None
     if not path:
+        return
+    if not hasattr(backbone, "get_last_selfattention"):
+        say(f"attention maps: none for a {type(backbone).__name__} (no self-attention).")
         return
     from keras_dino.data.sources import decode_image, list_image_files
 

@@ -348,3 +348,77 @@ def test_train_dino_photometric_on_device(image_folder, tmp_path):
     # DINO refuses uint8 crops without a photometric layer, so this ran with one.
     assert all(math.isfinite(r["train_loss"]) for r in epochs), epochs
     assert (out / "checkpoint.pth").is_file()
+
+
+def test_train_dino_help_lists_pretrained_weights():
+    result = _run_script("train_dino.py", "--helpfull")
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]  # absl exits 1 after help
+    assert "--pretrained_weights" in result.stdout and "--knn_every" in result.stdout
+
+
+@pytest.mark.backends("jax")
+def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
+    """--pretrained_weights: both backbones start from the file; a frozen teacher keeps it."""
+    from keras_dino.checkpoints import official, write_torch_checkpoint
+    from keras_dino.models import VisionTransformer
+
+    backbone = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    backbone.build((None, 32, 32, 3))
+    rng = np.random.default_rng(4)
+    for variable in backbone.weights:
+        variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
+    state = official.state_dict_of(official.backbone_variable_map(backbone))
+    weights = tmp_path / "backbone.pth"
+    write_torch_checkpoint(state, weights)
+    out = tmp_path / "out"
+    # Teacher momentum 1: the teacher never moves, so it must still be the file.
+    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
+                         f"--pretrained_weights={weights}", "--momentum_teacher=1.0",
+                         "--final_momentum_teacher=1.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from keras_dino.checkpoints import read_checkpoint
+
+    written = read_checkpoint(out / "checkpoint.pth")
+    for name, value in state.items():
+        np.testing.assert_array_equal(written["teacher"][f"backbone.{name}"], value)
+    # The student trained away from it.
+    moved = [not np.array_equal(written["student"][f"module.backbone.{n}"], v)
+             for n, v in state.items()]
+    assert any(moved)
+
+
+@pytest.mark.backends("jax")
+def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tmp_path):
+    """A small ResNet trains from the command line, with k-NN every epoch, quietly."""
+    out = tmp_path / "out"
+    result = _run_script(
+        "train_dino.py", "--backend=jax", "--arch=resnet_tiny", "--resnet_block=basic",
+        "--resnet_layers=1,1", "--resnet_widths=8,16", "--resnet_stem_width=8",
+        "--out_dim=64", "--head_hidden_dim=32", "--head_bottleneck_dim=16",
+        "--global_size=32", "--local_size=16", "--local_crops_number=2",
+        "--batch_size_per_gpu=8", "--epochs=2", "--warmup_epochs=0", "--use_fp16=false",
+        "--saveckp_freq=0", "--num_workers=1", "--export=false", "--verbose=0",
+        f"--data_path={image_folder / 'train'}", f"--knn_train_path={image_folder / 'train'}",
+        f"--knn_test_path={image_folder / 'val'}", "--knn_every=1", "--knn_k=2",
+        "--eval_size=32", "--eval_resize=32", f"--output_dir={out}", timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [r for r in _log(out) if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    for record in epochs:
+        assert 0.0 <= record["train_knn_top1"] <= 100.0
+        assert record["train_loss"] == pytest.approx(
+            record["train_teacher_entropy"] + record["train_kl"], rel=1e-4, abs=1e-4)
+    assert "summary: " in result.stdout and "knn_top1_trained" in result.stdout
+    assert "none for a ResNet" in result.stdout
+    from keras_dino.checkpoints import read_checkpoint
+
+    checkpoint = read_checkpoint(out / "checkpoint.pth")
+    # BatchNorm networks: the official code DDP-wraps the teacher too (`module.` keys).
+    assert "module.backbone.conv1.weight" in checkpoint["teacher"]
+    # Quiet: the frameworks' start-up lines went to framework.log, not the terminal.
+    terminal = result.stdout + result.stderr
+    for noise in ("oneDNN", "cuda", "InitializeLog", "cpu_feature_guard", "shuffle"):
+        assert noise not in terminal, noise
+    assert (out / "framework.log").is_file()
+    assert (out / "training_curves.png").is_file()

@@ -7,6 +7,7 @@ from keras_dino.checkpoints.torch_format import (
     read_checkpoint,
     read_npz_checkpoint,
     read_torch_checkpoint,
+    write_npz_checkpoint,
     write_torch_checkpoint,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "read_checkpoint",
     "read_npz_checkpoint",
     "read_torch_checkpoint",
+    "write_npz_checkpoint",
     "write_torch_checkpoint",
 ]

@@ -14,11 +14,10 @@ import numpy as np
 from keras import ops
 
 from keras_dino.checkpoints import official
-from keras_dino.checkpoints.torch_format import (
-    CheckpointArgs,
-    read_checkpoint,
-    write_torch_checkpoint,
-)
+from keras_dino.checkpoints.checkpoint_types import CheckpointArgs
+from keras_dino.checkpoints.npz_format import write_npz_checkpoint
+from keras_dino.checkpoints.torch_reader import read_checkpoint
+from keras_dino.checkpoints.torch_writer import write_torch_checkpoint
 from keras_dino.models.backbones import backbone_config
 
 # Official main_dino.py arguments that are not DINO hyper-parameters, with defaults.
@@ -72,7 +71,7 @@ def _strip_module(state: dict) -> dict:
 
 def _model_kwargs(cls, args: dict, overrides: dict) -> dict:
     defaults = cls.OFFICIAL_DEFAULTS
-    kwargs = {k: args[k] for k in defaults if k in args}
+    kwargs = {k: args[k] for k in (*defaults, *cls.EXTRA_RECORDED) if k in args}
     for key in ("vit_kwargs", "resnet_kwargs", "head_kwargs"):
         if args.get(key):
             kwargs[key] = dict(args[key])
@@ -83,11 +82,8 @@ def _model_kwargs(cls, args: dict, overrides: dict) -> dict:
         merged.get("vit_kwargs"),
         merged.get("resnet_kwargs"),
     )
-    if "batch_size_per_gpu" in args:
+    if args.get("batch_size_per_gpu") is not None:
         kwargs["batch_size"] = int(args["batch_size_per_gpu"]) * int(args.get("world_size", 1))
-    for key in ("global_crops_scale", "local_crops_scale"):
-        if key in kwargs:
-            kwargs[key] = tuple(kwargs[key])
     kwargs.update(overrides)
     return kwargs
 
@@ -137,6 +133,9 @@ def load_official_checkpoint(path, cls, **overrides):
         )
     args = dict(checkpoint["args"])
     model = cls(**_model_kwargs(cls, args, overrides))
+    data = {k: args[k] for k in cls.DATA_DEFAULTS if k in args}
+    if data:
+        model.set_data_settings(data)
     official.load_state_dict(model.student_map, _strip_module(checkpoint["student"]), "student")
     official.load_state_dict(model.teacher_map, _strip_module(checkpoint["teacher"]), "teacher")
     center = np.asarray(checkpoint["dino_loss"]["center"], np.float32)
@@ -254,10 +253,13 @@ def official_checkpoint_dict(model) -> dict:
     hp = model.hparams
     args = dict(_OTHER_OFFICIAL_ARGS)
     args.update({k: hp[k] for k in type(model).OFFICIAL_DEFAULTS})
-    args["global_crops_scale"] = tuple(hp["global_crops_scale"])
-    args["local_crops_scale"] = tuple(hp["local_crops_scale"])
+    args.update({k: tuple(v) for k, v in model.data_settings.items()})
+    args.update({k: hp[k] for k in type(model).EXTRA_RECORDED})
     if hp["batch_size"]:
         args["batch_size_per_gpu"] = int(hp["batch_size"]) // int(args["world_size"])
+    elif args["batch_size_per_gpu"] is None and iterations:
+        # The global batch the step scaled the learning rate by (lr * batch / 256).
+        args["batch_size_per_gpu"] = int(round(model.schedules.base_lr * 256 / hp["lr"]))
     for key in ("vit_kwargs", "resnet_kwargs", "head_kwargs"):
         if hp.get(key):
             args[key] = dict(hp[key])
@@ -276,26 +278,7 @@ def save_official_checkpoint(model, path) -> str:
     path = os.fspath(path)
     checkpoint = official_checkpoint_dict(model)
     if path.endswith(".npz"):
-        _write_npz(checkpoint, path)
+        write_npz_checkpoint(checkpoint, path)
     else:
         write_torch_checkpoint(checkpoint, path)
     return path
-
-
-def _write_npz(checkpoint, path):
-    import json
-
-    flat = {}
-    for net in ("student", "teacher"):
-        for key, value in checkpoint[net].items():
-            flat[f"{net}/{key}"] = value
-    flat["dino_loss/center"] = checkpoint["dino_loss"]["center"]
-    for idx, slots in checkpoint["optimizer"]["state"].items():
-        for slot, value in slots.items():
-            flat[f"optimizer/state/{idx}/{slot}"] = value
-    flat["optimizer/param_groups"] = np.array(json.dumps(checkpoint["optimizer"]["param_groups"]))
-    flat["epoch"] = np.array(checkpoint["epoch"], np.int64)
-    flat["args"] = np.array(json.dumps(dict(checkpoint["args"])))
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)

@@ -395,8 +395,7 @@ def build_model():
         optimizer=F.optimizer,
         drop_path_rate=F.drop_path_rate,
         local_crops_number=F.local_crops_number,
-        global_crops_scale=[float(v) for v in F.global_crops_scale],
-        local_crops_scale=[float(v) for v in F.local_crops_scale],
+        final_momentum_teacher=F.final_momentum_teacher,
         vit_kwargs=vit_kwargs,
         resnet_kwargs=resnet_kwargs,
         head_kwargs=dict(hidden_dim=F.head_hidden_dim, bottleneck_dim=F.head_bottleneck_dim),
@@ -484,7 +483,7 @@ def run():
     pipelines = []
 
     def make_dataset(input_context=None):
-        dataset = multicrop_dataset(
+        dataset, info = multicrop_dataset(
             data_path,
             global_batch,
             augmentation=augmentation,
@@ -493,9 +492,10 @@ def run():
             input_context=input_context,
             repeat=distributed,
             num_parallel_calls=F.num_workers if F.num_workers > 0 else -1,  # -1: AUTOTUNE
+            return_info=True,
         )
         count = input_context.num_input_pipelines if input_context else 1
-        pipelines.append((count, dataset.multicrop_info))
+        pipelines.append((count, info))
         if distributed:
             import tensorflow as tf
 
@@ -547,10 +547,7 @@ def run():
             # Same architecture, random initialisation: the baseline of the k-NN report.
             random_backbone = _random_copy(model.backbone)
     backup = os.path.join(F.output_dir, "backup")
-    callbacks = [
-        _backup_callback(backup, chief),
-        keras_dino.callbacks.TeacherEMA(final_momentum=F.final_momentum_teacher),
-    ]
+    callbacks = [_backup_callback(backup, chief)]
     if F.knn_every and knn_data and not multi_process:
         callbacks.append(keras_dino.callbacks.KNNEvaluation(
             *knn_data, every_n_epochs=F.knn_every, k=F.knn_k))
@@ -562,6 +559,7 @@ def run():
             steps_per_epoch=steps_per_epoch,
             callbacks=callbacks,
             verbose=F.verbose if chief else 0,
+            data_settings=augmentation,
         )
     if not chief:
         return

@@ -18,11 +18,14 @@ class TeacherEMA(keras.callbacks.Callback):
     """The teacher's exponential moving average of the student, applied every step.
 
     `teacher = m * teacher + (1 - m) * student` after each optimizer step, with `m`
-    following a cosine from `momentum_teacher` to `final_momentum` over the run.
+    following a cosine from `momentum_teacher` to `final_momentum` over the run. Values
+    given here are set on the model when training starts (`DINO.set_teacher_momentum`),
+    so that its `get_config()` and checkpoints record what ran; left out, the model's own
+    `momentum_teacher` and `final_momentum_teacher` apply.
 
     Args:
-        momentum_teacher: start value; defaults to the model's `momentum_teacher`.
-        final_momentum: end value, 1.0 officially.
+        momentum_teacher: start value.
+        final_momentum: end value (1.0 officially).
 
     Example:
 
@@ -31,7 +34,7 @@ class TeacherEMA(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, momentum_teacher: float | None = None, final_momentum: float = 1.0):
+    def __init__(self, momentum_teacher: float | None = None, final_momentum: float | None = None):
         super().__init__()
         for name, value in (("momentum_teacher", momentum_teacher),
                             ("final_momentum", final_momentum)):
@@ -41,10 +44,7 @@ class TeacherEMA(keras.callbacks.Callback):
         self.final_momentum = final_momentum
 
     def on_train_begin(self, logs=None):
-        schedules = self.model.schedules
-        if self.momentum_teacher is not None:
-            schedules.momentum_teacher = float(self.momentum_teacher)
-        schedules.final_momentum_teacher = float(self.final_momentum)
+        self.model.set_teacher_momentum(self.momentum_teacher, self.final_momentum)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -55,7 +55,8 @@ class TeacherEMA(keras.callbacks.Callback):
 class Centering(keras.callbacks.Callback):
     """The running center of the teacher outputs, updated every step.
 
-    `center = m * center + (1 - m) * mean(teacher logits over the global batch)`.
+    `center = m * center + (1 - m) * mean(teacher logits over the global batch)`. A value
+    given here is set on the model when training starts (`DINO.set_center_momentum`).
 
     Args:
         center_momentum: `m`; defaults to the model's `center_momentum` (0.9).
@@ -69,11 +70,13 @@ class Centering(keras.callbacks.Callback):
 
     def __init__(self, center_momentum: float | None = None):
         super().__init__()
+        if center_momentum is not None and not 0.0 <= float(center_momentum) <= 1.0:
+            raise ValueError(f"Centering: center_momentum must be in [0, 1], got {center_momentum}")
         self.center_momentum = center_momentum
 
     def on_train_begin(self, logs=None):
         if self.center_momentum is not None:
-            self.model.center_momentum = float(self.center_momentum)
+            self.model.set_center_momentum(self.center_momentum)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

@@ -199,6 +199,45 @@ def test_teacher_ema_and_centering_callbacks_configure_the_step():
     assert np.all(np.isfinite(after["center"])) and np.abs(after["center"]).max() > 0
 
 
+def test_settings_set_by_callbacks_are_what_config_and_checkpoint_record(tmp_path):
+    """One owner per setting: the callbacks set the model's values, which are recorded."""
+    model = tiny_dino(epochs=1, warmup_epochs=0, momentum_teacher=0.9)
+    crops = tiny_crops(n=4)
+    model.fit(
+        crops, batch_size=4, epochs=1, verbose=0,
+        callbacks=[dino_callbacks.TeacherEMA(0.99, final_momentum=0.995),
+                   dino_callbacks.Centering(center_momentum=0.8)],
+        data_settings=dict(global_crops_scale=(0.3, 1.0), local_crops_scale=(0.1, 0.3),
+                           local_crops_number=2),
+    )
+    config = model.get_config()
+    assert (config["momentum_teacher"], config["final_momentum_teacher"]) == (0.99, 0.995)
+    assert config["center_momentum"] == 0.8
+    assert config["data_settings"]["global_crops_scale"] == [0.3, 1.0]
+    # The momentum that ran: one step of the cosine from 0.99 to 0.995, at step 0.
+    assert float(model.schedules.momentum(0)) == pytest.approx(0.99)
+    path = model.save_official_checkpoint(tmp_path / "checkpoint.pth")
+    args = dict(read_checkpoint(path)["args"])
+    assert (args["momentum_teacher"], args["final_momentum_teacher"]) == (0.99, 0.995)
+    assert args["center_momentum"] == 0.8 and args["local_crops_scale"] == (0.1, 0.3)
+    # ... and a model rebuilt from that checkpoint or config runs with the same values.
+    again = DINO.from_official_checkpoint(path)
+    assert again.hparams["final_momentum_teacher"] == 0.995
+    assert again.center_momentum == 0.8 and again.data_settings["local_crops_scale"] == (0.1, 0.3)
+    clone = DINO.from_config(config)
+    assert clone.data_settings == model.data_settings and clone.center_momentum == 0.8
+
+
+def test_crop_settings_belong_to_the_data():
+    with pytest.raises(TypeError, match="DataAugmentationDINO"):
+        tiny_dino(global_crops_scale=(0.4, 1.0))
+    model = tiny_dino(local_crops_number=3)
+    with pytest.raises(ValueError, match="2 global \\+ 3 local crops"):
+        model.fit(tiny_crops(), batch_size=4, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="local_crops_number=2"):
+        tiny_dino().set_data_settings(dict(global_crops_scale=(0.4, 1), local_crops_number=6))
+
+
 @pytest.mark.parametrize("kwargs", [dict(final_momentum=1.5), dict(momentum_teacher=-0.1)])
 def test_teacher_ema_rejects_a_momentum_outside_0_1(kwargs):
     name = next(iter(kwargs))

@@ -29,7 +29,8 @@ LIST_EXTENSIONS = (".txt", ".lst", ".list")
 class MultiCropInfo:
     """What `multicrop_dataset` built, returned with `return_info=True`.
 
-    Also attached to the dataset as `dataset.multicrop_info`.
+    Pass it to `DINO.fit(..., data_settings=info)` so that the model's checkpoints record
+    the crop settings (`augmentation`).
 
     Attributes:
         source_type: one of `SOURCE_TYPES`.
@@ -42,6 +43,7 @@ class MultiCropInfo:
         seed: the seed used (drawn at random when none was given).
         drop_remainder: whether the last incomplete batch is dropped.
         repeat: whether the dataset repeats forever.
+        augmentation: the `DataAugmentationDINO` recipe of the crops.
     """
 
     source_type: str
@@ -54,6 +56,7 @@ class MultiCropInfo:
     seed: int
     drop_remainder: bool = True
     repeat: bool = False
+    augmentation: DataAugmentationDINO | None = None
 
     @property
     def num_batches(self) -> int | None:
@@ -419,6 +422,11 @@ def multicrop_dataset(
     if on_error == "skip":
         ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(local_batch, drop_remainder=drop_remainder)
+    if num_images and not repeat:
+        # The scan counted the images: Keras then knows the epoch's length (tf.data
+        # cannot, through the map and ignore_errors) and re-iterates every epoch.
+        batches = num_images // local_batch if drop_remainder else -(-num_images // local_batch)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(max(batches, 1)))
     ds = ds.prefetch(prefetch)
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -438,11 +446,8 @@ def multicrop_dataset(
         seed=seed,
         drop_remainder=drop_remainder,
         repeat=repeat,
+        augmentation=aug,
     )
-    try:
-        ds.multicrop_info = info
-    except AttributeError:  # pragma: no cover - depends on the TF Dataset class
-        pass
     return (ds, info) if return_info else ds
 
 

@@ -35,10 +35,14 @@ OFFICIAL_DEFAULTS = dict(
     min_lr=1e-6,
     optimizer="adamw",
     drop_path_rate=0.1,
-    global_crops_scale=(0.4, 1.0),
     local_crops_number=8,
-    local_crops_scale=(0.05, 0.4),
 )
+# Official main_dino.py arguments that belong to the data, not to the model: DINO records
+# them (checkpoint `args`) from the `data_settings` given to `fit`, defaults otherwise.
+DATA_DEFAULTS = dict(global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4))
+# keras_dino's hyper-parameters beyond the official ones, recorded in the checkpoints'
+# `args` too (the official code hard-codes the last two).
+EXTRA_RECORDED = ("final_momentum_teacher", "center_momentum", "student_temp")
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -54,18 +58,25 @@ class DINO(keras.Model):
     per parameter; the optimizer steps with the per-iteration learning rate and weight
     decay (the head's last layer frozen for `freeze_last_layer` epochs); then, inside
     the same compiled step, the teacher follows the student by EMA and the center
-    follows the teacher outputs. The EMA and the centering are configured through the
-    `keras_dino.callbacks.TeacherEMA` and `Centering` callbacks (defaults are used
-    when none are passed).
+    follows the teacher outputs.
+
+    Every hyper-parameter lives here, and what `get_config()` and the checkpoints'
+    `args` record is what ran: the `keras_dino.callbacks.TeacherEMA` and `Centering`
+    callbacks, when given values, set them on the model (`set_teacher_momentum`,
+    `set_center_momentum`) rather than beside it. The crop settings belong to the data
+    and reach the checkpoints through `fit(..., data_settings=...)`.
 
     All arguments carry the names and defaults of the official `main_dino.py`
     (`arch`, `patch_size`, `out_dim`, `norm_last_layer`, `momentum_teacher`,
     `use_bn_in_head`, `warmup_teacher_temp`, `teacher_temp`,
     `warmup_teacher_temp_epochs`, `weight_decay`, `weight_decay_end`, `clip_grad`,
     `batch_size_per_gpu`, `epochs`, `freeze_last_layer`, `lr`, `warmup_epochs`,
-    `min_lr`, `optimizer`, `drop_path_rate`, `local_crops_number`, ...). In addition:
+    `min_lr`, `optimizer`, `drop_path_rate`, `local_crops_number`: the training step
+    checks that it gets `2 + local_crops_number` crops). In addition:
 
     Args:
+        final_momentum_teacher: the end of the teacher momentum's cosine (1.0
+            officially); equal to `momentum_teacher`, the momentum is constant.
         batch_size: the global batch size used to scale `lr` (`lr * batch_size / 256`);
             by default the batch size the training step sees times the number of
             replicas.
@@ -94,6 +105,8 @@ class DINO(keras.Model):
     """
 
     OFFICIAL_DEFAULTS = OFFICIAL_DEFAULTS
+    DATA_DEFAULTS = DATA_DEFAULTS
+    EXTRA_RECORDED = EXTRA_RECORDED
 
     def __init__(
         self,
@@ -118,8 +131,7 @@ class DINO(keras.Model):
         optimizer: str = "adamw",
         drop_path_rate: float = 0.1,
         local_crops_number: int = 8,
-        global_crops_scale=(0.4, 1.0),
-        local_crops_scale=(0.05, 0.4),
+        final_momentum_teacher: float = 1.0,
         batch_size: int | None = None,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
@@ -130,7 +142,20 @@ class DINO(keras.Model):
         photometric=None,
         **kwargs,
     ):
+        for key in DATA_DEFAULTS:
+            if key in kwargs:
+                raise TypeError(
+                    f"DINO does not take {key}: it is a setting of the data "
+                    "(keras_dino.data.DataAugmentationDINO). DINO records the crop settings in "
+                    "its checkpoints from fit(..., data_settings=the augmentation or the "
+                    "MultiCropInfo of multicrop_dataset(return_info=True))."
+                )
         super().__init__(**kwargs)
+        for name, value in (("momentum_teacher", momentum_teacher),
+                            ("final_momentum_teacher", final_momentum_teacher),
+                            ("center_momentum", center_momentum)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {value}.")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got '{optimizer}'.")
         if warmup_teacher_temp_epochs > epochs:
@@ -157,8 +182,7 @@ class DINO(keras.Model):
             optimizer=optimizer,
             drop_path_rate=drop_path_rate,
             local_crops_number=local_crops_number,
-            global_crops_scale=tuple(global_crops_scale),
-            local_crops_scale=tuple(local_crops_scale),
+            final_momentum_teacher=final_momentum_teacher,
             batch_size=batch_size,
             student_temp=student_temp,
             center_momentum=center_momentum,
@@ -182,12 +206,15 @@ class DINO(keras.Model):
             weight_decay=weight_decay,
             weight_decay_end=weight_decay_end,
             momentum_teacher=momentum_teacher,
+            final_momentum_teacher=final_momentum_teacher,
             warmup_teacher_temp=warmup_teacher_temp,
             teacher_temp=teacher_temp,
             warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
             freeze_last_layer=freeze_last_layer,
             steps_per_epoch=steps_per_epoch,
         )
+        # The crop settings of the data this model trains on (see `fit`).
+        self.data_settings = dict(DATA_DEFAULTS)
         head_config = dict(self.hparams["head_kwargs"])
         head_config.update(out_dim=out_dim, use_bn=use_bn_in_head)
         backbone_args = dict(
@@ -289,9 +316,51 @@ class DINO(keras.Model):
             freezable.append(name.startswith("head.last_layer."))
         optimizer.configure(variables, decay=decay, official_ndim=ndim, freezable=freezable)
 
+    # ------------------------------------------------------------------ settings
+    def set_teacher_momentum(self, momentum_teacher=None, final_momentum_teacher=None):
+        """Sets the teacher momentum's cosine, recorded by `get_config` and checkpoints.
+
+        Takes effect from the next `fit` (the step is traced anew there).
+        """
+        for name, value in (("momentum_teacher", momentum_teacher),
+                            ("final_momentum_teacher", final_momentum_teacher)):
+            if value is None:
+                continue
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {value}.")
+            self.hparams[name] = float(value)
+            setattr(self.schedules, name, float(value))
+
+    def set_center_momentum(self, center_momentum):
+        """Sets the center's momentum, recorded by `get_config` and checkpoints."""
+        if not 0.0 <= float(center_momentum) <= 1.0:
+            raise ValueError(f"center_momentum must be in [0, 1]; got {center_momentum}.")
+        self.hparams["center_momentum"] = self.center_momentum = float(center_momentum)
+
+    def set_data_settings(self, data_settings):
+        """Records the crop settings of the training data (checkpoint `args`).
+
+        `data_settings` is a `keras_dino.data.DataAugmentationDINO`, the `MultiCropInfo`
+        of `multicrop_dataset(..., return_info=True)`, or a dict with
+        `global_crops_scale` and `local_crops_scale`. Their number of local crops must be
+        this model's `local_crops_number`.
+        """
+        source = getattr(data_settings, "augmentation", data_settings)
+        if isinstance(source, dict):
+            values = {k: source[k] for k in DATA_DEFAULTS if k in source}
+            local = source.get("local_crops_number", self.hparams["local_crops_number"])
+        else:
+            values = {k: getattr(source, k) for k in DATA_DEFAULTS}
+            local = source.local_crops_number
+        if local != self.hparams["local_crops_number"]:
+            raise ValueError(
+                f"the data makes {local} local crops per image, but this DINO was built with "
+                f"local_crops_number={self.hparams['local_crops_number']}."
+            )
+        self.data_settings.update({k: tuple(float(x) for x in v) for k, v in values.items()})
+
     # ------------------------------------------------------------------ training
-    @staticmethod
-    def _crops(data):
+    def _crops(self, data):
         if isinstance(data, dict):
             raise ValueError("DINO trains on tuples of crops, not dicts.")
         if isinstance(data, (tuple, list)) and len(data) == 1 and isinstance(data[0], (tuple, list)):
@@ -307,6 +376,13 @@ class DINO(keras.Model):
                 raise ValueError(
                     f"crop {i} must be a float NHWC batch (B, H, W, 3); got shape {tuple(crop.shape)}."
                 )
+        expected = 2 + self.hparams["local_crops_number"]
+        if len(crops) != expected:
+            raise ValueError(
+                f"this DINO was built for 2 global + {self.hparams['local_crops_number']} local "
+                f"crops ({expected}), but the data gives {len(crops)}: set local_crops_number "
+                "to the augmentation's."
+            )
         return crops
 
     def _set_base_lr(self, crops):
@@ -476,13 +552,16 @@ class DINO(keras.Model):
             "linear probe) on model.backbone."
         )
 
-    def fit(self, x=None, y=None, *, epochs=None, callbacks=None, **kwargs):
+    def fit(self, x=None, y=None, *, epochs=None, callbacks=None, data_settings=None, **kwargs):
         """`keras.Model.fit` with the DINO callbacks and the schedules set up.
 
         `epochs` defaults to the model's `epochs` hyper-parameter (the length of the
         schedules). A model restored from an official checkpoint resumes at its epoch.
+        `data_settings` (see `set_data_settings`) records the crop settings of `x`.
         """
         _check_training_input(x)
+        if data_settings is not None:
+            self.set_data_settings(data_settings)
         if getattr(self, "optimizer", None) is None:
             self.compile()
         callbacks = list(callbacks or [])
@@ -495,7 +574,6 @@ class DINO(keras.Model):
         if not any(isinstance(c, dino_callbacks.CollapseWarning) for c in callbacks):
             callbacks.append(dino_callbacks.CollapseWarning())
         callbacks.insert(0, _ScheduleSetup())
-        x = _with_known_size(x)
         if hasattr(x, "element_spec"):
             # A tf.data pipeline shuffles itself; Keras would warn that it ignores shuffle.
             kwargs.setdefault("shuffle", False)
@@ -560,30 +638,20 @@ class DINO(keras.Model):
         config = {**super().get_config(), **self.hparams}
         if self.photometric is not None:
             config["photometric"] = keras.saving.serialize_keras_object(self.photometric)
-        config["global_crops_scale"] = list(config["global_crops_scale"])
-        config["local_crops_scale"] = list(config["local_crops_scale"])
+        config["data_settings"] = {k: list(v) for k, v in self.data_settings.items()}
         return config
 
-
-def _with_known_size(x):
-    """Gives a keras_dino.data pipeline its size when tf.data cannot tell it.
-
-    Keras re-iterates a finite dataset every epoch only if it knows how many batches it
-    holds; the pipelines know it from their validation scan (`multicrop_info`).
-    """
-    info = getattr(x, "multicrop_info", None)
-    if info is None or not info.num_images or not hasattr(x, "cardinality"):
-        return x
-    import tensorflow as tf
-
-    if int(x.cardinality()) != int(tf.data.UNKNOWN_CARDINALITY):
-        return x
-    batches = info.num_images // info.batch_size
-    if not getattr(info, "drop_remainder", True):
-        batches = -(-info.num_images // info.batch_size)
-    sized = x.apply(tf.data.experimental.assert_cardinality(max(batches, 1)))
-    sized.multicrop_info = info
-    return sized
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        data_settings = dict(config.pop("data_settings", None) or {})
+        for key in DATA_DEFAULTS:  # in the config of keras_dino 0.1 models
+            if key in config:
+                data_settings[key] = config.pop(key)
+        model = cls(**config)
+        if data_settings:
+            model.set_data_settings(data_settings)
+        return model
 
 
 def _crop_shapes(x):

@@ -85,3 +85,96 @@ def preprocess_images(images, size: int = 224, resize_size: int | None = None):
     x = x[:, top : top + size, left : left + size, :]
     x = normalize_images(x)
     return x[0] if single else x
+
+
+class EvalConfig:
+    """The official evaluation view, the one definition of evaluation pixels.
+
+    torchvision's `Resize(resize_size, BICUBIC)` (the shorter side to `resize_size`, the
+    other scaled and truncated), `CenterCrop(size)` (offsets rounded half to even),
+    `ToTensor()` and `Normalize(mean, std)`, on images decoded by PIL: what the official
+    `eval_knn.py`, `eval_linear.py` and friends feed the model. `load` reproduces it
+    with PIL itself, so the pixels are the official ones bit for bit; `to_dict` records
+    it (in export metadata, like timm's `pretrained_cfg`); `preprocess_images` applies the
+    same recipe to arrays with Keras ops, and the SavedModel's `serve_bytes` in TensorFlow.
+
+    Args:
+        size: side of the center crop (224).
+        resize_size: shorter side before the crop; default `round(size * 256 / 224)`.
+        mean, std: the normalisation (ImageNet's).
+
+    Example:
+
+    >>> config = EvalConfig(224)
+    >>> config.resize_size, config.resized_shape(480, 640), config.crop_offsets(256, 341)
+    (256, (256, 341), (16, 58))
+    """
+
+    def __init__(self, size: int = 224, resize_size: int | None = None, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD):
+        self.size = int(size)
+        self.resize_size = int(resize_size or round(size * 256 / 224))
+        if self.resize_size < self.size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than size {self.size}.")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def to_dict(self) -> dict:
+        """The recipe as JSON-ready values (recorded in export metadata).
+
+        Example:
+
+        >>> EvalConfig(32, 32).to_dict()["resize_size"], EvalConfig().to_dict()["decoder"]
+        (32, 'PIL')
+        """
+        return {
+            "size": self.size, "resize_size": self.resize_size, "interpolation": "bicubic",
+            "crop": "center", "decoder": "PIL", "mean": list(self.mean), "std": list(self.std),
+        }
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """torchvision's `Resize(int)` output size: `(new_height, new_width)`.
+
+        Example:
+
+        >>> EvalConfig(224).resized_shape(300, 200)
+        (384, 256)
+        """
+        if height <= width:
+            return self.resize_size, int(self.resize_size * width / height)
+        return int(self.resize_size * height / width), self.resize_size
+
+    def crop_offsets(self, height: int, width: int) -> tuple[int, int]:
+        """torchvision's `CenterCrop` offsets `(top, left)` (Python's round, half to even).
+
+        Example:
+
+        >>> EvalConfig(224).crop_offsets(256, 257)  # 16.5 rounds to 16
+        (16, 16)
+        """
+        return round((height - self.size) / 2.0), round((width - self.size) / 2.0)
+
+    def load(self, path):
+        """One image file as the official evaluation sees it: float32 `[size, size, 3]`.
+
+        Example:
+
+        >>> import pathlib
+        >>> from keras_dino.datasets import cifar10_mini
+        >>> image = sorted(pathlib.Path(cifar10_mini("test")).rglob("*.jpg"))[0]
+        >>> EvalConfig(32, 32).load(image).shape
+        (32, 32, 3)
+        """
+        import numpy as np
+        from PIL import Image
+
+        with open(path, "rb") as f:
+            image = Image.open(f).convert("RGB")
+        height, width = image.height, image.width
+        new_h, new_w = self.resized_shape(height, width)
+        if (new_h, new_w) != (height, width):
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+        top, left = self.crop_offsets(new_h, new_w)
+        image = image.crop((left, top, left + self.size, top + self.size))
+        x = np.asarray(image, np.float32) / np.float32(255)
+        return ((x - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32)

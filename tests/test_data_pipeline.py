@@ -99,9 +99,9 @@ def test_decoding_by_content_converts_odd_formats(messy_folder):
         ref = np.asarray(Image.open(f).convert("RGB"))
         assert img.shape == ref.shape, f
         diff = np.abs(img.astype(int) - ref.astype(int))
-        if Image.open(f).format == "JPEG":  # libjpeg builds differ by a few levels
+        if Image.open(f).mode == "CMYK":  # PIL's own CMYK -> RGB formula, not libjpeg's
             assert diff.mean() < 1.5 and diff.max() <= 12, f
-        else:
+        else:  # JPEGs too: libjpeg's accurate IDCT, as PIL
             assert diff.max() == 0, f
 
 

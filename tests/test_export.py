@@ -76,7 +76,7 @@ def _tf_crops(photos, size=224, resize_size=256):
 
     crops = []
     for data in photos:
-        image = tf.io.decode_jpeg(data)
+        image = tf.io.decode_jpeg(data, dct_method="INTEGER_ACCURATE")  # as PIL, as the export
         h, w = image.shape[:2]
         new = (
             (resize_size, int(resize_size * w / h))
@@ -92,14 +92,17 @@ def _tf_crops(photos, size=224, resize_size=256):
 
 def _reference(model, pixels, photos, image_size=224, l2=False, crops=None):
     """The Keras model's outputs for each signature (what the export must reproduce)."""
-    import tensorflow as tf  # the same JPEG decoder as the export
+    import tensorflow as tf  # the same JPEG decoder as the export (and PIL)
+
+    def decode(data):
+        return tf.io.decode_jpeg(data, dct_method="INTEGER_ACCURATE").numpy()
 
     grid = image_size // model.patch_size
     tokens = _np(model.forward_features(normalize_images(pixels)))
     attn = _np(model.get_last_selfattention(normalize_images(pixels)))
     if crops is None:
         crops = np.stack(
-            [_np(preprocess_images(tf.io.decode_jpeg(p).numpy(), size=image_size)) for p in photos]
+            [_np(preprocess_images(decode(p), size=image_size)) for p in photos]
         )
     photo_tokens = _np(model.forward_features(crops))
     embedding = (lambda x: _l2(x)) if l2 else (lambda x: x)

@@ -108,3 +108,30 @@ def test_bad_shapes_raise(shape):
 def test_crop_larger_than_the_resized_image_raises():
     with pytest.raises(ValueError, match="too small to crop 224x224"):
         keras_dino.preprocess_images(np.zeros((300, 300, 3), np.uint8), resize_size=200)
+
+
+def test_eval_config_gives_the_official_pil_pixels(tmp_path):
+    """EvalConfig.load is torchvision's eval transform on PIL images, pixel for pixel."""
+    import pathlib
+
+    from conftest import IMAGES
+    from PIL import Image
+
+    from keras_dino.preprocessing import EvalConfig
+
+    photos = sorted(pathlib.Path(IMAGES).glob("*.jpg"))
+    assert photos
+    config = EvalConfig(224)
+    for photo in photos[:2]:
+        image = Image.open(photo).convert("RGB")
+        w, h = image.size
+        new_h, new_w = (256, int(256 * w / h)) if h <= w else (int(256 * h / w), 256)
+        resized = np.asarray(image.resize((new_w, new_h), Image.BICUBIC), np.float32)
+        top, left = round((new_h - 224) / 2.0), round((new_w - 224) / 2.0)
+        crop = resized[top : top + 224, left : left + 224] / np.float32(255)
+        mean = np.float32([0.485, 0.456, 0.406])
+        std = np.float32([0.229, 0.224, 0.225])
+        np.testing.assert_array_equal(config.load(photo), (crop - mean) / std)
+    assert config.to_dict()["decoder"] == "PIL"
+    with pytest.raises(ValueError, match="smaller than size"):
+        EvalConfig(224, resize_size=200)

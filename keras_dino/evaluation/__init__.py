@@ -8,7 +8,7 @@ from keras_dino.evaluation.attention_maps import (
     save_threshold_masks,
     upsample_nearest,
 )
-from keras_dino.evaluation.datasets import eval_transform, image_folder_dataset, train_transform
+from keras_dino.evaluation.datasets import image_folder_dataset, train_transform
 from keras_dino.evaluation.features import extract_features
 from keras_dino.evaluation.knn import knn_classifier, l2_normalize
 from keras_dino.evaluation.linear import (
@@ -29,7 +29,6 @@ __all__ = [
     "attention_input",
     "attention_threshold_mask",
     "cls_attention_maps",
-    "eval_transform",
     "evaluate_linear_probe",
     "image_folder_dataset",
     "extract_features",

@@ -1,38 +1,12 @@
-"""Labelled evaluation inputs as the official `eval_*.py` transforms build them (tf.data)."""
+"""Labelled evaluation inputs as the official `eval_*.py` transforms build them (tf.data).
+
+The evaluation view's pixels are defined once, by `keras_dino.preprocessing.EvalConfig`
+(PIL decoding and resizing, as the official tools).
+"""
 
 import os
 
-from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-
-
-def eval_transform(image, size: int = 224, resize_size: int | None = None):
-    """Resize the shorter side (bicubic, antialiased), center crop, normalise: one image.
-
-    `resize_size` defaults to `size * 256 / 224` (256 for 224). TensorFlow ops, for
-    `tf.data.Dataset.map`.
-    """
-    import tensorflow as tf
-
-    resize_size = resize_size or int(round(size * 256 / 224))
-    image = tf.cast(image, tf.float32)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    short = tf.minimum(height, width)
-    new_h = tf.cast(tf.cast(height * resize_size, tf.float32) / tf.cast(short, tf.float32), tf.int32)
-    new_w = tf.cast(tf.cast(width * resize_size, tf.float32) / tf.cast(short, tf.float32), tf.int32)
-    new_h = tf.where(height <= width, resize_size, new_h)
-    new_w = tf.where(height <= width, new_w, resize_size)
-    resized = tf.cond(
-        tf.logical_and(tf.equal(new_h, height), tf.equal(new_w, width)),
-        lambda: image,
-        lambda: tf.clip_by_value(
-            tf.round(tf.image.resize(image, [new_h, new_w], "bicubic", antialias=True)), 0, 255
-        ),
-    )
-    top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
-    left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
-    crop = resized[top : top + size, left : left + size, :]
-    crop = tf.ensure_shape(crop, [size, size, 3])
-    return (crop / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 
 
 def train_transform(image, seed, size: int = 224, scale=(0.08, 1.0)):
@@ -85,7 +59,8 @@ def image_folder_dataset(
 ):
     """`(images, labels)` batches of an ImageFolder tree, for evaluation or a linear probe.
 
-    By default the official evaluation view (`eval_transform`), in file order. With
+    By default the official evaluation view, with the official pixels (PIL decoding and
+    resizing: `keras_dino.preprocessing.EvalConfig`), in file order. With
     `training=True`, the official linear-evaluation training view (`train_transform`:
     random resized crop and flip) of the images in a new random order every epoch,
     reproducible from `seed`. Files that cannot be decoded are skipped and reported (as
@@ -134,10 +109,14 @@ def image_folder_dataset(
             deterministic=True,
         )
     else:
-        ds = ds.map(
-            lambda f, y: (eval_transform(decode_image(tf.io.read_file(f)), size, resize_size), y),
-            num_parallel_calls=parallel,
-            deterministic=True,
-        )
+        # The official evaluation's pixels: PIL decodes and resizes (EvalConfig.load), in
+        # parallel threads (PIL releases the GIL).
+        config = EvalConfig(size, resize_size)
+
+        def load(path, label):
+            image = tf.numpy_function(lambda p: config.load(p.decode()), [path], tf.float32)
+            return tf.ensure_shape(image, [size, size, 3]), label
+
+        ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return ds, listing.class_names, len(files)

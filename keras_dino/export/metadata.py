@@ -65,7 +65,8 @@ def build_metadata(*, model_name, version, model, image_size, grid, input_dtype,
                 f"{image_size}x{image_size}; normalised in the graph: (x / 255 - mean) / std"
             ),
             "image_bytes": (
-                "tf.io.decode_image(channels=3) of a JPEG or PNG; resize so that the shorter "
+                "a JPEG (libjpeg's accurate IDCT, as PIL) or PNG decoded to RGB; resize so that "
+                "the shorter "
                 f"side is {resize_size} (the other truncated), bicubic with antialiasing, "
                 f"rounded and clipped to 0..255; center crop {image_size}x{image_size} "
                 "(offsets rounded half to even); then normalised as images"

@@ -102,8 +102,8 @@ def dino_loss_terms(
     >>> import numpy as np
     >>> s, t = np.zeros((8, 16), "float32"), np.zeros((4, 16), "float32")
     >>> loss, entropy, kl = dino_loss_terms(s, t, np.zeros((1, 16), "float32"), 0.04)
-    >>> round(float(entropy), 4), round(float(kl), 4)  # uniform teacher = uniform student
-    (2.7726, 0.0)
+    >>> round(float(entropy), 4), abs(float(kl)) < 1e-5  # uniform teacher = uniform student
+    (2.7726, True)
     """
     loss = dino_loss(student_output, teacher_output, center, teacher_temp, student_temp, ncrops)
     if ncrops is None:

@@ -266,7 +266,16 @@ def _load_keras_weights(path, arch, patch_size, with_head, model_kwargs):
 
 
 def file_sha256(path) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB chunks."""
+    """The sha256 hex digest of a file, read in 1 MiB chunks.
+
+    Example:
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+    ...     _ = f.write(b"abc")
+    >>> file_sha256(f.name)[:16]
+    'ba7816bf8f01cfea'
+    """
     import hashlib
 
     digest = hashlib.sha256()

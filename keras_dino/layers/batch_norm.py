@@ -39,7 +39,7 @@ class BatchNorm(keras.layers.Layer):
     >>> bn = BatchNorm()
     >>> x = np.arange(8, dtype="float32").reshape(4, 2)
     >>> y = bn(x, training=True)
-    >>> np.round(np.asarray(bn.moving_variance), 4).tolist()  # 0.9 + 0.1 * unbiased var
+    >>> [round(v, 4) for v in np.asarray(bn.moving_variance).tolist()]  # 0.9 + 0.1 * unbiased var
     [1.5667, 1.5667]
     """
 

@@ -77,8 +77,8 @@ def resnet_map(backbone) -> dict:
 
     >>> from keras_dino.models.resnet import resnet
     >>> names = resnet_map(resnet("resnet50"))
-    >>> names["layer1.0.downsample.0.weight"][1], len(names)
-    ('conv', 320)
+    >>> names["layer1.0.downsample.0.weight"][1], len(names)  # no fc, no num_batches_tracked
+    ('conv', 265)
     """
     backbone.build((None, None, None, 3))
     entries = {"conv1.weight": (backbone.conv1.kernel, "conv")}
@@ -96,7 +96,15 @@ def resnet_map(backbone) -> dict:
 
 
 def backbone_variable_map(backbone) -> dict:
-    """The official-name map of any keras_dino backbone (ViT or ResNet)."""
+    """The official-name map of any keras_dino backbone (ViT or ResNet).
+
+    Example:
+
+    >>> from keras_dino.models import vit_tiny
+    >>> names = backbone_variable_map(vit_tiny(16, depth=1))
+    >>> names["cls_token"][1], names["blocks.0.attn.qkv.weight"][1]
+    ('same', 'linear')
+    """
     from keras_dino.models.resnet import ResNet
     from keras_dino.models.vision_transformer import VisionTransformer
 
@@ -133,7 +141,16 @@ def head_variable_map(head) -> dict:
 
 
 def multicrop_variable_map(wrapper) -> dict:
-    """`backbone.*` and `head.*` names of a `MultiCropWrapper`, as the official state dict."""
+    """`backbone.*` and `head.*` names of a `MultiCropWrapper`, as the official state dict.
+
+    Example:
+
+    >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
+    >>> wrapper = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(out_dim=64, in_dim=192))
+    >>> names = multicrop_variable_map(wrapper)
+    >>> "backbone.pos_embed" in names, "head.last_layer.weight_g" in names
+    (True, True)
+    """
     entries = {f"backbone.{k}": v for k, v in backbone_variable_map(wrapper.backbone).items()}
     entries.update({f"head.{k}": v for k, v in head_variable_map(wrapper.head).items()})
     return entries

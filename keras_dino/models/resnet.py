@@ -218,6 +218,14 @@ class ResNet(keras.Model):
         """The feature maps of the stem (after the max pool) and of each stage, NHWC.
 
         Keys: `stem`, `layer1` ... `layer4` (torchvision's module names).
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = resnet("resnet18")
+        >>> maps = model.forward_features(np.zeros((1, 64, 64, 3), "float32"))
+        >>> {name: tuple(maps[name].shape) for name in ("stem", "layer4")}
+        {'stem': (1, 16, 16, 64), 'layer4': (1, 2, 2, 512)}
         """
         if images.shape[-1] not in (None, 3):
             raise ValueError(

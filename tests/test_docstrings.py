@@ -23,6 +23,8 @@ MODULES = sorted(
         "keras_dino.checkpoints.official",
         "keras_dino.checkpoints.pretrained",
         "keras_dino.training.schedules",
+        "keras_dino.training.hparams",
+        "keras_dino.training.inputs",
         "keras_dino.losses",
         "keras_dino.evaluation.attention_maps",
         "keras_dino.evaluation.datasets",

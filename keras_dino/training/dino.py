@@ -10,39 +10,18 @@ from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
 from keras_dino.models.official_names import PARAMETER_KINDS, multicrop_variable_map
 from keras_dino.training import distribute
-from keras_dino.training.optimizers import OPTIMIZERS, DINOOptimizer
-from keras_dino.training.schedules import DINOSchedules
-
-# Hyper-parameters with the names and defaults of the official main_dino.py.
-OFFICIAL_DEFAULTS = dict(
-    arch="vit_small",
-    patch_size=16,
-    out_dim=65536,
-    norm_last_layer=True,
-    momentum_teacher=0.996,
-    use_bn_in_head=False,
-    warmup_teacher_temp=0.04,
-    teacher_temp=0.04,
-    warmup_teacher_temp_epochs=0,
-    weight_decay=0.04,
-    weight_decay_end=0.4,
-    clip_grad=3.0,
-    batch_size_per_gpu=64,
-    epochs=100,
-    freeze_last_layer=1,
-    lr=0.0005,
-    warmup_epochs=10,
-    min_lr=1e-6,
-    optimizer="adamw",
-    drop_path_rate=0.1,
-    local_crops_number=8,
+from keras_dino.training.hparams import (
+    DATA_DEFAULTS,
+    EXTRA_RECORDED,
+    OFFICIAL_DEFAULTS,
+    check_momentum,
+    data_settings_values,
+    refuse_data_arguments,
 )
-# Official main_dino.py arguments that belong to the data, not to the model: DINO records
-# them (checkpoint `args`) from the `data_settings` given to `fit`, defaults otherwise.
-DATA_DEFAULTS = dict(global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4))
-# keras_dino's hyper-parameters beyond the official ones, recorded in the checkpoints'
-# `args` too (the official code hard-codes the last two).
-EXTRA_RECORDED = ("final_momentum_teacher", "center_momentum", "student_temp")
+from keras_dino.training.inputs import check_training_input, crops_of
+from keras_dino.training.optimizers import OPTIMIZERS, DINOOptimizer
+from keras_dino.training.schedules import DINOSchedules, ScheduleSetup
+from keras_dino.training.steps import STEPS
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -142,54 +121,30 @@ class DINO(keras.Model):
         photometric=None,
         **kwargs,
     ):
-        for key in DATA_DEFAULTS:
-            if key in kwargs:
-                raise TypeError(
-                    f"DINO does not take {key}: it is a setting of the data "
-                    "(keras_dino.data.DataAugmentationDINO). DINO records the crop settings in "
-                    "its checkpoints from fit(..., data_settings=the augmentation or the "
-                    "MultiCropInfo of multicrop_dataset(return_info=True))."
-                )
+        refuse_data_arguments(kwargs)
         super().__init__(**kwargs)
         for name, value in (("momentum_teacher", momentum_teacher),
                             ("final_momentum_teacher", final_momentum_teacher),
                             ("center_momentum", center_momentum)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]; got {value}.")
+            check_momentum(name, value)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got '{optimizer}'.")
         if warmup_teacher_temp_epochs > epochs:
             raise ValueError("warmup_teacher_temp_epochs cannot exceed epochs.")
         self.hparams = dict(
-            arch=arch,
-            patch_size=patch_size,
-            out_dim=out_dim,
-            norm_last_layer=norm_last_layer,
-            momentum_teacher=momentum_teacher,
-            use_bn_in_head=use_bn_in_head,
-            warmup_teacher_temp=warmup_teacher_temp,
-            teacher_temp=teacher_temp,
-            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
-            weight_decay=weight_decay,
-            weight_decay_end=weight_decay_end,
-            clip_grad=clip_grad,
-            batch_size_per_gpu=batch_size_per_gpu,
-            epochs=epochs,
-            freeze_last_layer=freeze_last_layer,
-            lr=lr,
-            warmup_epochs=warmup_epochs,
-            min_lr=min_lr,
-            optimizer=optimizer,
-            drop_path_rate=drop_path_rate,
+            arch=arch, patch_size=patch_size, out_dim=out_dim, norm_last_layer=norm_last_layer,
+            momentum_teacher=momentum_teacher, use_bn_in_head=use_bn_in_head,
+            warmup_teacher_temp=warmup_teacher_temp, teacher_temp=teacher_temp,
+            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs, weight_decay=weight_decay,
+            weight_decay_end=weight_decay_end, clip_grad=clip_grad,
+            batch_size_per_gpu=batch_size_per_gpu, epochs=epochs,
+            freeze_last_layer=freeze_last_layer, lr=lr, warmup_epochs=warmup_epochs,
+            min_lr=min_lr, optimizer=optimizer, drop_path_rate=drop_path_rate,
             local_crops_number=local_crops_number,
-            final_momentum_teacher=final_momentum_teacher,
-            batch_size=batch_size,
-            student_temp=student_temp,
-            center_momentum=center_momentum,
-            vit_kwargs=dict(vit_kwargs or {}),
-            resnet_kwargs=dict(resnet_kwargs or {}),
-            head_kwargs=dict(head_kwargs or {}),
-            steps_per_epoch=steps_per_epoch,
+            final_momentum_teacher=final_momentum_teacher, batch_size=batch_size,
+            student_temp=student_temp, center_momentum=center_momentum,
+            vit_kwargs=dict(vit_kwargs or {}), resnet_kwargs=dict(resnet_kwargs or {}),
+            head_kwargs=dict(head_kwargs or {}), steps_per_epoch=steps_per_epoch,
         )
         if isinstance(photometric, dict):
             photometric = keras.saving.deserialize_keras_object(photometric)
@@ -324,18 +279,14 @@ class DINO(keras.Model):
         """
         for name, value in (("momentum_teacher", momentum_teacher),
                             ("final_momentum_teacher", final_momentum_teacher)):
-            if value is None:
-                continue
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]; got {value}.")
-            self.hparams[name] = float(value)
-            setattr(self.schedules, name, float(value))
+            if value is not None:
+                self.hparams[name] = check_momentum(name, value)
+                setattr(self.schedules, name, self.hparams[name])
 
     def set_center_momentum(self, center_momentum):
         """Sets the center's momentum, recorded by `get_config` and checkpoints."""
-        if not 0.0 <= float(center_momentum) <= 1.0:
-            raise ValueError(f"center_momentum must be in [0, 1]; got {center_momentum}.")
-        self.hparams["center_momentum"] = self.center_momentum = float(center_momentum)
+        value = check_momentum("center_momentum", center_momentum)
+        self.hparams["center_momentum"] = self.center_momentum = value
 
     def set_data_settings(self, data_settings):
         """Records the crop settings of the training data (checkpoint `args`).
@@ -345,45 +296,13 @@ class DINO(keras.Model):
         `global_crops_scale` and `local_crops_scale`. Their number of local crops must be
         this model's `local_crops_number`.
         """
-        source = getattr(data_settings, "augmentation", data_settings)
-        if isinstance(source, dict):
-            values = {k: source[k] for k in DATA_DEFAULTS if k in source}
-            local = source.get("local_crops_number", self.hparams["local_crops_number"])
-        else:
-            values = {k: getattr(source, k) for k in DATA_DEFAULTS}
-            local = source.local_crops_number
-        if local != self.hparams["local_crops_number"]:
-            raise ValueError(
-                f"the data makes {local} local crops per image, but this DINO was built with "
-                f"local_crops_number={self.hparams['local_crops_number']}."
-            )
-        self.data_settings.update({k: tuple(float(x) for x in v) for k, v in values.items()})
+        self.data_settings.update(
+            data_settings_values(data_settings, self.hparams["local_crops_number"])
+        )
 
     # ------------------------------------------------------------------ training
     def _crops(self, data):
-        if isinstance(data, dict):
-            raise ValueError("DINO trains on tuples of crops, not dicts.")
-        if isinstance(data, (tuple, list)) and len(data) == 1 and isinstance(data[0], (tuple, list)):
-            data = data[0]
-        if not isinstance(data, (tuple, list)) or len(data) < 2:
-            raise ValueError(
-                "each training element must be a tuple of crops: 2 global crops first, then "
-                f"the local crops; got {type(data).__name__}."
-            )
-        crops = list(data)
-        for i, crop in enumerate(crops):
-            if len(crop.shape) != 4 or crop.shape[-1] != 3:
-                raise ValueError(
-                    f"crop {i} must be a float NHWC batch (B, H, W, 3); got shape {tuple(crop.shape)}."
-                )
-        expected = 2 + self.hparams["local_crops_number"]
-        if len(crops) != expected:
-            raise ValueError(
-                f"this DINO was built for 2 global + {self.hparams['local_crops_number']} local "
-                f"crops ({expected}), but the data gives {len(crops)}: set local_crops_number "
-                "to the augmentation's."
-            )
-        return crops
+        return crops_of(data, self.hparams["local_crops_number"])
 
     def _set_base_lr(self, crops):
         if self.hparams["batch_size"]:
@@ -456,86 +375,9 @@ class DINO(keras.Model):
 
     def train_step(self, *args):
         backend = keras.backend.backend()
-        if backend == "jax":
-            return self._jax_train_step(*args)
-        (data,) = args
-        crops = self._crops(data)
-        self._set_base_lr(crops)
-        step = ops.cast(self.optimizer.iterations, "float32")
-        variables = self.trainable_variables
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            with tf.GradientTape() as tape:
-                loss, teacher_output = self._forward(crops, step)
-                scaled = self.optimizer.scale_loss(loss / distribute.num_replicas())
-            grads = tape.gradient(scaled, variables)
-            self.optimizer.apply(grads, variables)
-            logs = self._after_update(loss, teacher_output, step, len(crops))
-            if distribute.in_multi_worker_mode():
-                # Keras reduces the logs of a multi-worker step with
-                # strategy.reduce("MEAN", value, axis=0), which fails for scalars
-                # (tensorflow/tensorflow#72388); rank 1 comes back as the scalar.
-                logs = {key: ops.reshape(value, (1,)) for key, value in logs.items()}
-            return logs
-        if backend == "torch":
-            import torch
-
-            self.zero_grad()
-            loss, teacher_output = self._forward(crops, step)
-            self.optimizer.scale_loss(loss).backward()
-            grads = [v.value.grad for v in variables]
-            with torch.no_grad():
-                self.optimizer.apply(grads, variables)
-                return self._after_update(loss.detach(), teacher_output, step, len(crops))
-        raise NotImplementedError(f"DINO does not support the {backend} backend.")
-
-    def _jax_train_step(self, state, data):
-        import jax
-
-        trainable, non_trainable, optimizer_values, metrics_values = state
-        crops = self._crops(data)
-        self._set_base_lr(crops)
-        optimizer_map = list(zip(self.optimizer.variables, optimizer_values))
-
-        def loss_fn(trainable_values, non_trainable_values):
-            mapping = (
-                list(zip(self.trainable_variables, trainable_values))
-                + list(zip(self.non_trainable_variables, non_trainable_values))
-                + optimizer_map
-            )
-            with keras.StatelessScope(state_mapping=mapping) as scope:
-                step = ops.cast(self.optimizer.iterations, "float32")
-                loss, teacher_output = self._forward(crops, step)
-                scaled = self.optimizer.scale_loss(loss)
-            updated = [
-                _current(scope, v, old)
-                for v, old in zip(self.non_trainable_variables, non_trainable_values)
-            ]
-            return scaled, (loss, teacher_output, step, updated)
-
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, aux), grads = grad_fn(trainable, non_trainable)
-        loss, teacher_output, step, non_trainable = aux
-        trainable, optimizer_values = self.optimizer.stateless_apply(
-            optimizer_values, grads, trainable
-        )
-        groups = [
-            (self.trainable_variables, trainable),
-            (self.non_trainable_variables, non_trainable),
-            (self.optimizer.variables, optimizer_values),
-            (self.metrics_variables, metrics_values),
-        ]
-        mapping = [pair for variables, values in groups for pair in zip(variables, values)]
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            logs = self._after_update(loss, teacher_output, step, len(crops))
-        non_trainable = [
-            _current(scope, v, old) for v, old in zip(self.non_trainable_variables, non_trainable)
-        ]
-        metrics_values = [
-            _current(scope, v, old) for v, old in zip(self.metrics_variables, metrics_values)
-        ]
-        return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+        if backend not in STEPS:
+            raise NotImplementedError(f"DINO does not support the {backend} backend.")
+        return STEPS[backend](self, *args)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # DINO builds its networks at construction and its optimizer at compile, so the
@@ -559,7 +401,7 @@ class DINO(keras.Model):
         schedules). A model restored from an official checkpoint resumes at its epoch.
         `data_settings` (see `set_data_settings`) records the crop settings of `x`.
         """
-        _check_training_input(x)
+        check_training_input(x)
         if data_settings is not None:
             self.set_data_settings(data_settings)
         if getattr(self, "optimizer", None) is None:
@@ -573,7 +415,7 @@ class DINO(keras.Model):
             callbacks.append(dino_callbacks.StopOnNonFiniteLoss())
         if not any(isinstance(c, dino_callbacks.CollapseWarning) for c in callbacks):
             callbacks.append(dino_callbacks.CollapseWarning())
-        callbacks.insert(0, _ScheduleSetup())
+        callbacks.insert(0, ScheduleSetup())
         if hasattr(x, "element_spec"):
             # A tf.data pipeline shuffles itself; Keras would warn that it ignores shuffle.
             kwargs.setdefault("shuffle", False)
@@ -652,60 +494,3 @@ class DINO(keras.Model):
         if data_settings:
             model.set_data_settings(data_settings)
         return model
-
-
-def _crop_shapes(x):
-    """Shapes of one element's crops for inputs whose structure is known up front."""
-    if type(x).__module__.startswith("tensorflow.python.distribute"):
-        return None  # per-replica specs (tf.distribute datasets): the first step checks
-    if type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec"):
-        spec = x.element_spec
-        if isinstance(spec, tuple) and len(spec) == 1 and isinstance(spec[0], tuple):
-            spec = spec[0]
-        if not isinstance(spec, tuple):
-            return [getattr(spec, "shape", None)]
-        return [getattr(s, "shape", None) for s in spec]
-    if isinstance(x, (tuple, list)):
-        return [getattr(a, "shape", None) for a in x]
-    if hasattr(x, "shape"):
-        return [x.shape]
-    return None  # generators and PyDatasets are checked by the first step
-
-
-def _check_training_input(x):
-    """Names a wrong input structure before training starts (not mid-step)."""
-    shapes = _crop_shapes(x)
-    if shapes is None:
-        return
-    if len(shapes) < 2:
-        raise ValueError(
-            "each training element must be a tuple of crops: 2 global crops first, then the "
-            f"local crops; got a single tensor of shape {tuple(shapes[0] or ())}."
-        )
-    for i, shape in enumerate(shapes):
-        if shape is None or len(shape) != 4 or shape[-1] != 3:
-            raise ValueError(
-                f"crop {i} must be a float NHWC batch (B, H, W, 3); got shape "
-                f"{None if shape is None else tuple(shape)}."
-            )
-
-
-def _current(scope, variable, fallback):
-    value = scope.get_current_value(variable)
-    return fallback if value is None else value
-
-
-class _ScheduleSetup(keras.callbacks.Callback):
-    """Fixes the schedules' steps per epoch from `fit` and the resume point."""
-
-    def on_train_begin(self, logs=None):
-        model = self.model
-        steps = model.steps_per_epoch or self.params.get("steps")
-        if not steps:
-            raise ValueError(
-                "DINO needs the number of steps per epoch for its schedules, and fit could "
-                "not tell it (an infinite or unsized dataset): pass steps_per_epoch= to fit."
-            )
-        model.schedules.steps_per_epoch = int(steps)
-        if model._resume_epoch and int(ops.convert_to_numpy(model.optimizer.iterations)) == 0:
-            model.optimizer.iterations.assign(model._resume_epoch * int(steps))

@@ -10,6 +10,7 @@ schedules follow the optimizer's own counter on every backend and under
 import dataclasses
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -147,3 +148,22 @@ class DINOSchedules:
     def last_layer_trains(self, step):
         """False while the head's last layer is frozen (epoch < freeze_last_layer)."""
         return self.epoch(step) >= float(self.freeze_last_layer)
+
+
+class ScheduleSetup(keras.callbacks.Callback):
+    """Fixes a `DINO`'s schedules' steps per epoch from `fit`, and its resume point.
+
+    `DINO.fit` adds it first among the callbacks; it is not meant to be added by hand.
+    """
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        steps = model.steps_per_epoch or self.params.get("steps")
+        if not steps:
+            raise ValueError(
+                "DINO needs the number of steps per epoch for its schedules, and fit could "
+                "not tell it (an infinite or unsized dataset): pass steps_per_epoch= to fit."
+            )
+        model.schedules.steps_per_epoch = int(steps)
+        if model._resume_epoch and int(ops.convert_to_numpy(model.optimizer.iterations)) == 0:
+            model.optimizer.iterations.assign(model._resume_epoch * int(steps))

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from keras_dino.data import ops
-from keras_dino.data.config import PhotometricConfig, ViewSpec, dino_views
+from keras_dino.data.config import (
+    PARAM_COLUMNS,
+    PhotometricConfig,
+    ViewSpec,
+    dino_views,
+    photometric_params,
+)
 
 Crops = tuple[tf.Tensor, ...]
 
@@ -39,25 +45,15 @@ def sample_photometric_params(
     `grayscale`, `blur` (bool), `sigma` (float32 radius) and `solarize` (bool).
     """
     config = config or PhotometricConfig()
-    num = len(blur_p)
-    u = tf.random.stateless_uniform([num, 13], _as_seed(seed), dtype=tf.float32)
-
-    def between(col, lo_hi):
-        lo, hi = lo_hi
-        return lo + (hi - lo) * u[:, col]
-
-    return {
-        "jitter": u[:, 0] < config.jitter_p,
-        "brightness": between(1, config.factor_range("brightness")),
-        "contrast": between(2, config.factor_range("contrast")),
-        "saturation": between(3, config.factor_range("saturation")),
-        "hue": between(4, config.factor_range("hue")),
-        "order": tf.argsort(u[:, 5:9], axis=1, stable=True),
-        "grayscale": u[:, 9] < config.grayscale_p,
-        "blur": u[:, 10] < tf.constant(list(blur_p), tf.float32),
-        "sigma": between(11, config.blur_radius),
-        "solarize": u[:, 12] < tf.constant(list(solarize_p), tf.float32),
-    }
+    u = tf.random.stateless_uniform([len(blur_p), PARAM_COLUMNS], _as_seed(seed), dtype=tf.float32)
+    return photometric_params(
+        u,
+        tf.constant(list(blur_p), tf.float32),
+        tf.constant(list(solarize_p), tf.float32),
+        config,
+        less=tf.less,
+        argsort=lambda a: tf.argsort(a, axis=1, stable=True),
+    )
 
 
 def apply_photometric(image01: tf.Tensor, params: dict[str, tf.Tensor], i: int | None = None,

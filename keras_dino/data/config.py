@@ -69,6 +69,47 @@ class PhotometricConfig:
         return cls(**d)
 
 
+# Columns of the `[N, PARAM_COLUMNS]` uniforms each view draws (host and device alike).
+PARAM_COLUMNS = 13
+
+
+def photometric_params(u, blur_p, solarize_p, config: PhotometricConfig, *, less, argsort):
+    """Maps uniforms `u` `[N, 13]` to the photometric parameters of N views.
+
+    The one definition of the sampling, shared by the host (`tf` functions) and the
+    accelerator (`keras.ops`): the caller gives its `less(a, b)` and its row-wise
+    `argsort(a)` (int32). Columns: 0 jitter applied, 1-4 brightness / contrast /
+    saturation / hue factors, 5-8 the jitter order (a uniform permutation, as
+    torchvision's `randperm(4)`), 9 grayscale, 10 blur, 11 blur radius, 12 solarise.
+
+    Example:
+
+    >>> import numpy as np
+    >>> u = np.full((1, PARAM_COLUMNS), 0.5, "float32")
+    >>> p = photometric_params(u, np.ones(1), np.zeros(1), PhotometricConfig(),
+    ...                        less=np.less, argsort=lambda a: np.argsort(a, axis=1))
+    >>> bool(p["jitter"][0]), float(p["brightness"][0]), bool(p["blur"][0])
+    (True, 1.0, True)
+    """
+
+    def between(col, lo_hi):
+        lo, hi = lo_hi
+        return lo + (hi - lo) * u[:, col]
+
+    return {
+        "jitter": less(u[:, 0], config.jitter_p),
+        "brightness": between(1, config.factor_range("brightness")),
+        "contrast": between(2, config.factor_range("contrast")),
+        "saturation": between(3, config.factor_range("saturation")),
+        "hue": between(4, config.factor_range("hue")),
+        "order": argsort(u[:, 5:9]),
+        "grayscale": less(u[:, 9], config.grayscale_p),
+        "blur": less(u[:, 10], blur_p),
+        "sigma": between(11, config.blur_radius),
+        "solarize": less(u[:, 12], solarize_p),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class ViewSpec:
     """One crop of the multi-crop recipe.

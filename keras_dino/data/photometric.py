@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dino.data.config import PhotometricConfig
+from keras_dino.data.config import PARAM_COLUMNS, PhotometricConfig, photometric_params
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 BLUR_HALF_WIDTH = 6
@@ -155,27 +155,14 @@ def sample_params(u, blur_p, solarize_p, config: PhotometricConfig | None = None
 
     `blur_p` and `solarize_p` are per-image probabilities `[N]`.
     """
-    config = config or PhotometricConfig()
-
-    def between(col, lo_hi):
-        lo, hi = lo_hi
-        return lo + (hi - lo) * u[:, col]
-
-    u = ops.convert_to_tensor(u, "float32")
-    blur_p = ops.convert_to_tensor(blur_p, "float32")
-    solarize_p = ops.convert_to_tensor(solarize_p, "float32")
-    return {
-        "jitter": ops.less(u[:, 0], config.jitter_p),
-        "brightness": between(1, config.factor_range("brightness")),
-        "contrast": between(2, config.factor_range("contrast")),
-        "saturation": between(3, config.factor_range("saturation")),
-        "hue": between(4, config.factor_range("hue")),
-        "order": ops.cast(ops.argsort(u[:, 5:9], axis=1), "int32"),
-        "grayscale": ops.less(u[:, 9], config.grayscale_p),
-        "blur": ops.less(u[:, 10], blur_p),
-        "sigma": between(11, config.blur_radius),
-        "solarize": ops.less(u[:, 12], solarize_p),
-    }
+    return photometric_params(
+        ops.convert_to_tensor(u, "float32"),
+        ops.convert_to_tensor(blur_p, "float32"),
+        ops.convert_to_tensor(solarize_p, "float32"),
+        config or PhotometricConfig(),
+        less=ops.less,
+        argsort=lambda a: ops.cast(ops.argsort(a, axis=1), "int32"),
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -263,7 +250,7 @@ class MultiCropPhotometric(keras.layers.Layer):
             bp = ops.reshape(grid + _column([blur_p[i] for i in idx]), (-1,))
             sp = ops.reshape(grid + _column([sol_p[i] for i in idx]), (-1,))
             u = keras.random.uniform(
-                (ops.shape(x)[0], 13), seed=self.seed_generator, dtype="float32"
+                (ops.shape(x)[0], PARAM_COLUMNS), seed=self.seed_generator, dtype="float32"
             )
             params = sample_params(u, bp, sp, self.config)
             y = self._normalize(apply_photometric(x, params, self.config))

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
-import glob as _glob
-import os
 import secrets
 from collections.abc import Sequence
 
 import tensorflow as tf
 
 from keras_dino.data.augment import DataAugmentationDINO
-from keras_dino.data.sources import (
-    IMAGE_EXTENSIONS,
-    decode_image,
-    ensure_rgb_uint8,
-    list_image_files,
-    log_skipped,
-    scan_images,
+from keras_dino.data.source_datasets import (
+    LIST_EXTENSIONS,
+    SOURCE_BUILDERS,
+    SOURCE_TYPES,
+    SourceOptions,
+    detect_source_type,
+    parse_tfds_name,
+    read_image_list,
 )
+from keras_dino.data.sources import IMAGE_EXTENSIONS, decode_image, ensure_rgb_uint8
 
-SOURCE_TYPES = ("folder", "files", "list", "tfrecord", "tfds", "dataset")
-# Text files that list image paths, one per line.
-LIST_EXTENSIONS = (".txt", ".lst", ".list")
+__all__ = [
+    "LIST_EXTENSIONS",
+    "SOURCE_TYPES",
+    "MultiCropInfo",
+    "detect_source_type",
+    "multicrop_dataset",
+    "parse_tfds_name",
+    "read_image_list",
+]
 
 
 @dataclasses.dataclass
@@ -74,102 +80,6 @@ class MultiCropInfo:
     @property
     def num_skipped(self) -> int:
         return len(self.skipped)
-
-
-def detect_source_type(source) -> str:
-    """Guesses the kind of `source` (see `multicrop_dataset`)."""
-    if isinstance(source, tf.data.Dataset):
-        return "dataset"
-    if isinstance(source, (list, tuple)):
-        return "files"
-    if isinstance(source, (str, os.PathLike)):
-        s = os.fspath(source)
-        if s.startswith("tfds:"):
-            return "tfds"
-        if os.path.isdir(s):
-            return "folder"
-        if os.path.isfile(s) and s.lower().endswith(LIST_EXTENSIONS):
-            return "list"
-        if any(ch in s for ch in "*?[") or os.path.isfile(s):
-            if s.lower().endswith(IMAGE_EXTENSIONS):
-                return "files"
-            return "tfrecord"
-        if os.sep not in s and "/" not in s:
-            return "tfds"
-        raise FileNotFoundError(f"{s!r} is neither a directory, a file, a glob nor a TFDS name")
-    raise TypeError(
-        "source must be a directory, a list of files, a TFRecord glob, a TFDS name or a "
-        f"tf.data.Dataset, got {type(source).__name__}"
-    )
-
-
-def read_image_list(path) -> list[str]:
-    """The image paths of a list file: one per line, relative to the list's folder.
-
-    Blank lines and lines starting with `#` are ignored.
-
-    Example:
-
-    >>> import pathlib, tempfile
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (folder / "images.txt").write_text("# my photos\na.jpg\n\n/data/b.png\n")
-    >>> [p.replace(str(folder), "<dir>") for p in read_image_list(folder / "images.txt")]
-    ['<dir>/a.jpg', '/data/b.png']
-    """
-    path = os.fspath(path)
-    base = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
-    files = [os.path.join(base, line) for line in lines if line and not line.startswith("#")]
-    if not files:
-        raise ValueError(f"the image list {path} names no file.")
-    return files
-
-
-def parse_tfds_name(source: str, default_split: str = "train") -> tuple[str, str]:
-    """`(name, split)` of `"tfds:name[:split]"` or `"name"`.
-
-    Example:
-
-    >>> parse_tfds_name("tfds:cifar10:test"), parse_tfds_name("imagenet2012")
-    (('cifar10', 'test'), ('imagenet2012', 'train'))
-    """
-    name = source[len("tfds:"):] if source.startswith("tfds:") else source
-    name, _, split = name.partition(":")
-    return name, split or default_split
-
-
-def _parse_imagenet_example(record: tf.Tensor, label_offset: int):
-    features = tf.io.parse_single_example(
-        record,
-        {
-            "image/encoded": tf.io.FixedLenFeature([], tf.string),
-            "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-        },
-    )
-    label = features["image/class/label"]
-    label = tf.where(label >= 0, label - label_offset, label)
-    return features["image/encoded"], tf.cast(label, tf.int32)
-
-
-def _dataset_elements(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Normalises a user dataset to `(image_or_bytes, label)` elements."""
-    spec = ds.element_spec
-
-    if isinstance(spec, dict):
-        key = next((k for k in ("image", "img", "images") if k in spec), None)
-        if key is None:
-            raise ValueError(f"dataset elements have no 'image' entry: {list(spec)}")
-        has_label = "label" in spec
-        return ds.map(
-            lambda e: (e[key], tf.cast(e["label"], tf.int32) if has_label else -1),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    if isinstance(spec, tuple):
-        if len(spec) != 2:
-            raise ValueError("tuple dataset elements must be (image, label)")
-        return ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
-    return ds.map(lambda x: (x, tf.constant(-1, tf.int32)))
 
 
 def _to_image(payload: tf.Tensor) -> tf.Tensor:
@@ -304,100 +214,24 @@ def multicrop_dataset(
     shuffle_seed = (seed * 1_000_003 + 7919 * pipeline_id + 1) % (2**31 - 1)
     aug_seed = (seed * 1_000_033 + 104_729 * pipeline_id + 2) % (2**31 - 1)
 
-    skipped: list[tuple[str, str]] = []
-    class_names: list[str] | None = None
-    num_images: int | None = None
-
-    reported_type = stype
-    if stype == "list":
-        source, stype = read_image_list(source), "files"
-    if stype in ("folder", "files"):
-        if stype == "folder":
-            listing = list_image_files(source, extensions)
-            files, file_labels, class_names = listing.files, listing.labels, listing.class_names
-            where = os.fspath(source)
-        else:
-            files = [os.fspath(f) for f in ([source] if isinstance(source, str) else source)]
-            if len(files) == 1 and any(ch in files[0] for ch in "*?["):
-                files = sorted(_glob.glob(files[0]))
-            file_labels = list(labels) if labels is not None else [-1] * len(files)
-            if len(file_labels) != len(files):
-                raise ValueError(f"{len(file_labels)} labels for {len(files)} files")
-            where = f"{len(files)} files"
-        if not files:
-            raise ValueError(f"no image files found in {where}")
-        if num_pipelines > 1:
-            files = files[pipeline_id::num_pipelines]
-            file_labels = file_labels[pipeline_id::num_pipelines]
-        if validate:
-            scan = scan_images(files, file_labels, on_error=on_error)
-            files, file_labels, skipped = scan.files, scan.labels, scan.skipped
-            log_skipped(skipped, where)
-            if not files:
-                raise ValueError(
-                    f"none of the {len(skipped)} files in {where} could be decoded "
-                    f"(first: {skipped[0][0]}: {skipped[0][1]})"
-                )
-        num_images = len(files)
-        ds = tf.data.Dataset.from_tensor_slices(
-            (tf.constant(files, tf.string), tf.constant(file_labels, tf.int32))
-        )
-        if shuffle:
-            ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda f, y: (tf.io.read_file(f), y))
-    elif stype == "tfrecord":
-        pattern = os.fspath(source)
-        tf_files = sorted(tf.io.gfile.glob(pattern))
-        if not tf_files:
-            raise ValueError(f"no TFRecord files match {pattern!r}")
-        shard_records = num_pipelines > len(tf_files)
-        if num_pipelines > 1 and not shard_records:
-            tf_files = tf_files[pipeline_id::num_pipelines]
-        ds = tf.data.Dataset.from_tensor_slices(tf_files)
-        if shuffle:
-            ds = ds.shuffle(len(tf_files), seed=shuffle_seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(16, len(tf_files)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic,
-        )
-        if num_pipelines > 1 and shard_records:
-            ds = ds.shard(num_pipelines, pipeline_id)
-        ds = ds.map(
-            lambda r: _parse_imagenet_example(r, tfrecord_label_offset),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic,
-        )
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    elif stype == "tfds":
-        import tensorflow_datasets as tfds
-
-        name, split_name = parse_tfds_name(os.fspath(source), tfds_split)
-        builder = tfds.builder(name, data_dir=tfds_data_dir)
-        ds = builder.as_dataset(
-            split=split_name,
-            shuffle_files=shuffle,
-            decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(
-                input_context=input_context, shuffle_seed=shuffle_seed,
-            ),
-        )
-        class_names = _tfds_class_names(builder)
-        ds = _dataset_elements(ds)
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    else:  # dataset
-        ds = source
-        if ds.cardinality() == 0:
-            raise ValueError("the source dataset is empty")
-        if num_pipelines > 1:
-            ds = ds.shard(num_pipelines, pipeline_id)
-        ds = _dataset_elements(ds)
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-
+    source_options = SourceOptions(
+        shuffle=shuffle,
+        shuffle_seed=shuffle_seed,
+        shuffle_buffer=shuffle_buffer,
+        deterministic=deterministic,
+        num_pipelines=num_pipelines,
+        pipeline_id=pipeline_id,
+        input_context=input_context,
+        validate=validate,
+        on_error=on_error,
+        labels=labels,
+        extensions=extensions,
+        tfds_split=tfds_split,
+        tfds_data_dir=tfds_data_dir,
+        tfrecord_label_offset=tfrecord_label_offset,
+    )
+    read = SOURCE_BUILDERS[stype](source, source_options)
+    ds, num_images = read.dataset, read.num_images
     if repeat:
         ds = ds.repeat()
     seeds = tf.data.Dataset.random(seed=aug_seed, rerandomize_each_iteration=True)
@@ -436,10 +270,10 @@ def multicrop_dataset(
     ds = ds.with_options(options)
 
     info = MultiCropInfo(
-        source_type=reported_type,
+        source_type=stype,
         num_images=num_images,
-        skipped=skipped,
-        class_names=class_names,
+        skipped=read.skipped,
+        class_names=read.class_names,
         batch_size=local_batch,
         num_crops=aug.num_crops,
         split=split,
@@ -449,11 +283,3 @@ def multicrop_dataset(
         augmentation=aug,
     )
     return (ds, info) if return_info else ds
-
-
-def _tfds_class_names(builder) -> list[str] | None:
-    try:
-        label = builder.info.features["label"]
-        return list(label.names)
-    except (KeyError, AttributeError, TypeError):
-        return None

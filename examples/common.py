@@ -89,6 +89,53 @@ def run_tool(define_flags, run):
     app.run(main)
 
 
+def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16"):
+    """The flags that choose a backbone, shared by the evaluation and export tools.
+
+    The official evaluation tools' `--pretrained_weights`, `--arch`, `--patch_size`
+    (16 by default; 8 in `visualize_attention.py`) and `--checkpoint_key`, and
+    keras_dino's `--num_heads` and `--backend`. `load_backbone(F)` reads them.
+    """
+    from absl import flags
+
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_string("pretrained_weights", "", f"Checkpoint file or preset name ({presets}, "
+                        "...); empty: the official weights of --arch/--patch_size.", **fv)
+    flags.DEFINE_string("arch", "vit_small", "Architecture (vit_tiny, vit_small, vit_base, a "
+                        "torchvision ResNet name, or a custom name whose shape the checkpoint "
+                        "gives).", **fv)
+    flags.DEFINE_integer("patch_size", patch_size, "Patch size of the model.", **fv)
+    flags.DEFINE_string("checkpoint_key", "teacher", "Model of a full training checkpoint "
+                        "(teacher or student).", **fv)
+    flags.DEFINE_integer("num_heads", None, "Attention heads, for checkpoints of custom "
+                         "widths that do not record them.", **fv)
+    flags.DEFINE_string("backend", None, "Keras backend (tensorflow, jax, torch); default from "
+                        "KERAS_BACKEND.", **fv)
+
+
+def backbone_load_kwargs(F):
+    """`load_pretrained` arguments of the backbone flags that were given."""
+    return {"num_heads": F.num_heads} if F.num_heads else {}
+
+
+def translate_deprecated(argv, renamed, warn=None):
+    """`argv` with deprecated flag names replaced by `renamed[old]`, each use told to `warn`.
+
+    For tools whose flags changed names (keras_dino 0.1's hyphenated argparse flags):
+    the old names keep working for one release, with a message naming the new flag.
+    """
+    warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name in renamed:
+            warn(f"{name} is deprecated and will be removed in the next release; "
+                 f"use {renamed[name]}.")
+            arg = renamed[name] + sep + value
+        out.append(arg)
+    return out
+
+
 def say(message):
     print(message, flush=True)
 
@@ -116,12 +163,13 @@ def eval_split_paths(data_path):
 def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher", **kwargs):
     """The backbone to evaluate, as the official evaluation tools choose it.
 
-    `pretrained_weights` is a preset name or a checkpoint file (`load_pretrained`). Empty,
-    the official weights of `arch` and `patch_size` are used when they exist (as the
+    `pretrained_weights` is a preset name or a checkpoint file (read by
+    `keras_dino.checkpoints.pretrained.resolve_backbone`, as export does). Empty, the
+    official weights of `arch` and `patch_size` are used when they exist (as the
     official tools do), and otherwise a randomly initialised `arch`. `kwargs` go to the
     `VisionTransformer` (e.g. `num_heads` for custom widths).
     """
-    from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained
+    from keras_dino.checkpoints.pretrained import PRESETS, resolve_backbone
     from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
 
     known_arch = arch if arch in ARCHITECTURES else None
@@ -139,9 +187,15 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
                 "using random weights.")
             config = {**ARCHITECTURES[arch], "patch_size": patch_size, **kwargs}
             return VisionTransformer(**config)
-    backbone = load_pretrained(pretrained_weights, arch=known_arch, patch_size=patch_size,
-                               checkpoint_key=checkpoint_key, **kwargs)
-    backbone = getattr(backbone, "backbone", backbone)  # a .keras DINO or MultiCropWrapper
-    say(f"weights: {pretrained_weights} (key '{checkpoint_key}'), {backbone.depth} blocks of "
-        f"width {backbone.embed_dim}, {backbone.num_heads} heads, patch {backbone.patch_size}.")
+    backbone, source = resolve_backbone(pretrained_weights, arch=known_arch,
+                                        patch_size=patch_size, checkpoint_key=checkpoint_key,
+                                        **kwargs)
+    say(f"weights: {source}; {_describe(backbone)}.")
     return backbone
+
+
+def _describe(backbone):
+    if hasattr(backbone, "num_heads"):
+        return (f"{backbone.depth} blocks of width {backbone.embed_dim}, {backbone.num_heads} "
+                f"heads, patch {backbone.patch_size}")
+    return f"{type(backbone).__name__} with {backbone.embed_dim}-dimensional features"

@@ -21,7 +21,16 @@ A checkpoint of the README's main job, on the embedded CIFAR-10 subset:
 import os
 import sys
 
-from common import append_log, eval_split_paths, load_backbone, run_tool, say, select_backend
+from common import (
+    append_log,
+    backbone_load_kwargs,
+    define_backbone_flags,
+    eval_split_paths,
+    load_backbone,
+    run_tool,
+    say,
+    select_backend,
+)
 
 select_backend(sys.argv)
 
@@ -34,18 +43,12 @@ FEATURE_FILES = ("trainfeat.pth", "trainlabels.pth", "testfeat.pth", "testlabels
 def define_flags(flag_values=flags.FLAGS):
     """Defines the tool's flags in `flag_values` (the official eval_knn.py arguments first)."""
     fv = dict(flag_values=flag_values)
+    define_backbone_flags(flag_values)
     # --- the official eval_knn.py arguments (names and defaults) ---
     flags.DEFINE_integer("batch_size_per_gpu", 128, "Batch size of the feature extraction.", **fv)
     flags.DEFINE_list("nb_knn", [10, 20, 100, 200], "Numbers of nearest neighbours, "
                       "comma-separated (20 usually works best).", **fv)
     flags.DEFINE_float("temperature", 0.07, "Temperature of the vote weights.", **fv)
-    flags.DEFINE_string("pretrained_weights", "", "Checkpoint file or preset name (dino_vits16, "
-                        "...); empty: the official weights of --arch/--patch_size.", **fv)
-    flags.DEFINE_string("arch", "vit_small", "Architecture (vit_tiny, vit_small, vit_base, or a "
-                        "custom name whose shape the checkpoint gives).", **fv)
-    flags.DEFINE_integer("patch_size", 16, "Patch size of the model.", **fv)
-    flags.DEFINE_string("checkpoint_key", "teacher", "Model of a full training checkpoint "
-                        "(teacher or student).", **fv)
     flags.DEFINE_string("dump_features", None, "Folder where to save the extracted features.",
                         **fv)
     flags.DEFINE_string("load_features", None, "Folder of features saved by --dump_features: "
@@ -58,10 +61,6 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("eval_size", 224, "Side of the center crop.", **fv)
     flags.DEFINE_integer("eval_resize", None, "Shorter side before the center crop (default "
                          "eval_size * 256 / 224: 256 for 224).", **fv)
-    flags.DEFINE_integer("num_heads", None, "Attention heads, for checkpoints of custom "
-                         "widths that do not record them.", **fv)
-    flags.DEFINE_string("backend", None, "Keras backend (tensorflow, jax, torch); default from "
-                        "KERAS_BACKEND.", **fv)
     flags.DEFINE_integer("verbose", 1, "Progress bars (0: none).", **fv)
 
 
@@ -71,9 +70,8 @@ def extract(F):
 
     from keras_dino.evaluation import extract_features, image_folder_dataset, l2_normalize
 
-    kwargs = {"num_heads": F.num_heads} if F.num_heads else {}
     backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **kwargs)
+                             **backbone_load_kwargs(F))
     arrays = []
     for split, path in zip(("train", "val"), eval_split_paths(F.data_path)):
         dataset, classes, count = image_folder_dataset(

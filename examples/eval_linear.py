@@ -27,7 +27,16 @@ A checkpoint of the README's main job, on the embedded CIFAR-10 subset:
 import os
 import sys
 
-from common import append_log, eval_split_paths, load_backbone, run_tool, say, select_backend
+from common import (
+    append_log,
+    backbone_load_kwargs,
+    define_backbone_flags,
+    eval_split_paths,
+    load_backbone,
+    run_tool,
+    say,
+    select_backend,
+)
 
 select_backend(sys.argv)
 
@@ -39,18 +48,12 @@ CHECKPOINT = "checkpoint.pth.tar"
 def define_flags(flag_values=flags.FLAGS):
     """Defines the tool's flags in `flag_values` (the official eval_linear.py arguments first)."""
     fv = dict(flag_values=flag_values)
+    define_backbone_flags(flag_values)
     # --- the official eval_linear.py arguments (names and defaults) ---
     flags.DEFINE_integer("n_last_blocks", 4, "Concatenate the CLS tokens of the n last blocks "
                          "(4 for ViT-S, 1 for ViT-B).", **fv)
     flags.DEFINE_boolean("avgpool_patchtokens", False, "Also the average of the patch tokens "
                          "(True for ViT-B, with --n_last_blocks=1).", **fv)
-    flags.DEFINE_string("arch", "vit_small", "Architecture (vit_tiny, vit_small, vit_base, or a "
-                        "custom name whose shape the checkpoint gives).", **fv)
-    flags.DEFINE_integer("patch_size", 16, "Patch size of the model.", **fv)
-    flags.DEFINE_string("pretrained_weights", "", "Checkpoint file or preset name (dino_vits16, "
-                        "...); empty: the official weights of --arch/--patch_size.", **fv)
-    flags.DEFINE_string("checkpoint_key", "teacher", "Model of a full training checkpoint "
-                        "(teacher or student).", **fv)
     flags.DEFINE_integer("epochs", 100, "Number of epochs of training.", **fv)
     flags.DEFINE_float("lr", 0.001, "Learning rate at batch size 256 (scaled linearly with "
                        "the batch size), cosine-annealed to 0.", **fv)
@@ -68,11 +71,7 @@ def define_flags(flag_values=flags.FLAGS):
                          "center crops.", **fv)
     flags.DEFINE_integer("eval_resize", None, "Shorter side before the validation center crop "
                          "(default eval_size * 256 / 224: 256 for 224).", **fv)
-    flags.DEFINE_integer("num_heads", None, "Attention heads, for checkpoints of custom "
-                         "widths that do not record them.", **fv)
     flags.DEFINE_integer("seed", 0, "Random seed (classifier init, data order and crops).", **fv)
-    flags.DEFINE_string("backend", None, "Keras backend (tensorflow, jax, torch); default from "
-                        "KERAS_BACKEND.", **fv)
     flags.DEFINE_integer("verbose", 1, "Progress bars (0: none).", **fv)
 
 
@@ -93,9 +92,8 @@ def build_probe(F):
     """The frozen backbone of the flags with a fresh linear classifier, compiled."""
     from keras_dino.evaluation import LinearProbe
 
-    kwargs = {"num_heads": F.num_heads} if F.num_heads else {}
     backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **kwargs)
+                             **backbone_load_kwargs(F))
     probe = LinearProbe(backbone, F.num_labels, n_last_blocks=F.n_last_blocks,
                         avgpool_patchtokens=F.avgpool_patchtokens)
     probe.compile_official(lr=F.lr, batch_size=F.batch_size_per_gpu, epochs=F.epochs)

@@ -1,85 +1,128 @@
 """Export a DINO backbone as a SavedModel for TensorFlow and TF Serving.
 
 The weights come from a preset (`dino_vits16`, ... downloaded once), an official or
-keras_dino checkpoint file, or the teacher of a full DINO training checkpoint. Run under
-the TensorFlow backend (default) or the JAX backend (jax2tf):
+keras_dino checkpoint file, or the teacher of a full DINO training checkpoint, named by
+`--pretrained_weights` (the evaluation tools' flag) or as the one positional argument.
+Run under the TensorFlow backend (default) or the JAX backend (jax2tf):
 
-    python examples/export_saved_model.py dino_vits16 --out exports --l2-normalize
-    KERAS_BACKEND=jax python examples/export_saved_model.py checkpoint.pth --version 2
-    python examples/export_saved_model.py --describe exports/dino
+    python examples/export_saved_model.py --pretrained_weights=dino_vits16 \\
+        --output_dir=exports --l2_normalize
+    KERAS_BACKEND=jax python examples/export_saved_model.py checkpoint.pth --version=2
+    python examples/export_saved_model.py --describe=exports/dino
 
 Then serve `exports/` with TF Serving (the command is printed at the end) and query it
 with `examples/serving_client.py`.
+
+The hyphenated flags of keras_dino 0.1 (`--out`, `--model-name`, `--l2-normalize`, ...)
+still work for this release, with a deprecation message naming the new flag.
 """
 
-from __future__ import annotations
-
-import argparse
 import os
 import pathlib
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from common import define_backbone_flags, say, select_backend, translate_deprecated
+
+select_backend(sys.argv)
+
+from absl import app, flags  # noqa: E402
+
+# keras_dino 0.1's argparse flags and the absl flags that replace them.
+DEPRECATED_FLAGS = {
+    "--out": "--output_dir",
+    "--model-name": "--model_name",
+    "--image-size": "--image_size",
+    "--input-dtype": "--input_dtype",
+    "--l2-normalize": "--l2_normalize",
+    "--patch-tokens": "--patch_tokens",
+    "--checkpoint-key": "--checkpoint_key",
+    "--patch-size": "--patch_size",
+    "--num-heads": "--num_heads",
+    "--serving-base-path": "--serving_base_path",
+}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("weights", nargs="?", help="preset name or checkpoint file")
-    parser.add_argument("--out", default="exports", help="TF Serving model base directory")
-    parser.add_argument("--model-name", default="dino")
-    parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"])
-    parser.add_argument("--l2-normalize", action="store_true", help="L2-normalised embedding")
-    parser.add_argument("--patch-tokens", action="store_true", help="also return patch tokens")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    parser.add_argument("--checkpoint-key", default="teacher", help="for full checkpoints")
-    parser.add_argument("--arch", default=None, help="for .weights.h5 files")
-    parser.add_argument("--patch-size", type=int, default=None)
-    parser.add_argument("--num-heads", type=int, default=None, help="for non-standard widths")
-    parser.add_argument(
-        "--serving-base-path",
-        default=None,
-        help="base_path in models.config (default /models/<model-name>)",
-    )
-    parser.add_argument("--describe", metavar="EXPORT_DIR", help="only describe an export")
-    args = parser.parse_args(argv)
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the tool's flags in `flag_values`."""
+    fv = dict(flag_values=flag_values)
+    define_backbone_flags(flag_values)
+    flags.DEFINE_string("output_dir", "exports", "TF Serving model base directory.", **fv)
+    flags.DEFINE_string("model_name", "dino", "Model name (a folder under --output_dir).", **fv)
+    flags.DEFINE_integer("version", 1, "Version number (the SavedModel's folder).", **fv)
+    flags.DEFINE_enum("format", "saved_model", ["saved_model"], "Export format.", **fv)
+    flags.DEFINE_integer("image_size", 224, "Side of the model's input images.", **fv)
+    flags.DEFINE_enum("input_dtype", "uint8", ["uint8", "float32"], "Dtype of the raw "
+                      "0..255 pixels the signatures take.", **fv)
+    flags.DEFINE_boolean("l2_normalize", False, "Output the L2-normalised embedding.", **fv)
+    flags.DEFINE_boolean("patch_tokens", False, "Also output the patch tokens (ViTs).", **fv)
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing version.", **fv)
+    flags.DEFINE_string("serving_base_path", None, "base_path in models.config (default "
+                        "/models/<model_name>).", **fv)
+    flags.DEFINE_string("describe", None, "Only describe an existing export (a folder).", **fv)
 
+
+def _weights(F, positional):
+    """The weights to export: --pretrained_weights, the positional argument or a preset."""
+    if len(positional) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
+    if positional and F.pretrained_weights:
+        raise app.UsageError("give the weights once: --pretrained_weights or the argument.")
+    weights = F.pretrained_weights or (positional[0] if positional else "")
+    if weights:
+        return weights
+    from keras_dino.checkpoints.pretrained import PRESETS
+
+    if F["arch"].present or F["patch_size"].present:
+        for name, (arch, patch, _) in PRESETS.items():
+            if (arch, patch) == (F.arch, F.patch_size):
+                say(f"no --pretrained_weights: exporting the official weights of {name}.")
+                return name
+    raise app.UsageError("give --pretrained_weights (a preset name or a checkpoint file), or "
+                         "--describe=EXPORT_DIR.")
+
+
+def run(F, positional=()):
+    """Exports (or describes) as the flags say; returns the version directory."""
     from keras_dino import export
 
-    if args.describe:
-        export.describe(args.describe)
-        return
-    if not args.weights:
-        parser.error("give a preset name or a checkpoint file (or --describe EXPORT_DIR)")
-    load_kwargs = {"checkpoint_key": args.checkpoint_key}
+    if F.describe:
+        export.describe(F.describe)
+        return F.describe
+    weights = _weights(F, list(positional))
+    load_kwargs = {"checkpoint_key": F.checkpoint_key}
+    # Architecture flags only when given: checkpoints record their own shape.
     for key in ("arch", "patch_size", "num_heads"):
-        if getattr(args, key) is not None:
-            load_kwargs[key] = getattr(args, key)
-    path = export.export_saved_model(
-        args.weights,
-        args.out,
-        model_name=args.model_name,
-        version=args.version,
-        image_size=args.image_size,
-        input_dtype=args.input_dtype,
-        l2_normalize=args.l2_normalize,
-        include_patch_tokens=args.patch_tokens,
-        overwrite=args.overwrite,
-        serving_base_path=args.serving_base_path,
+        if F[key].present:
+            load_kwargs[key] = F[key].value
+    path = export.export(
+        weights,
+        F.output_dir,
+        format=F.format,
+        model_name=F.model_name,
+        version=F.version,
+        image_size=F.image_size,
+        input_dtype=F.input_dtype,
+        l2_normalize=F.l2_normalize,
+        include_patch_tokens=F.patch_tokens,
+        overwrite=F.overwrite,
+        serving_base_path=F.serving_base_path,
         load_kwargs=load_kwargs,
     )
     export.describe(path)
-    base = pathlib.Path(args.out).resolve()
-    print(
-        "\nServe it with TF Serving (REST on 8501, gRPC on 8500):\n"
+    base = pathlib.Path(F.output_dir).resolve()
+    say("\nServe it with TF Serving (REST on 8501, gRPC on 8500):\n"
         f'  docker run --rm -p 8501:8501 -p 8500:8500 -v "{base}:/models" tensorflow/serving '
         "--model_config_file=/models/models.config\n"
         "Query it:\n"
-        f"  python examples/serving_client.py --model {args.model_name} photo.jpg"
-    )
+        f"  python examples/serving_client.py --model={F.model_name} photo.jpg")
+    return path
+
+
+def main(argv):
+    run(flags.FLAGS, argv[1:])
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main, argv=translate_deprecated(sys.argv, DEPRECATED_FLAGS))

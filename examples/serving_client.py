@@ -5,27 +5,29 @@ Needs neither keras nor keras_dino: REST uses the standard library (and numpy), 
 as in the README ("Export and TF Serving"), then:
 
     # Encoded JPEG/PNG files through the `serve_bytes` signature (REST, then gRPC):
-    python examples/serving_client.py --model dino photo1.jpg photo2.jpg
-    python examples/serving_client.py --model dino --protocol grpc photo1.jpg
+    python examples/serving_client.py --model=dino photo1.jpg photo2.jpg
+    python examples/serving_client.py --model=dino --protocol=grpc photo1.jpg
 
     # Raw pixels (uint8 [batch, 224, 224, 3] in a .npy file) through `serving_default`,
     # or random pixels, and the attention maps:
-    python examples/serving_client.py --model dino --signature serving_default batch.npy
-    python examples/serving_client.py --model dino --signature attention --random 2
+    python examples/serving_client.py --model=dino --signature=serving_default batch.npy
+    python examples/serving_client.py --model=dino --signature=attention --random=2
 
 The request bodies follow TF Serving's REST API: the row format
 `{"signature_name": ..., "instances": [...]}` (default) or the columnar format
 `{"signature_name": ..., "inputs": {...}}` (`--columnar`); encoded images travel as
 `{"b64": "<base64>"}`. `tests/test_export.py` runs these same bodies through an export.
+The hyphenated flags of keras_dino 0.1 (`--rest-port`, `--grpc-port`, `--image-size`)
+still work for this release, with a deprecation message.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import pathlib
 import sys
+import types
 import urllib.error
 import urllib.request
 
@@ -191,25 +193,36 @@ def _summary(outputs):
     }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="*", help="JPEG/PNG files, or .npy pixel batches")
-    parser.add_argument("--host", default="localhost")
-    parser.add_argument("--rest-port", type=int, default=8501)
-    parser.add_argument("--grpc-port", type=int, default=8500)
-    parser.add_argument("--model", default="dino", help="served model name")
-    parser.add_argument("--version", type=int, default=None, help="default: latest")
-    parser.add_argument(
-        "--signature",
-        default=BYTES_SIGNATURE,
-        choices=["serve_bytes", "serving_default", "attention"],
-    )
-    parser.add_argument("--protocol", default="rest", choices=["rest", "grpc", "both"])
-    parser.add_argument("--columnar", action="store_true", help='REST {"inputs": ...} format')
-    parser.add_argument("--random", type=int, default=0, help="send N random images")
-    parser.add_argument("--image-size", type=int, default=224, help="for --random")
-    args = parser.parse_args(argv)
+DEPRECATED_FLAGS = {"--rest-port": "--rest_port", "--grpc-port": "--grpc_port",
+                    "--image-size": "--image_size"}
 
+
+def define_flags(flag_values=None):
+    """Defines the client's flags (absl, as every keras_dino tool)."""
+    from absl import flags
+
+    fv = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
+    flags.DEFINE_string("host", "localhost", "TF Serving host.", **fv)
+    flags.DEFINE_integer("rest_port", 8501, "REST port.", **fv)
+    flags.DEFINE_integer("grpc_port", 8500, "gRPC port.", **fv)
+    flags.DEFINE_string("model", "dino", "Served model name.", **fv)
+    flags.DEFINE_integer("version", None, "Model version (default: the latest).", **fv)
+    flags.DEFINE_enum("signature", BYTES_SIGNATURE, ["serve_bytes", "serving_default",
+                      "attention"], "Signature to call.", **fv)
+    flags.DEFINE_enum("protocol", "rest", ["rest", "grpc", "both"], "Protocol.", **fv)
+    flags.DEFINE_boolean("columnar", False, 'REST {"inputs": ...} format.', **fv)
+    flags.DEFINE_integer("random", 0, "Send N random images.", **fv)
+    flags.DEFINE_integer("image_size", 224, "Side of the --random images.", **fv)
+
+
+def main(argv):
+    """Sends the files named after the flags (JPEG/PNG, or .npy pixel batches)."""
+    from absl import flags
+
+    F = flags.FLAGS
+    names = ("host", "rest_port", "grpc_port", "model", "version", "signature", "protocol",
+             "columnar", "random", "image_size")
+    args = types.SimpleNamespace(files=argv[1:], **{name: F[name].value for name in names})
     inputs = _load_inputs(args)
     results = {}
     if args.protocol in ("rest", "both"):
@@ -236,4 +249,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from absl import app
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from common import translate_deprecated
+
+    define_flags()
+    app.run(main, argv=translate_deprecated(sys.argv, DEPRECATED_FLAGS))

@@ -17,8 +17,10 @@ ImageNet on one machine, as in the paper (ViT-S/16, 100 epochs):
 """
 
 import contextlib
+import json
 import os
 import sys
+import tempfile
 
 from common import append_log, framework_noise_to, resolve_data_path, say, select_backend
 
@@ -439,10 +441,28 @@ class OfficialLog:
         self.callback = _Callback()
 
 
+def _noise_log_path():
+    """Where this process's framework messages go: `<output_dir>/framework.log` on the
+    process that writes the run's files, a temporary file on the others (decided from
+    TF_CONFIG or --process_id, before any framework is imported)."""
+    worker = None
+    if F.strategy == "multi_worker" and os.environ.get("TF_CONFIG"):
+        config = json.loads(os.environ["TF_CONFIG"])
+        task, cluster = config.get("task", {}), config.get("cluster", {})
+        chief_task = ("chief", 0) if "chief" in cluster else ("worker", 0)
+        if (task.get("type"), int(task.get("index", 0))) != chief_task:
+            worker = f"{task.get('type')}{task.get('index', 0)}"
+    elif F.jax_multiprocess and F.process_id:
+        worker = f"process{F.process_id}"
+    if worker is None:
+        return os.path.join(F.output_dir, "framework.log")
+    return os.path.join(tempfile.gettempdir(), f"keras_dino_framework_{worker}_{os.getpid()}.log")
+
+
 def main(argv):
     del argv
     # Before any framework is imported: their start-up noise goes to a file.
-    noise = framework_noise_to(os.path.join(F.output_dir, "framework.log"))
+    noise = framework_noise_to(_noise_log_path())
     try:
         run()
     except Exception:
@@ -627,9 +647,9 @@ def knn_report(trained, random_init, splits):
 
 def attention_report(backbone):
     import numpy as np
-    import tensorflow as tf
 
-    from keras_dino.evaluation import cls_attention_maps, eval_transform, save_attention_images
+    from keras_dino.evaluation import cls_attention_maps, save_attention_images
+    from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 
     path = _data_path(F.knn_test_path) if F.knn_test_path else None
     if not path:
@@ -637,13 +657,13 @@ def attention_report(backbone):
     if not hasattr(backbone, "get_last_selfattention"):
         say(f"attention maps: none for a {type(backbone).__name__} (no self-attention).")
         return
-    from keras_dino.data.sources import decode_image, list_image_files
+    from keras_dino.data.sources import list_image_files
 
     files = list_image_files(path).files[:: max(1, len(list_image_files(path).files) // 4)][:4]
+    config = EvalConfig(F.eval_size, F.eval_resize)
     for i, file in enumerate(files):
-        image = decode_image(tf.io.read_file(file))
-        x = eval_transform(image, F.eval_size, F.eval_resize).numpy()
-        shown = np.clip((x * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406]) * 255, 0, 255)
+        x = config.load(file)
+        shown = np.clip((x * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255)
         maps = cls_attention_maps(backbone, x)
         out = os.path.join(F.output_dir, "attention", f"image{i}")
         save_attention_images(shown.astype("uint8"), maps, out, backbone.patch_size)

@@ -18,7 +18,14 @@ The official ViT-S/8 at 480x480, with the masks of the paper:
 import os
 import sys
 
-from common import load_backbone, run_tool, say, select_backend
+from common import (
+    backbone_load_kwargs,
+    define_backbone_flags,
+    load_backbone,
+    run_tool,
+    say,
+    select_backend,
+)
 
 select_backend(sys.argv)
 
@@ -28,14 +35,8 @@ from absl import app, flags  # noqa: E402
 def define_flags(flag_values=flags.FLAGS):
     """Defines the tool's flags in `flag_values` (the official arguments first)."""
     fv = dict(flag_values=flag_values)
+    define_backbone_flags(flag_values, patch_size=8, presets="dino_vits8")
     # --- the official visualize_attention.py arguments (names and defaults) ---
-    flags.DEFINE_string("arch", "vit_small", "Architecture (vit_tiny, vit_small, vit_base, or a "
-                        "custom name whose shape the checkpoint gives).", **fv)
-    flags.DEFINE_integer("patch_size", 8, "Patch size of the model.", **fv)
-    flags.DEFINE_string("pretrained_weights", "", "Checkpoint file or preset name (dino_vits8, "
-                        "...); empty: the official weights of --arch/--patch_size.", **fv)
-    flags.DEFINE_string("checkpoint_key", "teacher", "Model of a full training checkpoint "
-                        "(teacher or student).", **fv)
     flags.DEFINE_string("image_path", None, "The image to look at (default: the first image of "
                         "the embedded CIFAR-10 test split).", **fv)
     flags.DEFINE_list("image_size", [480, 480], "Resize to height,width (or one value: the "
@@ -44,10 +45,6 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_float("threshold", None, "Also draw, per head, the patches that hold this "
                        "fraction of the attention mass (e.g. 0.6).", **fv)
     # --- additions ---
-    flags.DEFINE_integer("num_heads", None, "Attention heads, for checkpoints of custom "
-                         "widths that do not record them.", **fv)
-    flags.DEFINE_string("backend", None, "Keras backend (tensorflow, jax, torch); default from "
-                        "KERAS_BACKEND.", **fv)
 
 
 def read_image(path):
@@ -74,9 +71,8 @@ def run(F):
         save_threshold_masks,
     )
 
-    kwargs = {"num_heads": F.num_heads} if F.num_heads else {}
     backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **kwargs)
+                             **backbone_load_kwargs(F))
     image, path = read_image(F.image_path)
     patch = backbone.patch_size
     x, shown = attention_input(image, [int(v) for v in F.image_size], patch)

@@ -189,18 +189,19 @@ for script in "${EX}"/examples/*.py; do
   grep -q "__main__" "${script}" || continue
   rc=0
   "${VPY}" "${script}" --help > "${TMP}/help.txt" 2>&1 || rc=$?
-  # argparse exits 0 after --help, absl (train_dino.py) exits 1; both print the flags.
+  # absl prints the flags after --help and exits 0 or 1 depending on its version.
   if [[ "${rc}" -gt 1 ]] || ! grep -qiE "usage|flags:" "${TMP}/help.txt"; then
     tail -30 "${TMP}/help.txt"; fail "${name} --help (exit ${rc})"
   fi
   echo "${name} --help: ok"
 done
-KERAS_BACKEND=tensorflow "${VPY}" "${EX}/examples/export_saved_model.py" "${CHECKPOINT}" \
-  --num-heads 3 --image-size 32 --out "${TMP}/exports" --model-name mini > "${TMP}/export.log" 2>&1 \
+KERAS_BACKEND=tensorflow "${VPY}" "${EX}/examples/export_saved_model.py" \
+  --pretrained_weights="${CHECKPOINT}" --num_heads=3 --image_size=32 \
+  --output_dir="${TMP}/exports" --model_name=mini > "${TMP}/export.log" 2>&1 \
   || { tail -30 "${TMP}/export.log"; fail "export_saved_model.py"; }
 tail -3 "${TMP}/export.log"
 KERAS_BACKEND=tensorflow "${VPY}" "${EX}/examples/export_saved_model.py" \
-  --describe "${TMP}/exports/mini" > "${TMP}/describe.log" 2>&1 \
+  --describe="${TMP}/exports/mini" > "${TMP}/describe.log" 2>&1 \
   || { tail -30 "${TMP}/describe.log"; fail "export_saved_model.py --describe"; }
 echo "export_saved_model.py ${CHECKPOINT##*/} -> $(ls -d "${TMP}"/exports/mini/*): ok"
 # The README's quick start, shortened to 2 steps without k-NN: the embedded data set from

@@ -89,7 +89,8 @@ def _script_defaults(script):
     return {
         flag.findtext("name"): _typed(flag)
         for flag in root.iter("flag")
-        if flag.findtext("file", "").endswith(script)
+        # The tool's own flags and the shared ones it defines through common.py.
+        if flag.findtext("file", "").endswith((script, "common", "common.py"))
     }
 
 
@@ -124,6 +125,85 @@ def test_stray_positional_argument_is_a_usage_error(script):
     result = _run_script(script, "--arch=vit_small", "imagenet")
     assert result.returncode == 1, result.stderr[-2000:]
     assert "unexpected arguments: imagenet" in result.stderr
+
+
+def test_no_argparse_in_examples():
+    """Every tool parses its command line with absl, as the official-flag tools do."""
+    users = [p.name for p in EXAMPLES.glob("*.py") if "import argparse" in p.read_text()]
+    assert not users, f"argparse in {users}"
+
+
+def test_deprecated_hyphenated_flags_are_renamed_with_a_message():
+    from common import translate_deprecated
+
+    export = _load("export_saved_model")
+    told = []
+    argv = translate_deprecated(
+        ["export_saved_model.py", "ckpt.pth", "--out", "exports", "--model-name=mini",
+         "--l2-normalize", "--num-heads=3", "--version=2"],
+        export.DEPRECATED_FLAGS, warn=told.append,
+    )
+    assert argv == ["export_saved_model.py", "ckpt.pth", "--output_dir", "exports",
+                    "--model_name=mini", "--l2_normalize", "--num_heads=3", "--version=2"]
+    assert told == [
+        "--out is deprecated and will be removed in the next release; use --output_dir.",
+        "--model-name is deprecated and will be removed in the next release; use --model_name.",
+        "--l2-normalize is deprecated and will be removed in the next release; use "
+        "--l2_normalize.",
+        "--num-heads is deprecated and will be removed in the next release; use --num_heads.",
+    ]
+
+
+def test_export_tool_needs_weights_once():
+    from absl import app, flags
+
+    export = _load("export_saved_model")
+    values = flags.FlagValues()
+    export.define_flags(values)
+    values(["export_saved_model.py", "--pretrained_weights=a.pth"])
+    assert export._weights(values, []) == "a.pth"
+    with pytest.raises(app.UsageError, match="once"):
+        export._weights(values, ["b.pth"])
+    with pytest.raises(app.UsageError, match="unexpected arguments: c.pth"):
+        export._weights(values, ["b.pth", "c.pth"])
+    values = flags.FlagValues()
+    export.define_flags(values)
+    values(["export_saved_model.py"])
+    assert export._weights(values, ["b.pth"]) == "b.pth"
+    with pytest.raises(app.UsageError, match="--pretrained_weights"):
+        export._weights(values, [])
+    values = flags.FlagValues()
+    export.define_flags(values)
+    values(["export_saved_model.py", "--arch=vit_small", "--patch_size=8"])
+    assert export._weights(values, []) == "dino_vits8"
+
+
+@pytest.mark.tf_only
+@pytest.mark.slow
+def test_export_tool_old_and_new_flags(checkpoint, tmp_path):
+    """The 0.1 command line still exports (with deprecation messages); --describe reads it."""
+    result = _run_script(
+        "export_saved_model.py", str(checkpoint), "--out", str(tmp_path / "exports"),
+        "--model-name", "mini", "--image-size", "32", "--num-heads", "2", timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--out is deprecated" in result.stderr and "use --model_name" in result.stderr
+    assert (tmp_path / "exports" / "mini" / "1" / "saved_model.pb").is_file()
+    assert "docker run" in result.stdout
+    result = _run_script("export_saved_model.py", f"--describe={tmp_path / 'exports' / 'mini'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "serve_bytes" in result.stdout
+
+
+def test_serving_client_flags():
+    from absl import flags
+
+    client = _load("serving_client")
+    values = flags.FlagValues()
+    client.define_flags(values)
+    values(["serving_client.py", "--rest_port=9001", "--signature=attention", "--random=2"])
+    assert (values.rest_port, values.signature, values.random) == (9001, "attention", 2)
+    assert values.image_size == 224 and values.protocol == "rest"
 
 
 # --- end to end -------------------------------------------------------------------------

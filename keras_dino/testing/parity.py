@@ -18,14 +18,15 @@ from keras import ops
 
 from keras_dino.checkpoints import official
 from keras_dino.models import DINOHead, MultiCropWrapper, VisionTransformer
+from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 SIZES = ("224x224", "96x96", "480x320")
 
 
 def _inputs(fixtures):
     data = np.load(fixtures / "inputs.npz")
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
+    mean = np.array(IMAGENET_MEAN, np.float32)
+    std = np.array(IMAGENET_STD, np.float32)
     return {
         s: ((data[f"{s}/uint8_nhwc"].astype(np.float32) / np.float32(255) - mean) / std)
         for s in SIZES

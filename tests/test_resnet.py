@@ -69,6 +69,21 @@ def test_every_stage_matches_torchvision_on_odd_grids(resnet_mini, zoo_inputs, z
         )
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".npz"])
+def test_load_pretrained_reads_a_resnet_file(zoo_inputs, zoo_dir, suffix):
+    """load_pretrained builds a ResNet of the file's shape (evaluation tools, export)."""
+    from keras_dino.checkpoints.pretrained import load_pretrained
+
+    model = load_pretrained(zoo_dir / f"backbone_resnet_mini{suffix}", arch="resnet_mini")
+    assert isinstance(model, ResNet) and model.name == "resnet_mini"
+    assert (model.block, model.layers_per_stage, model.embed_dim) == ("bottleneck", (1, 1, 1, 1), 512)
+    expected = np.load(zoo_dir / "outputs_resnet_mini.npz")["96x96/pooled"]
+    np.testing.assert_allclose(_np(model(zoo_inputs["96x96"])), expected,
+                               atol=1e-4 * np.abs(expected).max(), rtol=0)
+    with pytest.raises(ValueError, match="not a resnet50"):
+        load_pretrained(zoo_dir / f"backbone_resnet_mini{suffix}", arch="resnet50")
+
+
 def test_official_state_dict_round_trip(resnet_mini, zoo_dir):
     state = dict(np.load(zoo_dir / "backbone_resnet_mini.npz"))
     written = official.state_dict_of(resnet_map(resnet_mini))

@@ -127,7 +127,22 @@ def _backbone_kwargs(state_dict, arch, patch_size, args, overrides):
     return config
 
 
+def _build_resnet(state_dict, arch, overrides):
+    """A `ResNet` whose shape is read off a torchvision-layout state dict."""
+    from keras_dino.models.resnet import RESNETS, ResNet, resnet_name
+
+    config = official.infer_resnet_config(state_dict)
+    config.update({k: v for k, v in overrides.items() if k != "num_heads"})
+    backbone = ResNet(**config, name=arch if arch and arch not in RESNETS else "resnet")
+    if arch in RESNETS and resnet_name(backbone) != arch:
+        raise ValueError(f"the checkpoint holds a {resnet_name(backbone)} ResNet, not a {arch}.")
+    official.load_state_dict(official.backbone_variable_map(backbone), state_dict, "backbone")
+    return backbone
+
+
 def _build_backbone(state_dict, arch, patch_size, args, overrides):
+    if official.is_resnet_state(state_dict):
+        return _build_resnet(state_dict, arch, overrides)
     config = _backbone_kwargs(state_dict, arch, patch_size, args, dict(overrides))
     backbone = VisionTransformer(**config)
     official.load_state_dict(official.backbone_variable_map(backbone), state_dict, "backbone")
@@ -164,7 +179,10 @@ def load_pretrained(
             `.npz`, or a keras_dino `.keras` / `.weights.h5` file. `.pth` files are
             read without torch and without running pickled code.
         arch: `vit_tiny`, `vit_small` or `vit_base`; inferred from the tensors if omitted
-            (and needed for `.weights.h5` files).
+            (and needed for `.weights.h5` files). A file of torchvision ResNet tensors
+            (`conv1.weight`, `layer1.0...`) builds a `ResNet` of the tensors' shape; a
+            torchvision name (`resnet50`) is then checked against it, any other name
+            names the model.
         patch_size: checked against the checkpoint (inferred if omitted).
         checkpoint_key: `"teacher"` or `"student"` for full training checkpoints.
         with_head: also build the DINO head; returns a `MultiCropWrapper` whose
@@ -173,7 +191,7 @@ def load_pretrained(
             non-standard widths, `drop_path_rate`, `use_fused_attention`).
 
     Returns:
-        A `VisionTransformer`, or a `MultiCropWrapper` when `with_head`.
+        A `VisionTransformer` (or a `ResNet`), or a `MultiCropWrapper` when `with_head`.
 
     Example:
 

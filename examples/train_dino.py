@@ -628,16 +628,14 @@ def knn_splits():
 
 
 def knn_report(trained, random_init, splits):
-    from keras_dino.evaluation import extract_features, knn_classifier
+    from keras_dino.evaluation import knn_accuracy
 
     results = {}
-    (train_x, train_y), (test_x, test_y) = splits
+    train, test = splits
     for name, backbone in (("trained teacher", trained), ("random init", random_init)):
-        say(f"k-NN ({F.knn_k}-NN, T=0.07) with the {name}: {len(train_x)} reference, "
-            f"{len(test_x)} test images")
-        train_f, _ = extract_features(backbone, (train_x, train_y), 256, verbose=0)
-        test_f, _ = extract_features(backbone, (test_x, test_y), 256, verbose=0)
-        top1, top5 = knn_classifier(train_f, train_y, test_f, test_y, k=F.knn_k, T=0.07)
+        say(f"k-NN ({F.knn_k}-NN, T=0.07) with the {name}: {len(train[0])} reference, "
+            f"{len(test[0])} test images")
+        top1, top5 = knn_accuracy(backbone, train, test, k=F.knn_k, T=0.07)
         key = "trained" if name.startswith("trained") else "random"
         results[f"knn_top1_{key}"] = round(top1, 2)
         results[f"knn_top5_{key}"] = round(top5, 2)

@@ -203,12 +203,10 @@ class KNNEvaluation(keras.callbacks.Callback):
 
     def evaluate(self, backbone) -> tuple[float, float]:
         """`(top1, top5)` of `backbone` on the callback's splits."""
-        from keras_dino.evaluation import extract_features, knn_classifier
+        from keras_dino.evaluation import knn_accuracy
 
         train, test = self._arrays()
-        train_f, train_y = extract_features(backbone, train, self.batch_size, verbose=0)
-        test_f, test_y = extract_features(backbone, test, self.batch_size, verbose=0)
-        return knn_classifier(train_f, train_y, test_f, test_y, k=self.k, T=self.temperature)
+        return knn_accuracy(backbone, train, test, self.k, self.temperature, self.batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
         last = epoch + 1 == self.params.get("epochs")

@@ -10,7 +10,7 @@ from keras_dino.evaluation.attention_maps import (
 )
 from keras_dino.evaluation.datasets import image_folder_dataset, train_transform
 from keras_dino.evaluation.features import extract_features
-from keras_dino.evaluation.knn import knn_classifier, l2_normalize
+from keras_dino.evaluation.knn import knn_accuracy, knn_classifier, l2_normalize
 from keras_dino.evaluation.linear import (
     EpochCosineSchedule,
     LinearClassifier,
@@ -32,6 +32,7 @@ __all__ = [
     "evaluate_linear_probe",
     "image_folder_dataset",
     "extract_features",
+    "knn_accuracy",
     "knn_classifier",
     "l2_normalize",
     "linear_features",

@@ -75,3 +75,34 @@ def knn_classifier(
         top1 += int(correct[:, 0].sum())
         top5 += int(correct[:, : min(5, k)].sum())
     return top1 * 100.0 / total, top5 * 100.0 / total
+
+
+def knn_accuracy(backbone, train_data, test_data, k: int = 20, T: float = 0.07,
+                 batch_size: int = 256) -> tuple[float, float]:
+    """`(top1, top5)` of the weighted k-NN vote on `backbone`'s features, in percent.
+
+    The features of both labelled sets are extracted (`extract_features`) and the test
+    set is classified against the reference set with `knn_classifier`.
+
+    Args:
+        backbone: a keras_dino backbone (its pooled output is the feature).
+        train_data, test_data: `(images, labels)` arrays of normalised NHWC images, or
+            datasets of such batches.
+        k, T: neighbours and vote temperature (20 and 0.07, the paper's).
+        batch_size: images per extraction batch.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_dino.models import vit_tiny
+    >>> x = np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype("float32")
+    >>> y = np.arange(8) % 2
+    >>> knn_accuracy(vit_tiny(16, depth=1), (x, y), (x, y), k=1)  # each image finds itself
+    (100.0, 100.0)
+    """
+    from keras_dino.evaluation.features import extract_features
+
+    train_f, train_y = extract_features(backbone, train_data, batch_size, verbose=0)
+    test_f, test_y = extract_features(backbone, test_data, batch_size, verbose=0)
+    return knn_classifier(train_f, train_y, test_f, test_y, k=k, T=T)
+

@@ -45,6 +45,10 @@ def _runs_here(item, backend):
     if item.get_closest_marker("tf_only") and backend != "tensorflow":
         return False
     marker = item.get_closest_marker("backends")
+    if item.get_closest_marker("slow"):
+        # Once per CI run, not once per backend: in the first backend it names, else in
+        # the TensorFlow process.
+        return backend == (marker.args[0] if marker else "tensorflow")
     return marker is None or backend in marker.args
 
 
@@ -53,7 +57,9 @@ def pytest_collection_modifyitems(config, items):
 
     `tf_only` tests need TensorFlow itself (tf.data, tf.distribute, SavedModel) and run
     in the TensorFlow process; `backends(...)` names the backends a test is about (for
-    example `steps_per_execution > 1`, which Keras' torch trainer does not have).
+    example `steps_per_execution > 1`, which Keras' torch trainer does not have); `slow`
+    tests, long end-to-end runs where a second backend adds nothing, run in one process
+    only (the first of their `backends`, or TensorFlow).
     """
     import keras
 

@@ -274,6 +274,7 @@ def _model_flags(checkpoint):
     return dict(pretrained_weights=checkpoint, arch="vit_test", patch_size=8)
 
 
+@pytest.mark.slow
 def test_eval_knn(checkpoint, image_folder, tmp_path):
     from keras import ops
 
@@ -317,6 +318,7 @@ def test_eval_knn(checkpoint, image_folder, tmp_path):
     assert _log(tmp_path / "again") == records
 
 
+@pytest.mark.slow
 def test_eval_linear_trains_resumes_and_evaluates(checkpoint, image_folder, tmp_path):
     from keras_dino.checkpoints import read_checkpoint
 
@@ -350,6 +352,7 @@ def test_eval_linear_trains_resumes_and_evaluates(checkpoint, image_folder, tmp_
     assert len(_log(out)) == 2
 
 
+@pytest.mark.slow
 def test_visualize_attention(checkpoint, tmp_path):
     from PIL import Image
 

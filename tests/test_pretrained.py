@@ -126,6 +126,7 @@ def test_offline_error_names_the_url_and_the_cache_path(offline, with_head):
     assert isinstance(info.value, OSError)
 
 
+@pytest.mark.slow
 def test_file_at_the_announced_cache_path_is_used_without_download(offline, tmp_path):
     home, attempts = offline
     with pytest.raises(PretrainedDownloadError) as info:

@@ -55,6 +55,7 @@ def test_fit_logs_teacher_entropy_and_kl_that_add_up_to_the_loss():
         assert loss == pytest.approx(entropy + kl, rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_knn_evaluation_logs_the_accuracy_of_the_teacher_backbone():
     rng = np.random.default_rng(3)
     images = rng.normal(size=(24, 16, 16, 3)).astype("float32")
@@ -107,6 +108,7 @@ def test_collapse_warning_names_the_kind_once():
     assert [kind for _, kind, _ in monitor.warnings] == ["uniform"]
 
 
+@pytest.mark.slow
 def test_dino_fit_warns_of_a_collapse_by_default(monkeypatch):
     # Every epoch diagnosed as collapsed: fit must have a CollapseWarning of its own.
     monkeypatch.setattr(dino_callbacks.CollapseWarning, "diagnose", lambda *a: "uniform")

@@ -16,7 +16,9 @@ ViT-S/16 on ImageNet, as in the paper:
     python examples/eval_linear.py --pretrained_weights=dino_vits16 \\
         --data_path=/data/imagenet --output_dir=out/linear
 
-A checkpoint of the README's main job, on the embedded CIFAR-10 subset:
+A small ViT trained with `train_dino.py --arch=vit_quickstart --embed_dim=96 --depth=3
+--num_heads=3 --patch_size=4` on the embedded CIFAR-10 subset (the linear probe reads the
+CLS tokens of ViT blocks; ResNets are not supported by it yet):
 
     python examples/eval_linear.py --pretrained_weights=out/quickstart/checkpoint.pth \\
         --arch=vit_quickstart --patch_size=4 --n_last_blocks=3 --num_labels=10 \\

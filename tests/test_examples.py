@@ -388,10 +388,10 @@ TINY_RUN = [
 
 
 def _train_dino(*args):
-    return _run_script("train_dino.py", "--backend=jax", *TINY_RUN, *args, timeout=600)
+    return _run_script("train_dino.py", "--backend=tensorflow", *TINY_RUN, *args, timeout=600)
 
 
-@pytest.mark.backends("jax")
+@pytest.mark.backends("tensorflow")
 def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
     """--final_momentum_teacher (not official) moves the end of the momentum's cosine.
 
@@ -418,7 +418,7 @@ def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
         result.stderr)
 
 
-@pytest.mark.backends("jax")
+@pytest.mark.backends("tensorflow")
 def test_train_dino_photometric_on_device(image_folder, tmp_path):
     """Split mode from the command line: uint8 crops in, photometric part in the step."""
     out = tmp_path / "out"
@@ -439,7 +439,7 @@ def test_train_dino_help_lists_pretrained_weights():
     assert "--pretrained_weights" in result.stdout and "--knn_every" in result.stdout
 
 
-@pytest.mark.backends("jax")
+@pytest.mark.backends("tensorflow")
 def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
     """--pretrained_weights: both backbones start from the file; a frozen teacher keeps it."""
     from keras_dino.checkpoints import official, write_torch_checkpoint
@@ -470,12 +470,12 @@ def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
     assert any(moved)
 
 
-@pytest.mark.backends("jax")
+@pytest.mark.backends("tensorflow")
 def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tmp_path):
     """A small ResNet trains from the command line, with k-NN every epoch, quietly."""
     out = tmp_path / "out"
     result = _run_script(
-        "train_dino.py", "--backend=jax", "--arch=resnet_tiny", "--resnet_block=basic",
+        "train_dino.py", "--backend=tensorflow", "--arch=resnet_tiny", "--resnet_block=basic",
         "--resnet_layers=1,1", "--resnet_widths=8,16", "--resnet_stem_width=8",
         "--out_dim=64", "--head_hidden_dim=32", "--head_bottleneck_dim=16",
         "--global_size=32", "--local_size=16", "--local_crops_number=2",

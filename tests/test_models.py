@@ -268,6 +268,18 @@ def test_backbone_init_statistics():
         assert norm.get_config()["epsilon"] == 1e-6
 
 
+def test_trunc_normal_never_draws_the_clip_bounds(monkeypatch):
+    """A uniform draw of exactly -1 (erfinv = -inf) must not become a weight of -2."""
+    from keras_dino.layers.initializers import TruncNormal
+
+    def edges(shape, minval, maxval, dtype=None, seed=None):
+        return ops.convert_to_tensor(np.resize(np.float32([minval, maxval]), shape), dtype)
+
+    monkeypatch.setattr(keras.random, "uniform", edges)
+    values = _np(TruncNormal(stddev=0.02)((2, 3)))
+    assert np.all(np.isfinite(values)) and np.abs(values).max() < 6 * 0.02, values
+
+
 def test_head_init_statistics():
     head = DINOHead(out_dim=512, hidden_dim=512, bottleneck_dim=256, in_dim=384)
     for layer in head.mlp:

@@ -1,6 +1,7 @@
 """Query a keras_dino export served by TF Serving, over REST and gRPC.
 
-Needs neither keras nor keras_dino: REST uses the standard library (and numpy), gRPC needs
+Needs neither keras nor keras_dino: REST uses the standard library, numpy and absl-py (its
+command line; copy `common.py` from this folder beside it), gRPC needs
 `pip install tensorflow-serving-api` (imported only when gRPC is used). Start the server
 as in the README ("Export and TF Serving"), then:
 

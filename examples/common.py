@@ -160,6 +160,16 @@ def eval_split_paths(data_path):
     return os.path.join(data_path, "train"), os.path.join(data_path, "val")
 
 
+def official_preset(arch, patch_size):
+    """The preset holding the official weights of `arch`/`patch_size`, or None."""
+    from keras_dino.checkpoints.pretrained import PRESETS
+
+    for name, (preset_arch, preset_patch, _) in PRESETS.items():
+        if (preset_arch, preset_patch) == (arch, patch_size):
+            return name
+    return None
+
+
 def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher", **kwargs):
     """The backbone to evaluate, as the official evaluation tools choose it.
 
@@ -169,20 +179,18 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
     official tools do), and otherwise a randomly initialised `arch`. `kwargs` go to the
     `VisionTransformer` (e.g. `num_heads` for custom widths).
     """
-    from keras_dino.checkpoints.pretrained import PRESETS, resolve_backbone
+    from keras_dino.checkpoints.pretrained import resolve_backbone
     from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
 
     known_arch = arch if arch in ARCHITECTURES else None
     if not pretrained_weights:
-        for name, (preset_arch, preset_patch, _) in PRESETS.items():
-            if (preset_arch, preset_patch) == (arch, patch_size):
-                say(f"no --pretrained_weights: using the official weights of {name}.")
-                pretrained_weights = name
-                break
+        pretrained_weights = official_preset(arch, patch_size)
+        if pretrained_weights:
+            say(f"no --pretrained_weights: using the official weights of {pretrained_weights}.")
+        elif known_arch is None:
+            raise ValueError(f"no --pretrained_weights, and '{arch}' is not one of "
+                             f"{', '.join(ARCHITECTURES)} to initialise randomly.")
         else:
-            if known_arch is None:
-                raise ValueError(f"no --pretrained_weights, and '{arch}' is not one of "
-                                 f"{', '.join(ARCHITECTURES)} to initialise randomly.")
             say(f"no --pretrained_weights and no official {arch}/{patch_size} weights: "
                 "using random weights.")
             config = {**ARCHITECTURES[arch], "patch_size": patch_size, **kwargs}

@@ -21,7 +21,13 @@ import os
 import pathlib
 import sys
 
-from common import define_backbone_flags, say, select_backend, translate_deprecated
+from common import (
+    define_backbone_flags,
+    official_preset,
+    say,
+    select_backend,
+    translate_deprecated,
+)
 
 select_backend(sys.argv)
 
@@ -70,13 +76,10 @@ def _weights(F, positional):
     weights = F.pretrained_weights or (positional[0] if positional else "")
     if weights:
         return weights
-    from keras_dino.checkpoints.pretrained import PRESETS
-
-    if F["arch"].present or F["patch_size"].present:
-        for name, (arch, patch, _) in PRESETS.items():
-            if (arch, patch) == (F.arch, F.patch_size):
-                say(f"no --pretrained_weights: exporting the official weights of {name}.")
-                return name
+    preset = official_preset(F.arch, F.patch_size)
+    if preset and (F["arch"].present or F["patch_size"].present):
+        say(f"no --pretrained_weights: exporting the official weights of {preset}.")
+        return preset
     raise app.UsageError("give --pretrained_weights (a preset name or a checkpoint file), or "
                          "--describe=EXPORT_DIR.")
 

@@ -317,6 +317,13 @@ def _data_path(path):
     return resolve_data_path(path)
 
 
+def _is_chief_task(cluster, task_type, task_id):
+    """The multi-worker rule: the `chief` task, or worker 0 when the cluster has none."""
+    if "chief" in cluster:
+        return task_type == "chief"
+    return task_type == "worker" and int(task_id or 0) == 0
+
+
 def _is_chief(strategy=None):
     """Whether this process writes logs and checkpoints: one per job.
 
@@ -325,10 +332,8 @@ def _is_chief(strategy=None):
     """
     resolver = getattr(strategy, "cluster_resolver", None)
     if F.strategy == "multi_worker" and resolver is not None and resolver.task_type:
-        cluster = resolver.cluster_spec().as_dict()
-        if "chief" in cluster:
-            return resolver.task_type == "chief"
-        return resolver.task_type == "worker" and int(resolver.task_id or 0) == 0
+        return _is_chief_task(resolver.cluster_spec().as_dict(), resolver.task_type,
+                              resolver.task_id)
     import keras
 
     if keras.backend.backend() == "jax":
@@ -449,8 +454,7 @@ def _noise_log_path():
     if F.strategy == "multi_worker" and os.environ.get("TF_CONFIG"):
         config = json.loads(os.environ["TF_CONFIG"])
         task, cluster = config.get("task", {}), config.get("cluster", {})
-        chief_task = ("chief", 0) if "chief" in cluster else ("worker", 0)
-        if (task.get("type"), int(task.get("index", 0))) != chief_task:
+        if not _is_chief_task(cluster, task.get("type"), task.get("index")):
             worker = f"{task.get('type')}{task.get('index', 0)}"
     elif F.jax_multiprocess and F.process_id:
         worker = f"process{F.process_id}"

@@ -16,7 +16,6 @@ ImageNet on one machine, as in the paper (ViT-S/16, 100 epochs):
         --strategy=mirrored
 """
 
-import contextlib
 import json
 import os
 import sys
@@ -139,95 +138,6 @@ flags.DEFINE_boolean("export", True, "Export the teacher backbone as a SavedMode
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar).")
 
 
-def _strategy():
-    """The tf.distribute strategy of --strategy (None for `default`)."""
-    if F.strategy == "default":
-        return None
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise app.UsageError(
-            f"--strategy={F.strategy} needs the TensorFlow backend (got "
-            f"{keras.backend.backend()}); on JAX use --distribution=data_parallel."
-        )
-    import tensorflow as tf
-
-    if F.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if F.strategy == "multi_worker":
-        # Cluster and task from TF_CONFIG; a lost worker fails the others' collectives
-        # (after --collective_timeout at most) instead of leaving them waiting.
-        options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=F.collective_timeout or None
-        )
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    if not F.tpu:
-        raise app.UsageError("--strategy=tpu needs --tpu (a name, grpc://host:8470, or local).")
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=F.tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def _init_jax_multiprocess():
-    """jax.distributed.initialize() for --jax_multiprocess, before JAX does anything else."""
-    if not F.jax_multiprocess:
-        return
-    import keras
-
-    if keras.backend.backend() != "jax" or F.distribution != "data_parallel":
-        raise app.UsageError(
-            "--jax_multiprocess needs the JAX backend and --distribution=data_parallel."
-        )
-    import jax
-
-    kwargs = {
-        key: getattr(F, key)
-        for key in ("coordinator_address", "num_processes", "process_id",
-                    "coordinator_bind_address")
-        if getattr(F, key) is not None
-    }
-    jax.distributed.initialize(**kwargs)
-
-
-def _set_distribution():
-    """keras.distribution for --distribution; returns the number of replicas (devices)."""
-    if F.distribution != "data_parallel":
-        return 1
-    import keras
-
-    if keras.backend.backend() != "jax":
-        raise app.UsageError(
-            "--distribution=data_parallel is for the JAX backend; on TensorFlow use "
-            "--strategy=mirrored, multi_worker or tpu."
-        )
-    import jax
-
-    # Every process feeds its own shard (see _input_context), so Keras must not shard
-    # the per-process dataset again.
-    keras.distribution.set_distribution(
-        keras.distribution.DataParallel(auto_shard_dataset=jax.process_count() == 1)
-    )
-    return jax.device_count()
-
-
-def _input_context():
-    """The shard of a JAX process (None with one process): batch = global / processes."""
-    if F.distribution != "data_parallel":
-        return None
-    import jax
-
-    if jax.process_count() == 1:
-        return None
-    import tensorflow as tf
-
-    return tf.distribute.InputContext(
-        num_input_pipelines=jax.process_count(),
-        input_pipeline_id=jax.process_index(),
-        num_replicas_in_sync=jax.process_count(),
-    )
-
-
 def _num_source_images(path):
     """Images of a folder or file-list source before sharding (None when unknown)."""
     from keras_dino.data import detect_source_type, list_image_files
@@ -240,107 +150,16 @@ def _num_source_images(path):
     return None
 
 
-@contextlib.contextmanager
-def _undistributed():
-    """No keras.distribution inside: for what the chief alone does (saving checkpoints).
-
-    Under a multi-process JAX distribution, creating or assigning a variable is a
-    collective operation that every process must join; saving creates a few variables
-    (Keras builds a throwaway optimizer), which must stay local to the chief.
-    """
-    import keras
-
-    previous = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
-    try:
-        yield
-    finally:
-        keras.distribution.set_distribution(previous)
-
-
-@contextlib.contextmanager
-def _fail_fast():
-    """Multi-process JAX: a failed process exits at once (status 1, traceback printed).
-
-    Otherwise, after a peer is lost, it would wait minutes in jax.distributed's shutdown
-    barrier for the peer before aborting.
-    """
-    try:
-        yield
-    except BaseException:
-        if not F.jax_multiprocess:
-            raise
-        import traceback
-
-        traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
-
-
-def _backup_callback(backup_dir, chief):
-    """keras.callbacks.BackupAndRestore that only the chief writes.
-
-    Every worker restores from the same `backup_dir` (so it must be storage that all
-    workers see when they run on several machines: GCS, NFS); only the chief writes
-    and, at the end, deletes it, so workers never race on the files.
-    """
-    import keras
-
-    class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
-        def _save_model(self):
-            if chief:
-                with _undistributed():
-                    super()._save_model()
-
-        def on_train_end(self, logs=None):
-            if chief:
-                super().on_train_end(logs)
-
-    return ChiefBackupAndRestore(backup_dir, double_checkpoint=True)
-
-
-def _local_copy(model):
-    """An undistributed copy of a trained DINO, for the chief's post-training reports."""
-    import keras
-    from keras import ops
-
-    values = [ops.convert_to_numpy(v) for v in model.weights]
-    keras.distribution.set_distribution(None)
-    copy = build_model()
-    for variable, value in zip(copy.weights, values):
-        variable.assign(value)
-    return copy
-
-
 def _data_path(path):
     return resolve_data_path(path)
 
 
 def _is_chief_task(cluster, task_type, task_id):
-    """The multi-worker rule: the `chief` task, or worker 0 when the cluster has none."""
+    """TensorFlow's multi-worker rule (the `chief` task, or worker 0 when the cluster has
+    none), read from TF_CONFIG before TensorFlow is imported; `Launch.chief` afterwards."""
     if "chief" in cluster:
         return task_type == "chief"
     return task_type == "worker" and int(task_id or 0) == 0
-
-
-def _is_chief(strategy=None):
-    """Whether this process writes logs and checkpoints: one per job.
-
-    multi_worker: the `chief` task, or worker 0 when the cluster has no chief; JAX:
-    process 0; otherwise (one process, TPUStrategy's single client) always.
-    """
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if F.strategy == "multi_worker" and resolver is not None and resolver.task_type:
-        return _is_chief_task(resolver.cluster_spec().as_dict(), resolver.task_type,
-                              resolver.task_id)
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.process_index() == 0
-    return True
 
 
 def augmentation_recipe():
@@ -474,6 +293,21 @@ def main(argv):
         raise
 
 
+def _launch():
+    """The distribution of the flags (`keras_dino.training.launch.Launch`)."""
+    from keras_dino.training.launch import Launch
+
+    jax_kwargs = {key: getattr(F, key) for key in ("coordinator_address", "num_processes",
+                                                   "process_id", "coordinator_bind_address")
+                  if getattr(F, key) is not None}
+    try:
+        return Launch.start(F.strategy, F.distribution, tpu=F.tpu,
+                            collective_timeout=F.collective_timeout,
+                            jax_multiprocess=F.jax_multiprocess, **jax_kwargs)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+
+
 def run():
     import keras
 
@@ -481,29 +315,24 @@ def run():
     from keras_dino.data import multicrop_dataset
 
     # Distribution first: JAX must not run anything before jax.distributed.initialize.
-    _init_jax_multiprocess()
+    launch = _launch()
     keras.utils.set_random_seed(F.seed)
     if F.bf16:
         keras.config.set_dtype_policy("mixed_bfloat16")
     elif F.use_fp16:
         keras.config.set_dtype_policy("mixed_float16")
-    if F.strategy != "default" and F.distribution:
-        raise app.UsageError("--strategy (TensorFlow) and --distribution (JAX) exclude each other.")
-    strategy = _strategy()
-    replicas = strategy.num_replicas_in_sync if strategy else _set_distribution()
-    chief = _is_chief(strategy)
+    chief = launch.chief
     tell = say if chief else (lambda message: None)
     if chief:
         os.makedirs(F.output_dir, exist_ok=True)
     # The official rule: the global batch is batch_size_per_gpu on every replica, and
     # DINO scales the learning rate by it (lr * global_batch / 256) inside the step.
-    global_batch = F.batch_size_per_gpu * replicas
+    global_batch = F.batch_size_per_gpu * launch.replicas
     augmentation = augmentation_recipe()
     data_path = _data_path(F.data_path)
     tell(f"keras_dino {keras_dino.__version__} on {keras.backend.backend()}; data: {data_path}")
     # Several replicas: each input pipeline (worker, process) reads its own shard of the
     # files and repeats it, and every worker runs the same number of steps per epoch.
-    distributed = strategy is not None or F.distribution is not None
     pipelines = []
 
     def make_dataset(input_context=None):
@@ -514,69 +343,45 @@ def run():
             split=F.photometric_on_device,
             seed=F.seed,
             input_context=input_context,
-            repeat=distributed,
+            repeat=launch.distributed,
             num_parallel_calls=F.num_workers if F.num_workers > 0 else -1,  # -1: AUTOTUNE
             return_info=True,
         )
-        count = input_context.num_input_pipelines if input_context else 1
-        pipelines.append((count, info))
-        if distributed:
-            import tensorflow as tf
-
-            # Known to be endless, so tf.distribute keeps the batch dimension static
-            # (no partial batches to expect): XLA and TPUs need static shapes.
-            dataset = dataset.apply(
-                tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY)
-            )
+        pipelines.append((input_context.num_input_pipelines if input_context else 1, info))
         return dataset
 
-    if strategy is not None:
-        scope = strategy.scope()
-        dataset = strategy.distribute_datasets_from_function(make_dataset)
-    else:
-        scope = contextlib.nullcontext()
-        dataset = make_dataset(_input_context())
+    dataset = launch.dataset(make_dataset)
     num_pipelines, info = pipelines[0]
     steps_per_epoch = F.steps_per_epoch
-    if distributed and not steps_per_epoch:
+    if launch.distributed and not steps_per_epoch:
         total = _num_source_images(data_path)
         if not total:
             raise app.UsageError(
                 "the size of this source is unknown: pass --steps_per_epoch for multi-replica "
                 "training."
             )
-        steps_per_epoch = (total // num_pipelines) // (global_batch // num_pipelines)
-        if steps_per_epoch < 1:
-            raise app.UsageError(
-                f"{total} images make no full global batch of {global_batch}: lower "
-                "--batch_size_per_gpu."
-            )
+        try:
+            steps_per_epoch = launch.steps_per_epoch(total, global_batch, num_pipelines)
+        except ValueError as error:
+            raise app.UsageError(f"{error} (--batch_size_per_gpu)") from None
     tell(f"{info.num_images} images, {info.num_skipped} skipped (this worker's shard of "
-         f"{num_pipelines}); global batch {global_batch} on {replicas} replica(s): lr "
+         f"{num_pipelines}); global batch {global_batch} on {launch.replicas} replica(s): lr "
          f"{F.lr} * {global_batch}/256; {info.num_crops} crops per image")
     if F.photometric_on_device:
         tell("split mode: the input pipeline sends uint8 crops; the photometric half runs "
              "inside the compiled training step")
 
-    with scope:
+    with launch.scope():
         model = build_model()
         model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile
                       if F.jit_compile is not None else "auto")
-    multi_process = F.distribution is not None and F.jax_multiprocess
-    random_backbone = None
-    knn_data = None
-    if F.knn_train_path and F.knn_test_path:
-        knn_data = knn_splits()
-        if not multi_process:
-            # Same architecture, random initialisation: the baseline of the k-NN report.
-            random_backbone = _random_copy(model.backbone)
-    backup = os.path.join(F.output_dir, "backup")
-    callbacks = [_backup_callback(backup, chief)]
-    if F.knn_every and knn_data and not multi_process:
+    knn_data = knn_splits() if F.knn_train_path and F.knn_test_path else None
+    callbacks = [launch.backup_callback(os.path.join(F.output_dir, "backup"))]
+    if F.knn_every and knn_data and not launch.multi_process:
         callbacks.append(keras_dino.callbacks.KNNEvaluation(
             *knn_data, every_n_epochs=F.knn_every, k=F.knn_k))
     callbacks.append(OfficialLog(model, F.output_dir, F.saveckp_freq, chief).callback)
-    with _fail_fast():
+    with launch.fail_fast():
         history = model.fit(
             dataset,
             epochs=F.epochs,
@@ -594,17 +399,12 @@ def run():
                                 os.path.join(F.output_dir, "training_curves.png"),
                                 out_dim=int(model.center.shape[-1]))
     say(f"training curves: {plot}")
-
-    reported = model
-    if multi_process:
-        # The weights are arrays over every process's devices, and the other processes
-        # are done: the reports run on a copy on this process's devices.
-        reported = _local_copy(model)
-        if knn_data:
-            random_backbone = _random_copy(reported.backbone)
+    # After a multi-process run the weights span every process's devices, and the other
+    # processes are done: the reports run on a copy on this process's devices.
+    reported = launch.local_copy(model, build_model)
     summary = {"epochs": F.epochs}
-    if random_backbone is not None:
-        summary.update(knn_report(reported.backbone, random_backbone, knn_data))
+    if knn_data:
+        summary.update(knn_report(reported.backbone, knn_data))
     attention_report(reported.backbone)
     if F.export:
         summary["saved_model"] = export_report(reported)
@@ -612,35 +412,27 @@ def run():
     say("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
 
 
-def _random_copy(backbone):
-    """The same architecture as `backbone`, randomly initialised."""
-    return type(backbone).from_config({**backbone.get_config(), "name": "random_init"})
-
-
 def knn_splits():
     """The labelled k-NN reference and test images, decoded once: `(train, test)` arrays."""
-    import numpy as np
+    from keras_dino.evaluation import image_folder_arrays
 
-    from keras_dino.evaluation import image_folder_dataset
-
-    splits = []
-    for path in (F.knn_train_path, F.knn_test_path):
-        dataset, _, _ = image_folder_dataset(_data_path(path), 256, F.eval_size, F.eval_resize)
-        images, labels = zip(*((x.numpy(), y.numpy()) for x, y in dataset))
-        splits.append((np.concatenate(images), np.concatenate(labels)))
-    return tuple(splits)
+    return tuple(image_folder_arrays(_data_path(path), F.eval_size, F.eval_resize)
+                 for path in (F.knn_train_path, F.knn_test_path))
 
 
-def knn_report(trained, random_init, splits):
+def knn_report(trained, splits):
+    """k-NN accuracy of the trained teacher and of the same network at random init."""
     from keras_dino.evaluation import knn_accuracy
 
+    # Same architecture, random initialisation: the baseline of the report.
+    random_init = type(trained).from_config({**trained.get_config(), "name": "random_init"})
     results = {}
     train, test = splits
-    for name, backbone in (("trained teacher", trained), ("random init", random_init)):
+    for key, name, backbone in (("trained", "trained teacher", trained),
+                                ("random", "random init", random_init)):
         say(f"k-NN ({F.knn_k}-NN, T=0.07) with the {name}: {len(train[0])} reference, "
             f"{len(test[0])} test images")
         top1, top5 = knn_accuracy(backbone, train, test, k=F.knn_k, T=0.07)
-        key = "trained" if name.startswith("trained") else "random"
         results[f"knn_top1_{key}"] = round(top1, 2)
         results[f"knn_top5_{key}"] = round(top5, 2)
         say(f"  {name}: top-1 {top1:.2f}%, top-5 {top5:.2f}%")
@@ -648,28 +440,21 @@ def knn_report(trained, random_init, splits):
 
 
 def attention_report(backbone):
-    import numpy as np
+    """Attention maps of 4 test images, for a backbone that has self-attention."""
+    from keras_dino.data.sources import list_image_files
+    from keras_dino.evaluation import save_attention_examples
+    from keras_dino.preprocessing import EvalConfig
 
-    from keras_dino.evaluation import cls_attention_maps, save_attention_images
-    from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
-
-    path = _data_path(F.knn_test_path) if F.knn_test_path else None
-    if not path:
+    if not F.knn_test_path:
         return
     if not hasattr(backbone, "get_last_selfattention"):
         say(f"attention maps: none for a {type(backbone).__name__} (no self-attention).")
         return
-    from keras_dino.data.sources import list_image_files
-
-    files = list_image_files(path).files[:: max(1, len(list_image_files(path).files) // 4)][:4]
-    config = EvalConfig(F.eval_size, F.eval_resize)
-    for i, file in enumerate(files):
-        x = config.load(file)
-        shown = np.clip((x * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255)
-        maps = cls_attention_maps(backbone, x)
-        out = os.path.join(F.output_dir, "attention", f"image{i}")
-        save_attention_images(shown.astype("uint8"), maps, out, backbone.patch_size)
-    say(f"attention maps: {os.path.join(F.output_dir, 'attention')}")
+    files = list_image_files(_data_path(F.knn_test_path)).files
+    output_dir = os.path.join(F.output_dir, "attention")
+    save_attention_examples(backbone, files[:: max(1, len(files) // 4)][:4], output_dir,
+                            EvalConfig(F.eval_size, F.eval_resize))
+    say(f"attention maps: {output_dir}")
 
 
 def export_report(model):

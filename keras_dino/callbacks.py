@@ -122,24 +122,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             )
 
 
-def _as_arrays(data, batch_size):
-    """`(images, labels)` numpy arrays of an array pair or a dataset of such batches."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
-        return np.asarray(data[0]), np.asarray(data[1])
-    images, labels = [], []
-    for element in data:
-        if not isinstance(element, (tuple, list)) or len(element) != 2:
-            raise ValueError(
-                "KNNEvaluation expects (images, labels) arrays or a dataset of "
-                "(images, labels) batches."
-            )
-        images.append(np.asarray(element[0]))
-        labels.append(np.asarray(element[1]))
-    if not images:
-        raise ValueError("KNNEvaluation was given an empty dataset.")
-    return np.concatenate(images), np.concatenate(labels)
-
-
 class KNNEvaluation(keras.callbacks.Callback):
     """Weighted k-NN accuracy of the teacher backbone during training, every N epochs.
 
@@ -194,10 +176,12 @@ class KNNEvaluation(keras.callbacks.Callback):
         self.history = []  # (epoch, top1, top5) of every evaluation
 
     def _arrays(self):
+        from keras_dino.evaluation.datasets import labelled_arrays
+
         if self._splits is None:
             self._splits = (
-                _as_arrays(self._train_data, self.batch_size),
-                _as_arrays(self._test_data, self.batch_size),
+                labelled_arrays(self._train_data, "KNNEvaluation"),
+                labelled_arrays(self._test_data, "KNNEvaluation"),
             )
         return self._splits
 

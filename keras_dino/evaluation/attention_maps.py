@@ -230,3 +230,50 @@ def save_attention_images(image, maps, output_dir, patch_size, threshold=0.6, pr
     plt.close(fig)
     paths.append(path)
     return paths
+
+
+def save_attention_examples(backbone, image_files, output_dir, eval_config=None):
+    """Attention images of a few image files, each in `<output_dir>/image<i>/`.
+
+    Each file is seen as the evaluation sees it (`eval_config`, default
+    `keras_dino.preprocessing.EvalConfig()`), and `save_attention_images` writes its
+    per-head maps and overlay. For a quick look at what a trained ViT attends to.
+
+    Args:
+        backbone: a backbone with `get_last_selfattention` (a Vision Transformer).
+        image_files: paths of the images.
+        output_dir: folder to write into (created if needed).
+        eval_config: the evaluation view (size, resize, normalisation).
+
+    Returns:
+        The folders written, one per image.
+
+    Example:
+
+    >>> import tempfile
+    >>> from keras_dino.data import list_image_files
+    >>> from keras_dino.datasets import cifar10_mini
+    >>> from keras_dino.models import VisionTransformer
+    >>> from keras_dino.preprocessing import EvalConfig
+    >>> vit = VisionTransformer(patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    >>> files = list_image_files(cifar10_mini("test")).files[:2]
+    >>> folders = save_attention_examples(vit, files, tempfile.mkdtemp(), EvalConfig(32, 32))
+    >>> len(folders)
+    2
+    """
+    import os
+
+    from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
+
+    if not hasattr(backbone, "get_last_selfattention"):
+        raise ValueError(f"a {type(backbone).__name__} has no self-attention to show.")
+    config = eval_config or EvalConfig()
+    folders = []
+    for i, file in enumerate(image_files):
+        x = config.load(file)
+        shown = np.clip((x * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype("uint8")
+        folder = os.path.join(output_dir, f"image{i}")
+        save_attention_images(shown, cls_attention_maps(backbone, x), folder,
+                              backbone.patch_size)
+        folders.append(folder)
+    return folders

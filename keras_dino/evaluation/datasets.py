@@ -120,3 +120,53 @@ def image_folder_dataset(
         ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return ds, listing.class_names, len(files)
+
+
+def labelled_arrays(data, what: str = "the evaluation data"):
+    """`(images, labels)` numpy arrays of an array pair or of `(images, labels)` batches.
+
+    Args:
+        data: an `(images, labels)` pair of arrays, or an iterable of such batches (a
+            `tf.data.Dataset`, e.g. from `image_folder_dataset`).
+        what: how errors name the data.
+
+    Example:
+
+    >>> import numpy as np
+    >>> batches = [(np.zeros((2, 4, 4, 3)), np.array([0, 1])), (np.ones((1, 4, 4, 3)), [2])]
+    >>> images, labels = labelled_arrays(batches)
+    >>> images.shape, labels.tolist()
+    ((3, 4, 4, 3), [0, 1, 2])
+    """
+    import numpy as np
+
+    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape"):
+        return np.asarray(data[0]), np.asarray(data[1])
+    images, labels = [], []
+    for element in data:
+        if not isinstance(element, (tuple, list)) or len(element) != 2:
+            raise ValueError(f"{what}: expected (images, labels) arrays or a dataset of "
+                             "(images, labels) batches.")
+        images.append(np.asarray(element[0]))
+        labels.append(np.asarray(element[1]))
+    if not images:
+        raise ValueError(f"{what}: the dataset is empty.")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def image_folder_arrays(path, size: int = 224, resize_size: int | None = None,
+                        batch_size: int = 256):
+    """A labelled ImageFolder tree's evaluation views, decoded once: `(images, labels)`.
+
+    The pixels of `image_folder_dataset` (the official evaluation view), as numpy
+    arrays, for the small labelled splits of a k-NN evaluation during training.
+
+    Example:
+
+    >>> from keras_dino.datasets import cifar10_mini
+    >>> images, labels = image_folder_arrays(cifar10_mini("test"), size=32, resize_size=32)
+    >>> images.shape[1:], images.dtype.name, len(set(labels.tolist()))
+    ((32, 32, 3), 'float32', 10)
+    """
+    dataset, _, _ = image_folder_dataset(path, batch_size, size, resize_size)
+    return labelled_arrays(((x.numpy(), y.numpy()) for x, y in dataset), what=str(path))

@@ -174,37 +174,31 @@ def main(argv):
 
     F = train_dino.F
     keras.config.disable_traceback_filtering()  # full tracebacks in the test's report
-    train_dino._init_jax_multiprocess()
-    strategy = train_dino._strategy()
-    replicas = strategy.num_replicas_in_sync if strategy else train_dino._set_distribution()
-    chief = train_dino._is_chief(strategy)
+    launch = train_dino._launch()
     crops = fixed_crops()
-    if strategy is not None:
-        data = distributed_dataset(strategy, crops)
-        scope = strategy.scope()
+    if launch.strategy is not None:
+        data = distributed_dataset(launch.strategy, crops)
     else:
-        import contextlib
-
-        ctx = train_dino._input_context()
+        ctx = launch.input_context
         data = dataset(ctx.input_pipeline_id, ctx.num_input_pipelines, crops) if ctx else (
             dataset(crops=crops)
         )
-        scope = contextlib.nullcontext()
-    with scope:
+    with launch.scope():
         model = tiny_dino(F.epochs, F.seed)
         model.compile()
     backup = os.path.join(F.output_dir, "backup")
     callbacks = [
-        train_dino._backup_callback(backup, chief),
-        train_dino.OfficialLog(model, F.output_dir, 0, chief).callback,
+        launch.backup_callback(backup),
+        train_dino.OfficialLog(model, F.output_dir, 0, launch.chief).callback,
     ]
     if F.kill_at_epoch is not None:
         callbacks.append(_kill_callback(F.kill_at_epoch, backup))
-    with train_dino._fail_fast():
+    with launch.fail_fast():
         history = model.fit(
             data, epochs=F.epochs, steps_per_epoch=STEPS_PER_EPOCH, callbacks=callbacks,
             verbose=0,
         )
+    replicas, chief = launch.replicas, launch.chief
     results = final_weights(model)
     results["epochs_run"] = np.asarray(history.epoch)
     results["replicas"] = np.asarray(replicas)

@@ -165,7 +165,7 @@ def official_preset(arch, patch_size):
     from keras_dino.checkpoints.pretrained import PRESETS
 
     for name, (preset_arch, preset_patch, _) in PRESETS.items():
-        if (preset_arch, preset_patch) == (arch, patch_size):
+        if preset_arch == arch and preset_patch in (None, patch_size):
             return name
     return None
 

@@ -16,9 +16,14 @@ ViT-S/16 on ImageNet, as in the paper:
     python examples/eval_linear.py --pretrained_weights=dino_vits16 \\
         --data_path=/data/imagenet --output_dir=out/linear
 
+The released ViT-S/16 classifier, validated on ImageNet (`--pretrained_linear` for a
+local copy; a ResNet's features are its pooled output, as in the official tool):
+
+    python examples/eval_linear.py --evaluate --arch=vit_small --patch_size=16 \
+        --data_path=/data/imagenet
+
 A small ViT trained with `train_dino.py --arch=vit_quickstart --embed_dim=96 --depth=3
---num_heads=3 --patch_size=4` on the embedded CIFAR-10 subset (the linear probe reads the
-CLS tokens of ViT blocks; ResNets are not supported by it yet):
+--num_heads=3 --patch_size=4` on the embedded CIFAR-10 subset:
 
     python examples/eval_linear.py --pretrained_weights=out/quickstart/checkpoint.pth \\
         --arch=vit_quickstart --patch_size=4 --n_last_blocks=3 --num_labels=10 \\
@@ -66,9 +71,12 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("val_freq", 1, "Validate every this many epochs.", **fv)
     flags.DEFINE_string("output_dir", ".", "Where log.txt and checkpoint.pth.tar go.", **fv)
     flags.DEFINE_integer("num_labels", 1000, "Number of labels of the linear classifier.", **fv)
-    flags.DEFINE_boolean("evaluate", False, "Only validate the linear classifier of "
-                         "<output_dir>/checkpoint.pth.tar.", **fv)
+    flags.DEFINE_boolean("evaluate", False, "Only validate a linear classifier: "
+                         "--pretrained_linear, else <output_dir>/checkpoint.pth.tar, else the "
+                         "released one of --arch/--patch_size (as the official tool).", **fv)
     # --- additions ---
+    flags.DEFINE_string("pretrained_linear", None, "--evaluate: a linear classifier file "
+                        "(*_linearweights.pth or an eval_linear.py checkpoint.pth.tar).", **fv)
     flags.DEFINE_integer("eval_size", 224, "Side of the training crops and of the validation "
                          "center crops.", **fv)
     flags.DEFINE_integer("eval_resize", None, "Shorter side before the validation center crop "
@@ -102,13 +110,32 @@ def build_probe(F):
     return probe
 
 
+def _classifier_to_evaluate(F):
+    """--evaluate's classifier file: the flag's, this tool's own, or the released one."""
+    from common import official_preset
+
+    from keras_dino.checkpoints.pretrained import preset_file
+
+    if F.pretrained_linear:
+        if not os.path.isfile(F.pretrained_linear):
+            raise app.UsageError(f"--pretrained_linear={F.pretrained_linear} is not a file.")
+        return F.pretrained_linear
+    path = os.path.join(F.output_dir, CHECKPOINT)
+    if os.path.isfile(path):
+        return path
+    released = official_preset(F.arch, F.patch_size)
+    if released:
+        say(f"--evaluate: the released linear classifier of {released}")
+        return preset_file(released, "linear")
+    raise app.UsageError(f"--evaluate needs a classifier: --pretrained_linear, a trained one "
+                         f"at {path}, or an --arch/--patch_size with released weights.")
+
+
 def evaluate_only(F, probe, val_data, num_val):
-    """--evaluate: the accuracy of the saved linear classifier."""
+    """--evaluate: the accuracy of a trained or released linear classifier."""
     from keras_dino.evaluation import evaluate_linear_probe, load_linear_checkpoint
 
-    path = os.path.join(F.output_dir, CHECKPOINT)
-    if not os.path.isfile(path):
-        raise app.UsageError(f"--evaluate needs a trained classifier at {path}.")
+    path = _classifier_to_evaluate(F)
     load_linear_checkpoint(probe, path)
     stats = evaluate_linear_probe(probe, val_data, verbose=F.verbose)
     say(f"Accuracy of the network on the {num_val} test images: {stats['acc1']:.1f}%")

@@ -12,6 +12,7 @@ features = model(keras_dino.preprocess_images(images))
 
 from keras_dino import callbacks, evaluation, layers, models, training
 from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained
+from keras_dino.evaluation.classifier import load_pretrained_classifier
 from keras_dino.models import (
     DINOHead,
     MultiCropWrapper,
@@ -55,6 +56,7 @@ __all__ = [
     "training",
     "layers",
     "load_pretrained",
+    "load_pretrained_classifier",
     "models",
     "normalize_images",
     "preprocess_images",

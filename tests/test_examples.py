@@ -24,7 +24,8 @@ import pytest
 # Resolved: under Bazel this file is a symlink into the checkout.
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-IMAGES = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared")) / "images"
+SHARED = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))
+IMAGES = SHARED / "images"
 sys.path.insert(0, str(EXAMPLES))  # the scripts import their `common` module
 
 # The official argparse defaults (facebookresearch/dino), for the arguments that apply
@@ -350,6 +351,34 @@ def test_eval_linear_trains_resumes_and_evaluates(checkpoint, image_folder, tmp_
     stats = run_tool("eval_linear", epochs=2, evaluate=True, **args)
     assert stats["acc1"] == pytest.approx(records[1]["test_acc1"])
     assert len(_log(out)) == 2
+
+
+def test_eval_linear_evaluates_a_released_resnet_classifier(image_folder, tmp_path):
+    # The official tool's `--evaluate` with an official ResNet and its linear classifier
+    # (the zoo fixtures, 100 labels): the accuracy of the library's classifier.
+    from keras_dino.evaluation import (
+        evaluate_linear_probe,
+        image_folder_dataset,
+        load_pretrained_classifier,
+    )
+
+    from absl import app
+
+    zoo = SHARED / "fixtures" / "official_dino_zoo"
+    flags = dict(pretrained_weights=zoo / "backbone_resnet_mini.pth", arch="resnet_mini",
+                 pretrained_linear=zoo / "linear_resnet_mini.pth", num_labels=100,
+                 data_path=image_folder, eval_size=32, eval_resize=32, verbose=0,
+                 output_dir=tmp_path)
+    stats = run_tool("eval_linear", evaluate=True, **flags)
+    classifier = load_pretrained_classifier(flags["pretrained_weights"],
+                                            flags["pretrained_linear"], arch="resnet_mini")
+    val, _, _ = image_folder_dataset(image_folder / "val", 128, 32, 32)
+    expected = evaluate_linear_probe(classifier, val, verbose=0)
+    assert stats["acc1"] == pytest.approx(expected["acc1"])
+    assert stats["acc5"] == pytest.approx(expected["acc5"])
+    with pytest.raises(app.UsageError, match="--pretrained_linear=.*missing.pth is not a file"):
+        run_tool("eval_linear", evaluate=True, **{**flags,
+                                                  "pretrained_linear": tmp_path / "missing.pth"})
 
 
 @pytest.mark.slow

@@ -102,11 +102,16 @@ def test_preset_urls_are_the_official_ones():
         "dino_vits8": "dino_deitsmall8_pretrain",
         "dino_vitb16": "dino_vitbase16_pretrain",
         "dino_vitb8": "dino_vitbase8_pretrain",
+        "dino_resnet50": "dino_resnet50_pretrain",
     }
     assert set(PRESETS) == set(stems)
     for name, stem in stems.items():
         assert preset_url(name) == f"{base}/{stem}/{stem}.pth"
         assert preset_url(name, with_head=True) == f"{base}/{stem}/{stem}_full_checkpoint.pth"
+        linear = stem.replace("_pretrain", "_linearweights")
+        assert preset_url(name, file="linear") == f"{base}/{stem}/{linear}.pth"
+    with pytest.raises(ValueError, match="unknown preset file 'head'"):
+        preset_url("dino_vits16", file="head")
     with pytest.raises(ValueError, match="dino_vits16"):
         preset_url("dino_vitl16")
 

@@ -179,3 +179,64 @@ def test_resnet_keras_file_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), atol=1e-5)
     assert expected.shape == (2, 64)  # bottleneck: 16 planes x expansion 4
+
+
+# --------------------------------------------------------------- DINO with a ResNet
+
+
+@pytest.fixture(scope="module")
+def rn_dino(zoo_dir):
+    import keras_dino
+
+    return keras_dino.DINO.from_pretrained(zoo_dir / "rn_dino" / "checkpoint.pth")
+
+
+@pytest.mark.parametrize("size", ("96x96", "96x64"))
+def test_official_resnet_training_checkpoint_restores_both_networks(rn_dino, zoo_inputs,
+                                                                    zoo_dir, size):
+    # module.-prefixed student and teacher, a BatchNorm head in two layers, SGD state.
+    ref = np.load(zoo_dir / "head_outputs_rn_dino.npz")
+    x = zoo_inputs[size]
+    for who in ("student", "teacher"):
+        network = getattr(rn_dino, who)
+        features = _np(network.backbone(x, training=False))
+        np.testing.assert_allclose(features, ref[f"{size}/{who}_feat"], rtol=1e-4, atol=1e-5)
+        out = _np(network(x, training=False))
+        np.testing.assert_allclose(out, ref[f"{size}/{who}_out"], rtol=1e-4, atol=1e-5)
+    center = np.load(zoo_dir / "rn_dino" / "checkpoint.npz")["dino_loss/center"]
+    np.testing.assert_array_equal(_np(rn_dino.center), center)
+
+
+def test_resnet_multicrop_groups_consecutive_crops_of_equal_size(rn_dino, zoo_inputs, zoo_dir):
+    ref = np.load(zoo_dir / "head_outputs_rn_dino.npz")
+    assert str(ref["multicrop/crops"]) == '["224x224", "96x96", "96x96[::-1]", "64x64"]'
+    crops = [zoo_inputs["224x224"], zoo_inputs["96x96"], zoo_inputs["96x96"][::-1],
+             zoo_inputs["64x64"]]
+    for who in ("student", "teacher"):
+        out = _np(getattr(rn_dino, who)(crops, training=False))
+        np.testing.assert_allclose(out, ref[f"multicrop/{who}_out"], rtol=1e-4, atol=1e-5)
+
+
+def test_released_resnet50_checkpoint_layout_loads(zoo_dir, zoo_inputs, tmp_path):
+    # The released RN50 full checkpoint reportedly has teacher keys without `module.`
+    # and a plain `last_layer.weight` (no weight norm): the same function must load.
+    import keras_dino
+    from keras_dino.checkpoints.torch_format import read_checkpoint, write_torch_checkpoint
+
+    checkpoint = read_checkpoint(zoo_dir / "rn_dino" / "checkpoint.pth")
+    teacher = {k[len("module."):]: v for k, v in checkpoint["teacher"].items()}
+    g = teacher.pop("head.last_layer.weight_g")
+    v = teacher.pop("head.last_layer.weight_v")
+    teacher["head.last_layer.weight"] = g * v / np.linalg.norm(v, axis=1, keepdims=True)
+    path = tmp_path / "dino_resnet50_pretrain_full_checkpoint.pth"
+    write_torch_checkpoint({"teacher": teacher, "student": checkpoint["student"],
+                            "dino_loss": checkpoint["dino_loss"]}, path)
+    ref = np.load(zoo_dir / "head_outputs_rn_dino.npz")
+    x = zoo_inputs["96x96"]
+    model = keras_dino.DINO.from_pretrained(path, checkpoint_key="teacher")
+    for network in (model.student, model.teacher):
+        np.testing.assert_allclose(_np(network(x, training=False)), ref["96x96/teacher_out"],
+                                   rtol=1e-4, atol=1e-5)
+    backbone = keras_dino.load_pretrained(path, checkpoint_key="teacher", arch="resnet_mini")
+    np.testing.assert_allclose(_np(backbone(x)), ref["96x96/teacher_feat"], rtol=1e-4,
+                               atol=1e-5)

@@ -139,6 +139,36 @@ def strip_prefixes(state_dict: dict, prefixes=("module.", "backbone.")) -> dict:
     return out
 
 
+def weight_normed(state_dict: dict) -> dict:
+    """A state dict whose DINO-head last layer is in weight-norm form.
+
+    The official head keeps `last_layer` as `weight_norm(nn.Linear)`: `weight_g (out, 1)`
+    and `weight_v (out, in)`. Some released files reportedly hold a plain
+    `last_layer.weight` instead (the ResNet-50 full checkpoint); it becomes
+    `weight_v = W`, `weight_g = |W| per row`, the same function (`g * v / |v| = W`).
+    Any `module.`/`head.` prefix is kept; other keys are untouched.
+
+    Example:
+
+    >>> import numpy as np
+    >>> state = weight_normed({"head.last_layer.weight": np.array([[3.0, 4.0], [0.0, 0.0]])})
+    >>> sorted(state), state["head.last_layer.weight_g"].ravel().tolist()
+    (['head.last_layer.weight_g', 'head.last_layer.weight_v'], [5.0, 0.0])
+    """
+    out = {}
+    for key, value in state_dict.items():
+        prefix = key[: -len("last_layer.weight")]
+        if not key.endswith("last_layer.weight") or f"{prefix}last_layer.weight_v" in state_dict:
+            out[key] = value
+            continue
+        weight = np.asarray(value)
+        norm = np.linalg.norm(weight.astype(np.float64), axis=1, keepdims=True)
+        # A zero row stays zero (g = 0) with a finite direction.
+        out[f"{prefix}last_layer.weight_v"] = np.where(norm > 0, weight, 1).astype(weight.dtype)
+        out[f"{prefix}last_layer.weight_g"] = norm.astype(weight.dtype)
+    return out
+
+
 def split_backbone_and_head(state_dict: dict) -> tuple[dict, dict]:
     """Splits a MultiCropWrapper state dict (`module.`-prefixed or not) in two parts.
 
@@ -150,7 +180,7 @@ def split_backbone_and_head(state_dict: dict) -> tuple[dict, dict]:
     (['cls_token'], ['last_layer.weight_v'])
     """
     backbone, head = {}, {}
-    for key, value in state_dict.items():
+    for key, value in weight_normed(state_dict).items():
         if key.startswith("module."):
             key = key[len("module.") :]
         if key.startswith("head."):
@@ -229,9 +259,11 @@ def infer_head_config(state_dict: dict) -> dict:
     >>> config["in_dim"], config["hidden_dim"], config["bottleneck_dim"], config["out_dim"]
     (48, 64, 32, 1024)
     """
+    state_dict = weight_normed(state_dict)
     if "last_layer.weight_v" not in state_dict:
         raise CheckpointKeyError(
-            "not a DINO head state dict: no 'last_layer.weight_v' among its keys "
+            "not a DINO head state dict: no 'last_layer.weight_v' (or 'last_layer.weight') "
+            "among its keys "
             f"({', '.join(sorted(state_dict)[:8])})."
         )
     dense = sorted(

@@ -15,13 +15,21 @@ from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransforme
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dino"
 
-# name: (arch, patch size, file stem: `<stem>.pth` is the backbone, `<stem>_full_checkpoint.pth`
-# the full training checkpoint with the DINO heads)
+# name: (arch, patch size (None: no patches), file stem: `<stem>.pth` is the backbone,
+# `<stem>_full_checkpoint.pth` the full training checkpoint with the DINO heads, and
+# `<stem without _pretrain>_linearweights.pth` the ImageNet linear classifier)
 PRESETS = {
     "dino_vits16": ("vit_small", 16, "dino_deitsmall16_pretrain"),
     "dino_vits8": ("vit_small", 8, "dino_deitsmall8_pretrain"),
     "dino_vitb16": ("vit_base", 16, "dino_vitbase16_pretrain"),
     "dino_vitb8": ("vit_base", 8, "dino_vitbase8_pretrain"),
+    "dino_resnet50": ("resnet50", None, "dino_resnet50_pretrain"),
+}
+# What a preset URL points at.
+_FILES = {
+    "backbone": "{stem}.pth",
+    "full_checkpoint": "{stem}_full_checkpoint.pth",
+    "linear": "{short}_linearweights.pth",
 }
 
 
@@ -38,19 +46,30 @@ class PretrainedDownloadError(OSError):
     """
 
 
-def preset_url(name: str, with_head: bool = False) -> str:
-    """Official download URL of a preset: the released backbone, or the full checkpoint.
+def preset_url(name: str, with_head: bool = False, file: str | None = None) -> str:
+    """Official download URL of a preset's backbone, full checkpoint or linear classifier.
+
+    Args:
+        name: a preset (`dino_vits16`, ..., `dino_resnet50`).
+        with_head: the full training checkpoint rather than the backbone.
+        file: `backbone`, `full_checkpoint` or `linear` (the released ImageNet linear
+            classifier); overrides `with_head`.
 
     Example:
 
     >>> preset_url("dino_vits16")
     'https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth'
+    >>> preset_url("dino_resnet50", file="linear").rsplit("/", 1)[1]
+    'dino_resnet50_linearweights.pth'
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset '{name}'; known presets: {', '.join(PRESETS)}.")
+    file = file or ("full_checkpoint" if with_head else "backbone")
+    if file not in _FILES:
+        raise ValueError(f"unknown preset file '{file}'; known: {', '.join(_FILES)}.")
     stem = PRESETS[name][2]
-    file = f"{stem}_full_checkpoint.pth" if with_head else f"{stem}.pth"
-    return f"{_BASE_URL}/{stem}/{file}"
+    short = stem[: -len("_pretrain")]
+    return f"{_BASE_URL}/{stem}/{_FILES[file].format(stem=stem, short=short)}"
 
 
 def _cache_dir() -> pathlib.Path:
@@ -58,8 +77,8 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "models" / "keras_dino"  # parents[2] of a file is KERAS_HOME
 
 
-def _fetch(name: str, with_head: bool) -> str:
-    url = preset_url(name, with_head)
+def _fetch(name: str, with_head: bool, file: str | None = None) -> str:
+    url = preset_url(name, with_head, file)
     fname = url.rsplit("/", 1)[1]
     target = _cache_dir() / fname
     if target.is_file():
@@ -74,6 +93,22 @@ def _fetch(name: str, with_head: bool) -> str:
             f"{error}). If this machine is offline, download that file elsewhere and put it "
             f"at {target}, or pass its local path to load_pretrained."
         ) from error
+
+
+def preset_file(name: str, file: str = "backbone") -> str:
+    """Local path of one of a preset's files, downloaded once into the Keras cache.
+
+    `file` is `backbone`, `full_checkpoint` or `linear` (see `preset_url`). Offline,
+    raises `PretrainedDownloadError` naming the URL and the cache path where a copy
+    downloaded elsewhere is picked up.
+
+    Example:
+
+    ```python
+    path = preset_file("dino_vits16", "linear")  # ~/.keras/models/keras_dino/...
+    ```
+    """
+    return _fetch(name, False, file)
 
 
 def _as_dict(args) -> dict:

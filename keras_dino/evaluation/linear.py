@@ -10,13 +10,21 @@ from keras import ops
 from keras_dino.training.optimizers import SGD
 
 
+def has_blocks(backbone) -> bool:
+    """Whether the linear features are a ViT's CLS tokens (else the backbone's output)."""
+    return hasattr(backbone, "get_intermediate_layers")
+
+
 def linear_features(backbone, images, n_last_blocks: int = 4, avgpool_patchtokens: bool = False):
     """What the official linear classifier sees.
 
-    The CLS tokens of the last `n_last_blocks` blocks (normalised by the final norm),
+    For a Vision Transformer, the CLS tokens of the last `n_last_blocks` blocks (normalised by the final norm),
     concatenated; with `avgpool_patchtokens` (used with `n_last_blocks=1`, as for ViT-B),
     the CLS token and the mean of the patch tokens interleaved per channel, exactly as
     the official `torch.cat((cls.unsqueeze(-1), mean.unsqueeze(-1)), -1).reshape(B, -1)`.
+    For any other backbone (ResNet), its output: `eval_linear.py` takes that branch for
+    every architecture whose name lacks "vit", and `n_last_blocks` and
+    `avgpool_patchtokens` do not apply.
 
     Example:
 
@@ -26,6 +34,8 @@ def linear_features(backbone, images, n_last_blocks: int = 4, avgpool_patchtoken
     >>> tuple(x.shape)
     (2, 768)
     """
+    if not has_blocks(backbone):
+        return backbone(images, training=False)
     outputs = backbone.get_intermediate_layers(images, n_last_blocks)
     cls = ops.concatenate([t[:, 0] for t in outputs], axis=-1)
     if not avgpool_patchtokens:
@@ -131,10 +141,12 @@ class LinearProbe(keras.Model):
     backbone runs in inference mode and gets no gradient.
 
     Args:
-        backbone: a `VisionTransformer`.
+        backbone: a `VisionTransformer`, or another backbone (ResNet) whose output
+            is the feature vector.
         num_labels: number of classes.
-        n_last_blocks: CLS tokens of this many last blocks (4 for ViT-S, 1 for ViT-B).
-        avgpool_patchtokens: also the mean patch token (official choice for ViT-B).
+        n_last_blocks: ViT: CLS tokens of this many last blocks (4 for ViT-S, 1 for
+            ViT-B).
+        avgpool_patchtokens: ViT: also the mean patch token (official for ViT-B).
 
     Example:
 
@@ -157,7 +169,9 @@ class LinearProbe(keras.Model):
         self.n_last_blocks = n_last_blocks
         self.avgpool_patchtokens = avgpool_patchtokens
         self.classifier = LinearClassifier(num_labels, name="linear_classifier")
-        width = backbone.embed_dim * (2 if avgpool_patchtokens else n_last_blocks)
+        width = backbone.embed_dim
+        if has_blocks(backbone):
+            width *= 2 if avgpool_patchtokens else n_last_blocks
         self.classifier.build((None, width))
         self.schedule = None
 

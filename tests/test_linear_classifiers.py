@@ -1,0 +1,107 @@
+"""The official linear classifiers (`eval_linear.py` files) on ViT and ResNet backbones.
+
+`../shared/fixtures/official_dino_zoo/linear_*.pth` were written by the official
+`eval_linear.py` for the reduced ViT (both recipes: ViT-S's 4 CLS tokens, ViT-B's CLS
+and mean patch token) and the reduced torchvision ResNet, with the official features,
+logits and accuracy on the same images.
+"""
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_dino
+from keras_dino.checkpoints.pretrained import PretrainedDownloadError, preset_url
+from keras_dino.evaluation import (
+    LinearProbe,
+    linear_features,
+    linear_recipe,
+    load_linear_checkpoint,
+    load_pretrained_classifier,
+)
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+RECIPES = {
+    "resnet_mini": {},
+    "vit_mini16_vits_recipe": dict(n_last_blocks=4, avgpool_patchtokens=False),
+    "vit_mini16_vitb_recipe": dict(n_last_blocks=1, avgpool_patchtokens=True),
+}
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(fixtures_dir):
+    return fixtures_dir.parent / "official_dino_zoo"
+
+
+@pytest.fixture(scope="module")
+def images(zoo_dir):
+    u8 = np.load(zoo_dir / "inputs.npz")["224x224/uint8_nhwc"]
+    return (u8.astype(np.float32) / np.float32(255) - MEAN) / STD
+
+
+def _backbone_file(name, zoo_dir, fixtures_dir):
+    if name.startswith("resnet"):
+        return zoo_dir / "backbone_resnet_mini.pth", dict(arch="resnet_mini")
+    return fixtures_dir / "backbone_vit_mini16.pth", dict(num_heads=3)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_official_linear_classifiers_reproduce_eval_linear(zoo_dir, fixtures_dir, images, name):
+    ref = np.load(zoo_dir / f"linear_outputs_{name}.npz")
+    path, kwargs = _backbone_file(name, zoo_dir, fixtures_dir)
+    backbone = keras_dino.load_pretrained(path, **kwargs)
+    recipe = RECIPES[name]
+    probe = LinearProbe(backbone, num_labels=100, **recipe)
+    state = load_linear_checkpoint(probe, zoo_dir / f"linear_{name}.pth")
+    np.testing.assert_allclose(ops.convert_to_numpy(linear_features(backbone, images, **recipe)),
+                               ref["features"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(probe(images)), ref["logits"], rtol=1e-4,
+                               atol=1e-5)
+    stats = json.loads(str(ref["official_stats"]))
+    assert state["best_acc"] == pytest.approx(stats["acc1"])
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_pretrained_classifier_reads_its_recipe_off_the_linear_layer(zoo_dir, fixtures_dir,
+                                                                     images, name):
+    path, kwargs = _backbone_file(name, zoo_dir, fixtures_dir)
+    classifier = load_pretrained_classifier(path, zoo_dir / f"linear_{name}.pth", **kwargs)
+    expected = RECIPES[name] or dict(n_last_blocks=4, avgpool_patchtokens=False)
+    assert (classifier.n_last_blocks, classifier.avgpool_patchtokens) == (
+        expected["n_last_blocks"], expected["avgpool_patchtokens"])
+    logits = np.load(zoo_dir / f"linear_outputs_{name}.npz")["logits"]
+    np.testing.assert_allclose(ops.convert_to_numpy(classifier(images)), logits, rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_linear_recipe_refuses_a_layer_that_does_not_fit(fixtures_dir, zoo_dir):
+    vit = keras_dino.load_pretrained(fixtures_dir / "backbone_vit_mini16.pth", num_heads=3)
+    assert linear_recipe(vit, 48 * 5) == dict(n_last_blocks=5, avgpool_patchtokens=False)
+    with pytest.raises(ValueError, match="does not fit a ViT of width 48 and 5 blocks"):
+        linear_recipe(vit, 48 * 6)
+    with pytest.raises(ValueError, match="does not fit"):
+        linear_recipe(vit, 50)
+    resnet = keras_dino.load_pretrained(zoo_dir / "backbone_resnet_mini.pth", arch="resnet_mini")
+    with pytest.raises(ValueError, match="takes 2048 features; this ResNet gives 512"):
+        linear_recipe(resnet, 2048)
+    with pytest.raises(ValueError, match="linear_weights is needed"):
+        load_pretrained_classifier(resnet)
+
+
+def test_released_classifier_preset_offline_names_the_linear_weights(monkeypatch, tmp_path):
+    def no_network(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(PretrainedDownloadError) as info:
+        keras_dino.load_pretrained_classifier("dino_resnet50")
+    url = preset_url("dino_resnet50", file="linear")
+    assert url.endswith("/dino_resnet50_pretrain/dino_resnet50_linearweights.pth")
+    assert url in str(info.value)
+    assert str(tmp_path / "models" / "keras_dino" / "dino_resnet50_linearweights.pth") in str(
+        info.value)

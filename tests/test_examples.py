@@ -107,6 +107,29 @@ def _same(official, ours):
     return official == ours
 
 
+def _flags_file(path):
+    """`{name: value}` of a flags file (`--name=value` lines; comments skipped)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("--"):
+            name, _, value = line[2:].partition("=")
+            values[name] = value
+    return values
+
+
+def test_flags_files_use_train_dino_flags_and_the_official_rn50_recipe():
+    known = _script_defaults("train_dino.py")
+    for path in sorted((REPO / "examples" / "flags").glob("*.flags")):
+        unknown = sorted(set(_flags_file(path)) - set(known))
+        assert not unknown, f"{path.name} sets flags train_dino.py does not have: {unknown}"
+    # The official README's ResNet-50 command, flag for flag.
+    assert _flags_file(REPO / "examples" / "flags" / "resnet50_imagenet.flags") == {
+        "arch": "resnet50", "optimizer": "sgd", "lr": "0.03", "weight_decay": "1e-4",
+        "weight_decay_end": "1e-4", "global_crops_scale": "0.14,1",
+        "local_crops_scale": "0.05,0.14",
+    }
+
+
 @pytest.mark.parametrize("script", sorted(OFFICIAL_DEFAULTS))
 def test_official_flag_names_and_defaults(script):
     ours = _script_defaults(script)

@@ -30,8 +30,9 @@ from absl import app, flags  # noqa: E402
 F = flags.FLAGS
 # --- the official main_dino.py arguments (names and defaults) ---
 flags.DEFINE_string("arch", "vit_small", "Architecture: vit_tiny, vit_small, vit_base, a "
-                    "torchvision ResNet (resnet18, resnet50, ...), or a custom name with "
-                    "--embed_dim/--depth/--num_heads (ViT) or --resnet_layers (ResNet).")
+                    "torchvision ResNet (resnet18, resnet50, ...), an XCiT (xcit_small_12_p16, "
+                    "xcit_medium_24_p8, ...), or a custom name with --embed_dim/--depth/"
+                    "--num_heads (ViT, or XCiT for an xcit* name) or --resnet_layers (ResNet).")
 flags.DEFINE_integer("patch_size", 16, "Size in pixels of input square patches.")
 flags.DEFINE_integer("out_dim", 65536, "Dimensionality of the DINO head output.")
 flags.DEFINE_boolean("norm_last_layer", True, "Weight-normalize the last layer of the head.")
@@ -192,13 +193,14 @@ def _resnet_kwargs():
 
 def build_model():
     import keras_dino
-    from keras_dino.models.backbones import is_resnet
+    from keras_dino.models.backbones import is_resnet, is_xcit
 
     vit_kwargs, resnet_kwargs = {}, _resnet_kwargs()
     if not is_resnet(F.arch, resnet_kwargs):
         vit_kwargs = {k: getattr(F, k) for k in ("embed_dim", "depth", "num_heads")
                       if getattr(F, k) is not None}
-        vit_kwargs.update(use_fused_attention=F.fused_attention, remat=F.remat)
+        if not is_xcit(F.arch):  # ViT-only speed options
+            vit_kwargs.update(use_fused_attention=F.fused_attention, remat=F.remat)
     arguments = dict(
         arch=F.arch,
         patch_size=F.patch_size,

@@ -523,6 +523,27 @@ def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
 
 
 @pytest.mark.backends("tensorflow")
+def test_train_dino_trains_a_custom_xcit(image_folder, tmp_path):
+    """--arch=xcit_*: an XCiT student and teacher, checkpointed under the official names."""
+    from keras_dino.checkpoints import read_checkpoint
+
+    out = tmp_path / "out"
+    args = [a for a in TINY_RUN if not a.startswith(("--arch", "--num_heads"))]
+    result = _run_script("train_dino.py", "--backend=tensorflow", *args, "--arch=xcit_tiny",
+                         "--num_heads=4", "--epochs=1", f"--data_path={image_folder / 'train'}",
+                         f"--output_dir={out}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = [r for r in _log(out) if "epoch" in r]
+    assert math.isfinite(record["train_loss"])
+    checkpoint = read_checkpoint(out / "checkpoint.pth")
+    assert checkpoint["args"]["arch"] == "xcit_tiny"
+    # BatchNorm in the backbone: main_dino DDP-wraps the teacher too (`module.` keys).
+    teacher = checkpoint["teacher"]
+    assert teacher["module.backbone.blocks.0.attn.temperature"].shape == (4, 1, 1)
+    assert "module.backbone.pos_embeder.token_projection.weight" in checkpoint["student"]
+
+
+@pytest.mark.backends("tensorflow")
 def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tmp_path):
     """A small ResNet trains from the command line, with k-NN every epoch, quietly."""
     out = tmp_path / "out"

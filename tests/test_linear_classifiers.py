@@ -1,8 +1,8 @@
-"""The official linear classifiers (`eval_linear.py` files) on ViT and ResNet backbones.
+"""The official linear classifiers (`eval_linear.py` files) on ViT, ResNet and XCiT.
 
 `../shared/fixtures/official_dino_zoo/linear_*.pth` were written by the official
 `eval_linear.py` for the reduced ViT (both recipes: ViT-S's 4 CLS tokens, ViT-B's CLS
-and mean patch token) and the reduced torchvision ResNet, with the official features,
+and mean patch token) the reduced torchvision ResNet and the reduced XCiT, with the official features,
 logits and accuracy on the same images.
 """
 
@@ -29,6 +29,7 @@ RECIPES = {
     "resnet_mini": {},
     "vit_mini16_vits_recipe": dict(n_last_blocks=4, avgpool_patchtokens=False),
     "vit_mini16_vitb_recipe": dict(n_last_blocks=1, avgpool_patchtokens=True),
+    "xcit_mini16": {},  # "vit" is not in "xcit": the official tool feeds model(x)
 }
 
 
@@ -46,6 +47,8 @@ def images(zoo_dir):
 def _backbone_file(name, zoo_dir, fixtures_dir):
     if name.startswith("resnet"):
         return zoo_dir / "backbone_resnet_mini.pth", dict(arch="resnet_mini")
+    if name.startswith("xcit"):
+        return zoo_dir / "backbone_xcit_mini16.pth", {}
     return fixtures_dir / "backbone_vit_mini16.pth", dict(num_heads=3)
 
 

@@ -22,6 +22,7 @@ _TO_KERAS = {
     "same": lambda a: a,
     "linear": lambda a: a.T,  # nn.Linear (out, in) -> Dense kernel (in, out)
     "conv": lambda a: a.transpose(2, 3, 1, 0),  # Conv2d (E, C, p, p) -> (p, p, C, E)
+    "depthwise": lambda a: a.transpose(2, 3, 0, 1),  # (C, 1, k, k) -> (k, k, C, 1)
     "gain": lambda a: a.reshape(-1),  # weight_g (out, 1) -> (out,)
     "buffer": lambda a: a,  # BatchNorm running statistics
 }
@@ -29,6 +30,7 @@ _TO_OFFICIAL = {
     "same": lambda a: a,
     "linear": lambda a: a.T,
     "conv": lambda a: a.transpose(3, 2, 0, 1),
+    "depthwise": lambda a: a.transpose(2, 3, 0, 1),
     "gain": lambda a: a.reshape(-1, 1),
     "buffer": lambda a: a,
 }
@@ -285,6 +287,59 @@ def infer_head_config(state_dict: dict) -> dict:
         hidden_dim=int(first.shape[0]) if len(dense) > 1 else 2048,
         nlayers=max(len(dense), 1),
         use_bn=any(k.endswith("running_mean") for k in state_dict),
+    )
+
+
+def is_xcit_state(state_dict: dict) -> bool:
+    """Whether a backbone state dict holds XCiT tensors (Fourier positions, class attention).
+
+    Example:
+
+    >>> import numpy as np
+    >>> is_xcit_state({"pos_embeder.token_projection.weight": 0}), is_xcit_state({})
+    (True, False)
+    """
+    return "pos_embeder.token_projection.weight" in state_dict or any(
+        k.startswith("cls_attn_blocks.") for k in state_dict)
+
+
+def infer_xcit_config(state_dict: dict) -> dict:
+    """`XCiT` arguments read off the tensors of an official XCiT state dict.
+
+    Width, depth, heads (the XCA temperatures), class-attention layers, patch size (the
+    number of embedding convolutions), MLP ratio and qkv bias are all in the tensors;
+    `eta` only initialises the layer scales, which the file holds.
+
+    Example:
+
+    >>> from keras_dino.models.official_names import xcit_map
+    >>> from keras_dino.models.xcit import XCiT
+    >>> model = XCiT(patch_size=8, embed_dim=32, depth=2, num_heads=4, cls_attn_layers=1)
+    >>> config = infer_xcit_config(state_dict_of(xcit_map(model)))
+    >>> [config[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "cls_attn_layers")]
+    [8, 32, 2, 4, 1]
+    """
+    if not is_xcit_state(state_dict):
+        raise CheckpointKeyError("not an XCiT state dict: no 'pos_embeder.*' or "
+                                 f"'cls_attn_blocks.*' keys ({', '.join(sorted(state_dict)[:6])}).")
+
+    def count(pattern):
+        return len({m.group(1) for k in state_dict if (m := re.match(pattern, k))})
+
+    embed_dim = int(np.shape(state_dict["cls_token"])[-1])
+    convs = count(r"patch_embed\.proj\.(\d+)\.0\.weight")
+    if convs not in (3, 4):
+        raise CheckpointKeyError(f"an XCiT patch embedding has 3 (patch 8) or 4 (patch 16) "
+                                 f"convolutions; this one has {convs}.")
+    depth = count(r"blocks\.(\d+)\.")
+    return dict(
+        patch_size=16 if convs == 4 else 8,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=int(np.shape(state_dict["blocks.0.attn.temperature"])[0]) if depth else 1,
+        cls_attn_layers=count(r"cls_attn_blocks\.(\d+)\."),
+        mlp_ratio=np.shape(state_dict["cls_attn_blocks.0.mlp.fc1.weight"])[0] / embed_dim,
+        qkv_bias="cls_attn_blocks.0.attn.qkv.bias" in state_dict,
     )
 
 

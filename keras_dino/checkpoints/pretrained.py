@@ -24,6 +24,10 @@ PRESETS = {
     "dino_vitb16": ("vit_base", 16, "dino_vitbase16_pretrain"),
     "dino_vitb8": ("vit_base", 8, "dino_vitbase8_pretrain"),
     "dino_resnet50": ("resnet50", None, "dino_resnet50_pretrain"),
+    "dino_xcit_small_12_p16": ("xcit_small_12_p16", 16, "dino_xcit_small_12_p16_pretrain"),
+    "dino_xcit_small_12_p8": ("xcit_small_12_p8", 8, "dino_xcit_small_12_p8_pretrain"),
+    "dino_xcit_medium_24_p16": ("xcit_medium_24_p16", 16, "dino_xcit_medium_24_p16_pretrain"),
+    "dino_xcit_medium_24_p8": ("xcit_medium_24_p8", 8, "dino_xcit_medium_24_p8_pretrain"),
 }
 # What a preset URL points at.
 _FILES = {
@@ -175,9 +179,35 @@ def _build_resnet(state_dict, arch, overrides):
     return backbone
 
 
+def _build_xcit(state_dict, arch, patch_size, args, overrides):
+    """An `XCiT` whose shape is read off an official XCiT state dict."""
+    from keras_dino.models.xcit import XCITS, XCiT
+
+    config = official.infer_xcit_config(state_dict)
+    expected = XCITS.get(arch) or XCITS.get(args.get("arch"))
+    if expected:
+        config["eta"], config["tokens_norm"] = expected["eta"], expected["tokens_norm"]
+    if arch in XCITS:
+        keys = ("patch_size", "embed_dim", "depth", "num_heads")
+        if any(config[k] != expected[k] for k in keys):
+            raise ValueError(
+                f"the checkpoint holds an XCiT of patch {config['patch_size']}, width "
+                f"{config['embed_dim']}, depth {config['depth']}, {config['num_heads']} heads, "
+                f"not a {arch}.")
+    if patch_size is not None and patch_size != config["patch_size"]:
+        raise ValueError(f"patch_size={patch_size} was asked for, but the checkpoint's XCiT "
+                         f"has patch size {config['patch_size']}.")
+    config.update({k: v for k, v in overrides.items() if k != "num_heads"})
+    backbone = XCiT(**config, name=arch if arch else "xcit")
+    official.load_state_dict(official.backbone_variable_map(backbone), state_dict, "backbone")
+    return backbone
+
+
 def _build_backbone(state_dict, arch, patch_size, args, overrides):
     if official.is_resnet_state(state_dict):
         return _build_resnet(state_dict, arch, overrides)
+    if official.is_xcit_state(state_dict):
+        return _build_xcit(state_dict, arch, patch_size, args, overrides)
     config = _backbone_kwargs(state_dict, arch, patch_size, args, dict(overrides))
     backbone = VisionTransformer(**config)
     official.load_state_dict(official.backbone_variable_map(backbone), state_dict, "backbone")
@@ -358,6 +388,7 @@ def resolve_backbone(model, **load_kwargs):
     "in-memory ResNet 'rn18'"
     """
     from keras_dino.models.resnet import ResNet
+    from keras_dino.models.xcit import XCiT
 
     if isinstance(model, (str, os.PathLike)):
         name = os.fspath(model)
@@ -376,7 +407,7 @@ def resolve_backbone(model, **load_kwargs):
         return getattr(loaded, "backbone", loaded), source
     if load_kwargs:
         raise ValueError("load_kwargs only applies when `model` is a preset name or a file path.")
-    backbones = (VisionTransformer, ResNet)
+    backbones = (VisionTransformer, ResNet, XCiT)
     if hasattr(model, "teacher") and isinstance(getattr(model, "backbone", None), backbones):
         return model.backbone, f"teacher backbone of the in-memory keras_dino DINO '{model.name}'"
     if isinstance(model, MultiCropWrapper):
@@ -384,7 +415,7 @@ def resolve_backbone(model, **load_kwargs):
     if isinstance(model, backbones):
         return model, f"in-memory {type(model).__name__} '{model.name}'"
     raise TypeError(
-        "expected a keras_dino backbone (VisionTransformer, ResNet), a DINO model (its "
+        "expected a keras_dino backbone (VisionTransformer, ResNet, XCiT), a DINO model (its "
         "teacher backbone), a MultiCropWrapper, a preset name or a checkpoint path; got "
         f"{type(model).__name__}."
     )

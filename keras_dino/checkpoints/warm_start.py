@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from keras_dino.checkpoints import official
-from keras_dino.models.backbones import is_resnet
+from keras_dino.models.backbones import is_resnet, is_xcit
 from keras_dino.models.official_names import backbone_variable_map, head_variable_map
 from keras_dino.models.vision_transformer import ARCHITECTURES
 
@@ -142,6 +142,8 @@ def _architecture(start: WarmStart, kwargs: dict) -> dict:
         if "patch_size" in kwargs:
             out["patch_size"] = kwargs["patch_size"]
         return out
+    if official.is_xcit_state(state):
+        return _xcit_architecture(start, kwargs)
     heads = (kwargs.get("vit_kwargs") or {}).get("num_heads")
     arch = kwargs.get("arch") or start.args.get("arch")
     if heads is None and arch in ARCHITECTURES:
@@ -178,6 +180,29 @@ def _architecture(start: WarmStart, kwargs: dict) -> dict:
                                          "mlp_ratio", "qkv_bias") if k in config}
     vit_kwargs.update(kwargs.get("vit_kwargs") or {})
     return {"arch": arch, "patch_size": patch_size, "vit_kwargs": vit_kwargs}
+
+
+def _xcit_architecture(start: WarmStart, kwargs: dict) -> dict:
+    """XCiT: the file's shape as `vit_kwargs` of an `xcit*` arch (checked when official)."""
+    from keras_dino.models.xcit import XCITS
+
+    config = official.infer_xcit_config(start.student)
+    arch = kwargs.get("arch") or start.args.get("arch") or "xcit_custom"
+    if not is_xcit(arch):
+        raise ValueError(f"{start.source} holds an XCiT backbone, but arch='{arch}' is not one.")
+    if arch in XCITS:
+        expected = XCITS[arch]
+        keys = ("patch_size", "embed_dim", "depth", "num_heads")
+        if any(config[k] != expected[k] for k in keys):
+            raise ValueError(f"{start.source} holds an XCiT of patch {config['patch_size']}, "
+                             f"width {config['embed_dim']}, depth {config['depth']}, not a {arch}.")
+    if kwargs.get("patch_size", config["patch_size"]) != config["patch_size"]:
+        raise ValueError(f"patch_size={kwargs['patch_size']} was asked for, but {start.source} "
+                         f"has patches of {config['patch_size']} pixels.")
+    vit_kwargs = {k: config[k] for k in ("embed_dim", "depth", "num_heads", "cls_attn_layers",
+                                         "mlp_ratio", "qkv_bias")}
+    vit_kwargs.update(kwargs.get("vit_kwargs") or {})
+    return {"arch": arch, "patch_size": config["patch_size"], "vit_kwargs": vit_kwargs}
 
 
 def _head_arguments(start: WarmStart, kwargs: dict) -> dict:

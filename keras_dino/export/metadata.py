@@ -31,6 +31,7 @@ def model_description(backbone, weights_source) -> dict:
     """
     from keras_dino.models.resnet import ResNet, resnet_name
     from keras_dino.models.vision_transformer import ARCHITECTURES
+    from keras_dino.models.xcit import XCITS, XCiT
 
     config = backbone.get_config()
     model = {"class": type(backbone).__name__, "embed_dim": backbone.embed_dim}
@@ -38,6 +39,12 @@ def model_description(backbone, weights_source) -> dict:
         shape = {k: config[k] for k in ("block", "layers", "width_per_group", "expansion",
                                         "stem_width", "stage_widths")}
         model.update(arch=resnet_name(backbone), **shape)
+    elif isinstance(backbone, XCiT):
+        keys = ("patch_size", "embed_dim", "depth", "num_heads")
+        arch = next((name for name, c in XCITS.items()
+                     if all(c[k] == config[k] for k in keys)), "custom")
+        model.update(arch=arch, patch_size=backbone.patch_size, depth=backbone.depth,
+                     num_heads=backbone.num_heads, cls_attn_layers=backbone.cls_attn_layers)
     else:
         arch = next((name for name, c in ARCHITECTURES.items()
                      if (backbone.embed_dim, backbone.depth, backbone.num_heads)

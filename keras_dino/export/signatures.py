@@ -6,14 +6,16 @@
   (the pooled features) for a ResNet; `..._l2norm` when L2-normalised.
 * `serve_bytes`: `image_bytes` `[batch]` encoded JPEG/PNG images of any size, decoded,
   resized and center-cropped in the graph as the official evaluation does; same outputs.
-* `attention` (Vision Transformers): `images` -> `cls_attention` `[batch, heads, G, G]`,
-  the last block's attention of the CLS token to the patches.
+* `attention` (Vision Transformers, XCiT): `images` -> `cls_attention`
+  `[batch, heads, G, G]`, the last block's attention of the CLS token to the patches
+  (XCiT: of its last class-attention block).
 """
 
 import keras
 import tensorflow as tf
 
 from keras_dino.export import graph
+from keras_dino.models.xcit import XCiT
 
 
 def _is_vit(backbone) -> bool:
@@ -109,12 +111,14 @@ def serving_functions(backbone, endpoints, *, image_size, input_dtype, resize_si
     if vit:
         heads = backbone.num_heads
         tokens = grid * grid + 1
+        # A ViT's attention is tokens x tokens; XCiT's class attention has the CLS row only.
+        rows = 1 if isinstance(backbone, XCiT) else tokens
 
         @tf.function(input_signature=[images_spec], autograph=False)
         def attention(images):
             images = graph.check_images(images, "attention", image_size, input_dtype)
             attn = _unless_empty(endpoints["get_last_selfattention"], graph.normalize(images),
-                                 [heads, tokens, tokens])
+                                 [heads, rows, tokens])
             return {"cls_attention": tf.reshape(attn[:, :, 0, 1:], [-1, heads, grid, grid])}
 
         functions["attention"] = attention

@@ -1,4 +1,4 @@
-"""Building blocks of the DINO Vision Transformer and head."""
+"""Building blocks of the DINO backbones (ViT, ResNet, XCiT) and head."""
 
 from keras_dino.layers.attention import MultiHeadSelfAttention
 from keras_dino.layers.drop_path import DropPath
@@ -7,9 +7,24 @@ from keras_dino.layers.patch_embedding import PatchEmbedding
 from keras_dino.layers.position_embedding import bicubic_resize_matrix, interpolate_pos_encoding
 from keras_dino.layers.transformer_block import MLP, TransformerBlock
 from keras_dino.layers.weight_norm_dense import WeightNormDense
+from keras_dino.layers.xcit_attention import ClassAttention, CrossCovarianceAttention
+from keras_dino.layers.xcit_blocks import (
+    ClassAttentionBlock,
+    ConvPatchEmbedding,
+    FourierPositionEncoding,
+    LocalPatchInteraction,
+    XCABlock,
+)
 
 __all__ = [
     "MLP",
+    "ClassAttention",
+    "ClassAttentionBlock",
+    "ConvPatchEmbedding",
+    "CrossCovarianceAttention",
+    "FourierPositionEncoding",
+    "LocalPatchInteraction",
+    "XCABlock",
     "DropPath",
     "MultiHeadSelfAttention",
     "PatchEmbedding",

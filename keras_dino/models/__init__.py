@@ -1,4 +1,4 @@
-"""The networks: Vision Transformer and ResNet backbones, the DINO head, the multi-crop wrapper.
+"""The networks: Vision Transformer, ResNet and XCiT backbones, the DINO head, the multi-crop wrapper.
 
 The `DINO` training model that pairs them is `keras_dino.DINO` (`keras_dino.training.dino`).
 """
@@ -14,6 +14,7 @@ from keras_dino.models.vision_transformer import (
     vit_small,
     vit_tiny,
 )
+from keras_dino.models.xcit import XCITS, XCiT, xcit
 
 __all__ = [
     "ARCHITECTURES",
@@ -22,11 +23,14 @@ __all__ = [
     "RESNETS",
     "ResNet",
     "VisionTransformer",
+    "XCITS",
+    "XCiT",
     "build_backbone",
     "group_crops_by_resolution",
     "vit_base",
     "vit_small",
     "vit_tiny",
+    "xcit",
 ]
 
 

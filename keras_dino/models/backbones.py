@@ -2,6 +2,7 @@
 
 from keras_dino.models.resnet import RESNETS, ResNet
 from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
+from keras_dino.models.xcit import XCITS, XCiT
 
 # `resnet_kwargs` spellings of the official zoo's custom ResNets (torchvision's names).
 _RESNET_ALIASES = {"bottleneck_expansion": "expansion"}
@@ -18,6 +19,17 @@ def is_resnet(arch: str, resnet_kwargs: dict | None = None) -> bool:
     return arch in RESNETS or bool(resnet_kwargs) or arch.startswith(("resnet", "wide_resnet"))
 
 
+def is_xcit(arch: str) -> bool:
+    """Whether `arch` names an XCiT (the official names, or any `xcit*` name).
+
+    Example:
+
+    >>> is_xcit("xcit_small_12_p16"), is_xcit("vit_small")
+    (True, False)
+    """
+    return arch in XCITS or arch.startswith("xcit")
+
+
 def backbone_config(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None) -> tuple:
     """`(class, arguments)` of the backbone that `arch` and the overrides describe.
 
@@ -25,6 +37,9 @@ def backbone_config(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None) ->
     `embed_dim`, `depth` and `num_heads`. ResNets: torchvision's names (`resnet18`,
     `resnet50`, `wide_resnet50_2`, ...) or any `resnet*` name with `resnet_kwargs`
     (`block`, `layers`, `width_per_group`, `expansion`, `stem_width`, `stage_widths`).
+    XCiTs: the official names (`xcit_small_12_p16`, ...; their patch size is in the name)
+    or any `xcit*` name with `vit_kwargs` holding `embed_dim`, `depth` and `num_heads`
+    (and optionally `cls_attn_layers`, `eta`, `tokens_norm`).
 
     Example:
 
@@ -42,6 +57,14 @@ def backbone_config(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None) ->
                 "with at least `layers` for a custom one."
             )
         return ResNet, config
+    if is_xcit(arch):
+        config = dict(XCITS.get(arch, {"patch_size": patch_size}))
+        config.update(vit_kwargs or {})
+        missing = {"embed_dim", "depth", "num_heads"} - set(config)
+        if missing:
+            raise ValueError(f"unknown XCiT '{arch}' (known: {', '.join(XCITS)}); give "
+                             f"vit_kwargs with {', '.join(sorted(missing))} for a custom one.")
+        return XCiT, config
     config = dict(ARCHITECTURES.get(arch, {}))
     config.update(vit_kwargs or {})
     missing = {"embed_dim", "depth", "num_heads"} - set(config)
@@ -57,7 +80,8 @@ def backbone_config(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None) ->
 
 def build_backbone(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None,
                    drop_path_rate=0.0, **kwargs):
-    """The backbone of `arch` (see `backbone_config`); `drop_path_rate` applies to ViTs.
+    """The backbone of `arch` (see `backbone_config`); `drop_path_rate` applies to
+    transformers (ViT, XCiT).
 
     Example:
 
@@ -67,6 +91,6 @@ def build_backbone(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None,
     2048
     """
     cls, config = backbone_config(arch, patch_size, vit_kwargs, resnet_kwargs)
-    if cls is VisionTransformer:
+    if cls is not ResNet:
         config["drop_path_rate"] = drop_path_rate
     return cls(**config, **kwargs)

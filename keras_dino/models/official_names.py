@@ -6,6 +6,8 @@ variables, with the layout change between them (`kind`):
 * `"same"`: identical layout;
 * `"linear"`: `nn.Linear` weight `(out, in)`, a Dense kernel `(in, out)`;
 * `"conv"`: `nn.Conv2d` weight `(out, in, kh, kw)`, a Conv2D kernel `(kh, kw, in, out)`;
+* `"depthwise"`: depthwise `nn.Conv2d` weight `(C, 1, kh, kw)`, a DepthwiseConv2D
+  kernel `(kh, kw, C, 1)`;
 * `"gain"`: weight-norm gain `(out, 1)`, here `(out,)`;
 * `"buffer"`: a BatchNorm running statistic (identical layout; not a parameter, so the
   optimizer and the teacher EMA leave it alone).
@@ -18,7 +20,7 @@ import keras
 from keras_dino.layers.batch_norm import BatchNorm
 
 # Kinds that are parameters of the official model (everything but buffers).
-PARAMETER_KINDS = ("same", "linear", "conv", "gain")
+PARAMETER_KINDS = ("same", "linear", "conv", "depthwise", "gain")
 
 
 def _dense(prefix, layer, kind="linear"):
@@ -95,6 +97,53 @@ def resnet_map(backbone) -> dict:
     return entries
 
 
+def xcit_map(backbone) -> dict:
+    """`{official name: (variable, kind)}` of an `XCiT` (xcit.py's names, no `head`).
+
+    Example:
+
+    >>> from keras_dino.models.xcit import XCiT
+    >>> names = xcit_map(XCiT(patch_size=8, embed_dim=32, depth=1, num_heads=4))
+    >>> names["blocks.0.local_mp.conv1.weight"][1], names["patch_embed.proj.4.0.weight"][1]
+    ('depthwise', 'conv')
+    """
+    backbone.build((None, None, None, 3))
+    entries = {"cls_token": (backbone.cls_token, "same")}
+    embed = backbone.patch_embed
+    for i, (conv, norm) in enumerate(zip(embed.convs, embed.norms)):
+        entries[f"patch_embed.proj.{2 * i}.0.weight"] = (conv.kernel, "conv")
+        entries.update(_batch_norm(f"patch_embed.proj.{2 * i}.1", norm))
+    projection = backbone.pos_embeder.token_projection
+    entries["pos_embeder.token_projection.weight"] = (projection.kernel, "conv")
+    entries["pos_embeder.token_projection.bias"] = (projection.bias, "same")
+
+    def common(p, block):
+        for name in block.GAMMAS:
+            entries[f"{p}.{name}"] = (getattr(block, name), "same")
+        entries.update(_layer_norm(f"{p}.norm1", block.norm1))
+        entries.update(_layer_norm(f"{p}.norm2", block.norm2))
+        entries.update(_dense(f"{p}.attn.qkv", block.attn.qkv))
+        entries.update(_dense(f"{p}.attn.proj", block.attn.proj))
+        entries.update(_dense(f"{p}.mlp.fc1", block.mlp.fc1))
+        entries.update(_dense(f"{p}.mlp.fc2", block.mlp.fc2))
+
+    for i, block in enumerate(backbone.blocks):
+        p = f"blocks.{i}"
+        common(p, block)
+        entries[f"{p}.attn.temperature"] = (block.attn.temperature, "same")
+        entries.update(_layer_norm(f"{p}.norm3", block.norm3))
+        lpi = block.local_mp
+        for conv in ("conv1", "conv2"):
+            layer = getattr(lpi, conv)
+            entries[f"{p}.local_mp.{conv}.weight"] = (layer.kernel, "depthwise")
+            entries[f"{p}.local_mp.{conv}.bias"] = (layer.bias, "same")
+        entries.update(_batch_norm(f"{p}.local_mp.bn", lpi.bn))
+    for j, block in enumerate(backbone.cls_attn_blocks):
+        common(f"cls_attn_blocks.{j}", block)
+    entries.update(_layer_norm("norm", backbone.norm))
+    return entries
+
+
 def backbone_variable_map(backbone) -> dict:
     """The official-name map of any keras_dino backbone (ViT or ResNet).
 
@@ -107,11 +156,14 @@ def backbone_variable_map(backbone) -> dict:
     """
     from keras_dino.models.resnet import ResNet
     from keras_dino.models.vision_transformer import VisionTransformer
+    from keras_dino.models.xcit import XCiT
 
     if isinstance(backbone, VisionTransformer):
         return vision_transformer_map(backbone)
     if isinstance(backbone, ResNet):
         return resnet_map(backbone)
+    if isinstance(backbone, XCiT):
+        return xcit_map(backbone)
     raise TypeError(f"no official names for a {type(backbone).__name__} backbone.")
 
 

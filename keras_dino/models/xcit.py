@@ -1,0 +1,219 @@
+"""XCiT (cross-covariance image transformer) as DINO uses it: no classifier, CLS out.
+
+The official model is `xcit.py` of facebookresearch/xcit, which `main_dino.py` and
+`hubconf.py` load through `torch.hub` (`--arch xcit_small_12_p16`, ...); DINO removes its
+`head`. Channels-last, any input size (the positions are Fourier features of the grid
+at hand), numerically the official model (see tests/test_xcit.py).
+"""
+
+import keras
+from keras import ops
+
+from keras_dino.layers.initializers import TruncNormal
+from keras_dino.layers.transformer_block import LAYER_NORM_EPSILON
+from keras_dino.layers.xcit_blocks import (
+    ClassAttentionBlock,
+    ConvPatchEmbedding,
+    FourierPositionEncoding,
+    XCABlock,
+)
+
+# The official registry (xcit.py): width, depth, heads, layer-scale init, tokens_norm;
+# each at patch 16 and 8. DINO released small_12 and medium_24.
+_SIZES = {
+    "nano_12": (128, 12, 4, 1.0, False),
+    "tiny_12": (192, 12, 4, 1.0, True),
+    "small_12": (384, 12, 8, 1.0, True),
+    "tiny_24": (192, 24, 4, 1e-5, True),
+    "small_24": (384, 24, 8, 1e-5, True),
+    "medium_24": (512, 24, 8, 1e-5, True),
+    "large_24": (768, 24, 16, 1e-5, True),
+}
+XCITS = {
+    f"xcit_{size}_p{patch}": dict(patch_size=patch, embed_dim=e, depth=d, num_heads=h, eta=eta,
+                                  tokens_norm=norm)
+    for size, (e, d, h, eta, norm) in _SIZES.items()
+    for patch in (16, 8)
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_dino")
+class XCiT(keras.Model):
+    """XCiT backbone returning the CLS embedding, as the official model with `head` removed.
+
+    Patch tokens from a convolutional embedding plus Fourier positions go through
+    `depth` XCA blocks (cross-covariance attention, local patch interaction, MLP); the
+    CLS token joins them for `cls_attn_layers` class-attention blocks; the output is the
+    final LayerNorm of the CLS token.
+
+    Args:
+        patch_size: 16 or 8 (the stride of the convolutional embedding).
+        embed_dim: token width.
+        depth: number of XCA blocks.
+        num_heads: heads of both attentions.
+        mlp_ratio: MLP hidden size relative to `embed_dim`.
+        qkv_bias: bias in the qkv projections (True for every DINO model).
+        drop_rate: dropout after the projections and the positions.
+        attn_drop_rate: dropout on attention weights.
+        drop_path_rate: stochastic depth, the same rate for every XCA block (as
+            the official model; its class-attention blocks have none).
+        cls_attn_layers: number of class-attention blocks.
+        eta: initial value of the layer scales (1.0 for the 12-block models, 1e-5
+            for the 24-block ones).
+        tokens_norm: class-attention blocks normalise every token, not only CLS.
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = XCiT(patch_size=16, embed_dim=32, depth=1, num_heads=4)
+    >>> images = np.zeros((2, 64, 80, 3), "float32")  # any H, W
+    >>> tuple(model(images).shape)
+    (2, 32)
+    >>> tuple(model.get_last_selfattention(images).shape)  # CLS over [CLS, 4 x 5 patches]
+    (2, 4, 1, 21)
+    """
+
+    def __init__(self, patch_size: int = 16, embed_dim: int = 384, depth: int = 12,
+                 num_heads: int = 8, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, cls_attn_layers: int = 2, eta: float = 1.0,
+                 tokens_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.qkv_bias = qkv_bias
+        self.drop_rate = drop_rate
+        self.attn_drop_rate = attn_drop_rate
+        self.drop_path_rate = drop_path_rate
+        self.cls_attn_layers = cls_attn_layers
+        self.eta = eta
+        self.tokens_norm = tokens_norm
+        policy = self.dtype_policy
+        common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, eta=eta, drop=drop_rate,
+                      attn_drop=attn_drop_rate, dtype=policy)
+        self.patch_embed = ConvPatchEmbedding(patch_size, embed_dim, dtype=policy,
+                                              name="patch_embed")
+        self.pos_embeder = FourierPositionEncoding(embed_dim, dtype=policy, name="pos_embeder")
+        self.pos_drop = keras.layers.Dropout(drop_rate, dtype=policy, name="pos_drop")
+        self.blocks = [XCABlock(num_heads, drop_path=drop_path_rate, **common, name=f"blocks_{i}")
+                       for i in range(depth)]
+        self.cls_attn_blocks = [
+            ClassAttentionBlock(num_heads, tokens_norm=tokens_norm, **common,
+                                name=f"cls_attn_blocks_{i}")
+            for i in range(cls_attn_layers)
+        ]
+        self.norm = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, dtype=policy,
+                                                    name="norm")
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        if input_shape is not None and input_shape[-1] not in (None, 3):
+            raise ValueError(f"expected channels-last RGB images (..., H, W, 3); got shape "
+                             f"{tuple(input_shape)}.")
+        self.cls_token = self.add_weight(name="cls_token", shape=(1, 1, self.embed_dim),
+                                         initializer=TruncNormal(stddev=0.02))
+        self.patch_embed.build((None, None, None, 3))
+        self.pos_embeder.build((None, None, None, self.embed_dim))
+        tokens = (None, None, self.embed_dim)
+        for block in [*self.blocks, *self.cls_attn_blocks]:
+            block.build(tokens)
+        self.norm.build(tokens)
+        self.pos_drop.build(tokens)
+        self.built = True
+
+    def _tokens(self, images, training=None, return_attention=False):
+        """All tokens after the class-attention blocks, `(B, 1 + N, E)`, before the norm."""
+        if images.shape[-1] not in (None, 3):
+            raise ValueError(f"expected channels-last RGB images (..., H, W, 3); got shape "
+                             f"{tuple(images.shape)}.")
+        if not self.built:
+            self.build(tuple(images.shape))
+        grid = self.patch_embed(images, training=training)
+        batch, grid_h, grid_w = ops.shape(grid)[0], ops.shape(grid)[1], ops.shape(grid)[2]
+        x = ops.reshape(grid, (batch, grid_h * grid_w, self.embed_dim))
+        x = self.pos_drop(x + ops.cast(self.pos_embeder(grid), x.dtype), training=training)
+        for block in self.blocks:
+            x = block(x, grid_h=grid_h, grid_w=grid_w, training=training)
+        cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (batch, 1, self.embed_dim))
+        x = ops.concatenate([cls, x], axis=1)
+        attn = None
+        for block in self.cls_attn_blocks:
+            x, attn = block(x, training=training, return_attention=True)
+        return (x, attn) if return_attention else x
+
+    def call(self, images, training=None):
+        return self.norm(self._tokens(images, training=training))[:, 0]
+
+    def compute_output_spec(self, images, training=None):
+        return keras.KerasTensor((images.shape[0], self.embed_dim), dtype=self.compute_dtype)
+
+    def get_last_selfattention(self, images):
+        """The class attention of the last block: `(B, heads, 1, 1 + N)`, float32.
+
+        XCiT's only token-to-token attention: the CLS query over [CLS, patch tokens]
+        (its XCA blocks attend over channels). Row 0 has the layout of a ViT's
+        `get_last_selfattention(x)[:, :, 0]`, so the attention-map tools work unchanged.
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = XCiT(patch_size=8, embed_dim=32, depth=1, num_heads=4)
+        >>> tuple(model.get_last_selfattention(np.zeros((1, 32, 24, 3), "float32")).shape)
+        (1, 4, 1, 13)
+        """
+        if not self.cls_attn_blocks:
+            raise ValueError("this XCiT has no class-attention block to take attention from.")
+        return self._tokens(images, training=False, return_attention=True)[1]
+
+    def forward_features(self, images, training=None):
+        """Every token after the final norm, `(B, 1 + N, E)`: CLS, then row-major patches.
+
+        As a ViT's `forward_features`; the official model returns the CLS token only.
+        The patch tokens here are those of the last class-attention block, which
+        reproduces the official arithmetic (each block adds the normalised tokens to
+        themselves, then doubles them).
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = XCiT(patch_size=16, embed_dim=32, depth=1, num_heads=4)
+        >>> tuple(model.forward_features(np.zeros((1, 32, 48, 3), "float32")).shape)
+        (1, 7, 32)
+        """
+        return self.norm(self._tokens(images, training=training))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "qkv_bias": self.qkv_bias,
+            "drop_rate": self.drop_rate,
+            "attn_drop_rate": self.attn_drop_rate,
+            "drop_path_rate": self.drop_path_rate,
+            "cls_attn_layers": self.cls_attn_layers,
+            "eta": self.eta,
+            "tokens_norm": self.tokens_norm,
+        }
+
+
+def xcit(arch: str = "xcit_small_12_p16", **kwargs) -> XCiT:
+    """An official XCiT by its name (`xcit_small_12_p16`, `xcit_medium_24_p8`, ...).
+
+    Example:
+
+    >>> model = xcit("xcit_medium_24_p8")
+    >>> model.embed_dim, model.depth, model.patch_size, model.eta
+    (512, 24, 8, 1e-05)
+    """
+    if arch not in XCITS:
+        raise ValueError(f"unknown XCiT '{arch}'; known: {', '.join(XCITS)}.")
+    name = kwargs.pop("name", arch)
+    return XCiT(**{**XCITS[arch], **kwargs}, name=name)

@@ -1,0 +1,209 @@
+"""XCiT against the official model (facebookresearch/xcit `xcit.py`), on every backend.
+
+`../shared/fixtures/official_dino_zoo/` holds two reduced official XCiTs (width 48, 2 XCA
+blocks, 4 heads, 2 class-attention blocks; patch 16 and 8) with trained-looking
+BatchNorm statistics, their CLS outputs and both attention maps at four sizes (one of
+them not square, one of them not a multiple of the patch), and intermediate tokens.
+"""
+
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_dino
+from keras_dino.checkpoints import official
+from keras_dino.models.official_names import xcit_map
+from keras_dino.models.xcit import XCITS, XCiT, xcit
+
+SIZES = ("224x224", "96x96", "64x64", "96x64")
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+TOL = dict(rtol=1e-4, atol=2e-5)
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(fixtures_dir):
+    return fixtures_dir.parent / "official_dino_zoo"
+
+
+@pytest.fixture(scope="module")
+def images(zoo_dir):
+    data = np.load(zoo_dir / "inputs.npz")
+    return {
+        size: ((data[f"{size}/uint8_nhwc"].astype(np.float32) / np.float32(255) - MEAN) / STD)
+        for size in SIZES
+    }
+
+
+@pytest.fixture(scope="module", params=(16, 8), ids=("mini16", "mini8"))
+def mini(request, zoo_dir):
+    patch = request.param
+    model = XCiT(patch_size=patch, embed_dim=48, depth=2, num_heads=4, cls_attn_layers=2)
+    state = dict(np.load(zoo_dir / f"backbone_xcit_mini{patch}.npz"))
+    official.load_state_dict(xcit_map(model), state, "XCiT")
+    return model, np.load(zoo_dir / f"outputs_xcit_mini{patch}.npz"), state
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cls_output_and_class_attention_match_the_official_model(mini, images, size):
+    model, ref, _ = mini
+    x = images[size]
+    np.testing.assert_allclose(_np(model(x)), ref[f"{size}/cls"], **TOL)
+    attention = _np(model.get_last_selfattention(x))
+    assert attention.shape == (2, 4, 1, ref[f"{size}/attn_cls_last"].shape[-1])
+    np.testing.assert_allclose(attention[:, :, 0], ref[f"{size}/attn_cls_last"], **TOL)
+
+
+@pytest.mark.parametrize("size", ("96x96", "64x64", "96x64"))
+def test_every_stage_matches_the_official_debug_tensors(mini, images, size):
+    model, ref, _ = mini
+    x = images[size]
+    grid = model.patch_embed(x)
+    rows, cols = grid.shape[1], grid.shape[2]
+    # every stride-2 convolution rounds up: ceil(n / 2)
+    assert (rows, cols) == tuple(int(v) for v in ref[f"{size}/grid_hw"])
+    tokens = ops.reshape(grid, (2, rows * cols, 48))
+    np.testing.assert_allclose(_np(tokens), ref[f"{size}/patch_tokens"], **TOL)
+    # the Fourier positions, NCHW in the fixture
+    positions = _np(model.pos_embeder(grid))[0].reshape(rows, cols, 48).transpose(2, 0, 1)
+    np.testing.assert_allclose(positions[None], ref[f"{size}/pos_encoding"], **TOL)
+    tokens = tokens + model.pos_embeder(grid)
+    tokens, xca = model.blocks[0](tokens, grid_h=rows, grid_w=cols, return_attention=True)
+    np.testing.assert_allclose(_np(tokens), ref[f"{size}/tokens_after_xca_block0"], **TOL)
+    tokens, xca = model.blocks[1](tokens, grid_h=rows, grid_w=cols, return_attention=True)
+    np.testing.assert_allclose(_np(tokens), ref[f"{size}/tokens_after_xca_last"], **TOL)
+    np.testing.assert_allclose(_np(xca), ref[f"{size}/xca_attn_last"], **TOL)  # (B, h, d, d)
+    cls = ops.broadcast_to(model.cls_token, (2, 1, 48))
+    tokens = ops.concatenate([cls, tokens], axis=1)
+    for j, block in enumerate(model.cls_attn_blocks):
+        # block 1 checks the official quirks: patch tokens get norm1(x) added, then doubled
+        tokens = block(tokens)
+        np.testing.assert_allclose(_np(tokens), ref[f"{size}/tokens_after_ca_block{j}"], **TOL)
+    np.testing.assert_allclose(_np(model.forward_features(x)), ref[f"{size}/tokens_final_norm"],
+                               **TOL)
+
+
+def test_official_state_dict_round_trip(mini):
+    model, _, state = mini
+    ours = official.state_dict_of(xcit_map(model))
+    expected = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert sorted(ours) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(ours[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("suffix", (".pth", ".npz"))
+def test_load_pretrained_reads_the_official_files(zoo_dir, images, suffix):
+    model = keras_dino.load_pretrained(zoo_dir / f"backbone_xcit_mini8{suffix}")
+    assert isinstance(model, XCiT)
+    config = official.infer_xcit_config(dict(np.load(zoo_dir / "backbone_xcit_mini8.npz")))
+    assert config == dict(patch_size=8, embed_dim=48, depth=2, num_heads=4, cls_attn_layers=2,
+                          mlp_ratio=4.0, qkv_bias=True)
+    ref = np.load(zoo_dir / "outputs_xcit_mini8.npz")["96x64/cls"]
+    np.testing.assert_allclose(_np(model(images["96x64"])), ref, **TOL)
+    with pytest.raises(ValueError, match="not a xcit_small_12_p8"):
+        keras_dino.load_pretrained(zoo_dir / f"backbone_xcit_mini8{suffix}",
+                                   arch="xcit_small_12_p8")
+    with pytest.raises(ValueError, match="patch_size=16 was asked for"):
+        keras_dino.load_pretrained(zoo_dir / f"backbone_xcit_mini8{suffix}", patch_size=16)
+
+
+@pytest.mark.slow  # backend-independent; runs once per CI run
+def test_official_sizes_and_parameter_counts():
+    # xcit.py's registry; DINO released small_12 and medium_24 at patch 16 and 8.
+    assert set(XCITS) >= {"xcit_small_12_p16", "xcit_small_12_p8", "xcit_medium_24_p16",
+                          "xcit_medium_24_p8"}
+    small = xcit("xcit_small_12_p16")
+    small.build((None, None, None, 3))
+    # 26.3 M in the official model with its 1000-class head (384 * 1000 + 1000 = 0.385 M).
+    assert sum(int(np.prod(v.shape)) for v in small.trainable_weights) == pytest.approx(
+        26.25e6 - 0.385e6, rel=0.01)
+    assert (xcit("xcit_medium_24_p8").eta, xcit("xcit_nano_12_p16").tokens_norm) == (1e-5, False)
+    with pytest.raises(ValueError, match="unknown XCiT 'xcit_huge'"):
+        xcit("xcit_huge")
+    with pytest.raises(ValueError, match="patch size 8 or 16"):
+        XCiT(patch_size=4)
+
+
+@pytest.mark.slow  # backend-independent; runs once per CI run
+def test_keras_file_round_trip(tmp_path, images):
+    import keras
+
+    model = XCiT(patch_size=16, embed_dim=32, depth=1, num_heads=4, cls_attn_layers=1)
+    x = images["64x64"]
+    expected = _np(model(x))
+    path = tmp_path / "xcit.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(_np(loaded(x)), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_maps_tool_reads_xcit(zoo_dir, images):
+    from keras_dino.evaluation import cls_attention_maps
+
+    model = keras_dino.load_pretrained(zoo_dir / "backbone_xcit_mini16.pth")
+    maps = cls_attention_maps(model, images["96x64"][0])
+    ref = np.load(zoo_dir / "outputs_xcit_mini16.npz")["96x64/attn_cls_last"][0, :, 1:]
+    np.testing.assert_allclose(maps, ref.reshape(4, 6, 4), **TOL)
+
+
+@pytest.mark.slow  # backend-independent; runs once per CI run
+def test_dino_trains_an_xcit_and_its_checkpoint_loads_back(tmp_path):
+    import keras
+
+    from keras_dino.models.official_names import xcit_map as names
+
+    keras.utils.set_random_seed(0)
+    model = keras_dino.DINO(arch="xcit_test", patch_size=8, out_dim=32, epochs=1,
+                            warmup_epochs=0, local_crops_number=2, momentum_teacher=0.9,
+                            vit_kwargs=dict(embed_dim=32, depth=1, num_heads=4,
+                                            cls_attn_layers=1),
+                            head_kwargs=dict(hidden_dim=32, bottleneck_dim=16), lr=0.01)
+    assert isinstance(model.backbone, XCiT)
+    rng = np.random.default_rng(0)
+    crops = tuple(rng.normal(size=(4, s, s, 3)).astype("float32") for s in (32, 32, 16, 16))
+    model.compile()
+    before = official.state_dict_of(names(model.student.backbone))
+    history = model.fit(crops, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = official.state_dict_of(names(model.student.backbone))
+    moved = [k for k in before if not np.array_equal(before[k], after[k])]
+    # every parameter kind learns, the depthwise LPI convolutions and temperatures too
+    for name in ("blocks.0.attn.temperature", "blocks.0.local_mp.conv1.weight",
+                 "patch_embed.proj.0.0.weight", "cls_attn_blocks.0.gamma2", "cls_token"):
+        assert name in moved, name
+    path = model.save_official_checkpoint(tmp_path / "checkpoint.pth")
+    teacher = keras_dino.load_pretrained(path)
+    x = crops[0]
+    np.testing.assert_allclose(_np(teacher(x)), _np(model.backbone(x)), rtol=1e-5, atol=1e-5)
+    again = keras_dino.DINO.from_pretrained(path, epochs=1)
+    assert isinstance(again.backbone, XCiT) and again.backbone.embed_dim == 32
+    np.testing.assert_allclose(_np(again.teacher(x)), _np(model.teacher(x)), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.tf_only
+def test_saved_model_export_serves_features_and_class_attention(zoo_dir, tmp_path):
+    import tensorflow as tf
+
+    model = keras_dino.load_pretrained(zoo_dir / "backbone_xcit_mini16.pth")
+    path = keras_dino.export_saved_model(model, tmp_path, image_size=64,
+                                         include_patch_tokens=True)
+    served = tf.saved_model.load(str(path))
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3)).astype("uint8")
+    x = keras_dino.normalize_images(pixels.astype("float32"))
+    out = served.signatures["serving_default"](images=tf.constant(pixels))
+    np.testing.assert_allclose(out["cls_embedding"].numpy(), _np(model(x)), **TOL)
+    tokens = _np(model.forward_features(x))[:, 1:]
+    np.testing.assert_allclose(out["patch_tokens"].numpy(), tokens, **TOL)
+    attention = served.signatures["attention"](images=tf.constant(pixels))["cls_attention"]
+    expected = _np(model.get_last_selfattention(x))[:, :, 0, 1:].reshape(2, 4, 4, 4)
+    np.testing.assert_allclose(attention.numpy(), expected, **TOL)
+    model_info = keras_dino.export.load_metadata(path)["model"]
+    assert (model_info["class"], model_info["patch_size"], model_info["cls_attn_layers"]) == (
+        "XCiT", 16, 2)

@@ -164,8 +164,11 @@ def official_preset(arch, patch_size):
     """The preset holding the official weights of `arch`/`patch_size`, or None."""
     from keras_dino.checkpoints.pretrained import PRESETS
 
+    from keras_dino.models.xcit import XCITS
+
     for name, (preset_arch, preset_patch, _) in PRESETS.items():
-        if preset_arch == arch and preset_patch in (None, patch_size):
+        # ResNets have no patches; an XCiT's name holds its patch size.
+        if preset_arch == arch and (preset_patch in (None, patch_size) or arch in XCITS):
             return name
     return None
 
@@ -180,14 +183,18 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
     `VisionTransformer` (e.g. `num_heads` for custom widths).
     """
     from keras_dino.checkpoints.pretrained import resolve_backbone
+    from keras_dino.models.resnet import RESNETS
     from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
+    from keras_dino.models.xcit import XCITS
 
-    known_arch = arch if arch in ARCHITECTURES else None
+    known_arch = arch if arch in ARCHITECTURES or arch in RESNETS or arch in XCITS else None
+    if arch in XCITS or arch in RESNETS:
+        patch_size = None  # in the name (XCiT) or none at all (ResNet), as the official tools
     if not pretrained_weights:
         pretrained_weights = official_preset(arch, patch_size)
         if pretrained_weights:
             say(f"no --pretrained_weights: using the official weights of {pretrained_weights}.")
-        elif known_arch is None:
+        elif arch not in ARCHITECTURES:
             raise ValueError(f"no --pretrained_weights, and '{arch}' is not one of "
                              f"{', '.join(ARCHITECTURES)} to initialise randomly.")
         else:

@@ -52,6 +52,11 @@ OFFICIAL_DEFAULTS = {
         batch_size_per_gpu=128, data_path="/path/to/imagenet/", num_workers=10, val_freq=1,
         output_dir=".", num_labels=1000, evaluate=False,
     ),
+    "eval_image_retrieval.py": dict(
+        data_path="/path/to/revisited_paris_oxford/", dataset="roxford5k", multiscale=False,
+        imsize=224, pretrained_weights="", use_cuda=True, arch="vit_small", patch_size=16,
+        checkpoint_key="teacher", num_workers=10,
+    ),
     "visualize_attention.py": dict(
         arch="vit_small", patch_size=8, pretrained_weights="", checkpoint_key="teacher",
         image_path=None, image_size=(480, 480), output_dir=".", threshold=None,

@@ -103,6 +103,7 @@ def test_preset_urls_are_the_official_ones():
         "dino_vitb16": "dino_vitbase16_pretrain",
         "dino_vitb8": "dino_vitbase8_pretrain",
         "dino_resnet50": "dino_resnet50_pretrain",
+        "dino_vits16_googlelandmark": "dino_vitsmall16_googlelandmark_pretrain",
         "dino_xcit_small_12_p16": "dino_xcit_small_12_p16_pretrain",
         "dino_xcit_small_12_p8": "dino_xcit_small_12_p8_pretrain",
         "dino_xcit_medium_24_p16": "dino_xcit_medium_24_p16_pretrain",

@@ -24,6 +24,8 @@ PRESETS = {
     "dino_vitb16": ("vit_base", 16, "dino_vitbase16_pretrain"),
     "dino_vitb8": ("vit_base", 8, "dino_vitbase8_pretrain"),
     "dino_resnet50": ("resnet50", None, "dino_resnet50_pretrain"),
+    # ViT-S/16 trained on Google Landmarks v2: the official image-retrieval default.
+    "dino_vits16_googlelandmark": ("vit_small", 16, "dino_vitsmall16_googlelandmark_pretrain"),
     "dino_xcit_small_12_p16": ("xcit_small_12_p16", 16, "dino_xcit_small_12_p16_pretrain"),
     "dino_xcit_small_12_p8": ("xcit_small_12_p8", 8, "dino_xcit_small_12_p8_pretrain"),
     "dino_xcit_medium_24_p16": ("xcit_medium_24_p16", 16, "dino_xcit_medium_24_p16_pretrain"),

@@ -397,3 +397,19 @@ def _unpickle(
             f"cannot read {path}: its pickle is corrupt or truncated ({type(exc).__name__}: {exc})"
         ) from exc
 
+
+
+def unpickle_data(data: bytes, path: str = "<pickle>") -> Any:
+    """A plain-data pickle (lists, dicts, strings, numbers, numpy arrays), loaded safely.
+
+    For data files that are pickles, such as the revisited Oxford/Paris ground truth
+    (`gnd_roxford5k.pkl`): the same allow-list as the `.pth` reader, so a pickle that
+    would import or call anything else raises `UnsafeCheckpointError` before it runs.
+
+    Example:
+
+    >>> import pickle
+    >>> unpickle_data(pickle.dumps({"imlist": ["a", "b"], "gnd": [{"easy": [0]}]}))
+    {'imlist': ['a', 'b'], 'gnd': [{'easy': [0]}]}
+    """
+    return _unpickle(data, path, None)

@@ -7,6 +7,9 @@ ViT-S/8 79.7%, ViT-B/16 78.2%, ViT-B/8 80.1%, ResNet-50 75.3% top-1 on ImageNet)
 1000 logits out.
 """
 
+import os  # noqa: F401  (type hints)
+
+import keras  # noqa: F401  (type hints)
 import numpy as np
 
 from keras_dino.evaluation.linear import LinearProbe, has_blocks, load_linear_checkpoint
@@ -51,7 +54,9 @@ def _linear_shape(path):
                    f"{', '.join(sorted(state)[:6])}.")
 
 
-def load_pretrained_classifier(backbone="dino_vits16", linear_weights=None, **load_kwargs):
+def load_pretrained_classifier(backbone: "str | os.PathLike | keras.Model" = "dino_vits16",
+                               linear_weights: "str | os.PathLike | None" = None,
+                               **load_kwargs) -> LinearProbe:
     """A released DINO backbone with its released ImageNet linear classifier.
 
     Args:

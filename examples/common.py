@@ -89,11 +89,12 @@ def run_tool(define_flags, run):
     app.run(main)
 
 
-def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16"):
+def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arch="vit_small"):
     """The flags that choose a backbone, shared by the evaluation and export tools.
 
     The official evaluation tools' `--pretrained_weights`, `--arch`, `--patch_size`
-    (16 by default; 8 in `visualize_attention.py`) and `--checkpoint_key`, and
+    (16 by default; 8 in `visualize_attention.py`), `--arch` (vit_small; vit_base in
+    `eval_copy_detection.py`) and `--checkpoint_key`, and
     keras_dino's `--num_heads` and `--backend`. `load_backbone(F)` reads them.
     """
     from absl import flags
@@ -101,9 +102,9 @@ def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16"):
     fv = dict(flag_values=flag_values)
     flags.DEFINE_string("pretrained_weights", "", f"Checkpoint file or preset name ({presets}, "
                         "...); empty: the official weights of --arch/--patch_size.", **fv)
-    flags.DEFINE_string("arch", "vit_small", "Architecture (vit_tiny, vit_small, vit_base, a "
-                        "torchvision ResNet name, or a custom name whose shape the checkpoint "
-                        "gives).", **fv)
+    flags.DEFINE_string("arch", arch, "Architecture (vit_tiny, vit_small, vit_base, a "
+                        "torchvision ResNet name, an XCiT name, or a custom name whose shape "
+                        "the checkpoint gives).", **fv)
     flags.DEFINE_integer("patch_size", patch_size, "Patch size of the model.", **fv)
     flags.DEFINE_string("checkpoint_key", "teacher", "Model of a full training checkpoint "
                         "(teacher or student).", **fv)

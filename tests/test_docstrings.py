@@ -29,6 +29,8 @@ MODULES = sorted(
         "keras_dino.losses",
         "keras_dino.evaluation.attention_maps",
         "keras_dino.evaluation.classifier",
+        "keras_dino.evaluation.copy_detection",
+        "keras_dino.evaluation.retrieval",
         "keras_dino.evaluation.datasets",
         "keras_dino.evaluation.features",
         "keras_dino.evaluation.knn",

@@ -52,6 +52,12 @@ OFFICIAL_DEFAULTS = {
         batch_size_per_gpu=128, data_path="/path/to/imagenet/", num_workers=10, val_freq=1,
         output_dir=".", num_labels=1000, evaluate=False,
     ),
+    "eval_copy_detection.py": dict(
+        data_path="/path/to/copydays/", whitening_path="/path/to/whitening_data/",
+        distractors_path="/path/to/distractors/", imsize=320, batch_size_per_gpu=16,
+        pretrained_weights="", use_cuda=True, arch="vit_base", patch_size=8,
+        checkpoint_key="teacher", num_workers=10,
+    ),
     "eval_image_retrieval.py": dict(
         data_path="/path/to/revisited_paris_oxford/", dataset="roxford5k", multiscale=False,
         imsize=224, pretrained_weights="", use_cuda=True, arch="vit_small", patch_size=16,

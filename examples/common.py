@@ -164,7 +164,6 @@ def eval_split_paths(data_path):
 def official_preset(arch, patch_size):
     """The preset holding the official weights of `arch`/`patch_size`, or None."""
     from keras_dino.checkpoints.pretrained import PRESETS
-
     from keras_dino.models.xcit import XCITS
 
     for name, (preset_arch, preset_patch, _) in PRESETS.items():

@@ -390,13 +390,13 @@ def test_eval_linear_trains_resumes_and_evaluates(checkpoint, image_folder, tmp_
 def test_eval_linear_evaluates_a_released_resnet_classifier(image_folder, tmp_path):
     # The official tool's `--evaluate` with an official ResNet and its linear classifier
     # (the zoo fixtures, 100 labels): the accuracy of the library's classifier.
+    from absl import app
+
     from keras_dino.evaluation import (
         evaluate_linear_probe,
         image_folder_dataset,
         load_pretrained_classifier,
     )
-
-    from absl import app
 
     zoo = SHARED / "fixtures" / "official_dino_zoo"
     flags = dict(pretrained_weights=zoo / "backbone_resnet_mini.pth", arch="resnet_mini",

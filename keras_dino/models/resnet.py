@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_dino.layers.batch_norm import BatchNorm
+from keras_dino.models.image_inputs import check_rgb_images
 
 # torchvision's architectures (`main_dino.py --arch` takes any of them): block, layers,
 # width_per_group.
@@ -200,10 +201,7 @@ class ResNet(keras.Model):
     def build(self, input_shape=None):
         if self.built:
             return
-        if input_shape is not None and input_shape[-1] not in (None, 3):
-            raise ValueError(
-                f"expected channels-last RGB images (..., H, W, 3); got shape {tuple(input_shape)}."
-            )
+        check_rgb_images(input_shape)
         shape = (None, None, None, 3)
         self.conv1.build(shape)
         shape = (None, None, None, self.stem_width)
@@ -227,10 +225,7 @@ class ResNet(keras.Model):
         >>> {name: tuple(maps[name].shape) for name in ("stem", "layer4")}
         {'stem': (1, 16, 16, 64), 'layer4': (1, 2, 2, 512)}
         """
-        if images.shape[-1] not in (None, 3):
-            raise ValueError(
-                f"expected channels-last RGB images (..., H, W, 3); got shape {tuple(images.shape)}."
-            )
+        check_rgb_images(images.shape)
         if not self.built:
             self.build(tuple(images.shape))
         x = self.conv1(_pad(images, 3))

@@ -7,6 +7,7 @@ from keras_dino.layers.initializers import TruncNormal
 from keras_dino.layers.patch_embedding import PatchEmbedding
 from keras_dino.layers.position_embedding import interpolate_pos_encoding
 from keras_dino.layers.transformer_block import LAYER_NORM_EPSILON, TransformerBlock
+from keras_dino.models.image_inputs import check_rgb_images
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -117,11 +118,8 @@ class VisionTransformer(keras.Model):
     def build(self, input_shape=None):
         if self.built:
             return
-        if input_shape is not None and input_shape[-1] not in (None, 3):
-            # Checked before any weight exists, so a wrong call leaves the model unbuilt.
-            raise ValueError(
-                f"expected channels-last RGB images (..., H, W, 3); got shape {tuple(input_shape)}."
-            )
+        # Checked before any weight exists, so a wrong call leaves the model unbuilt.
+        check_rgb_images(input_shape)
         channels = 3
         self.cls_token = self.add_weight(
             name="cls_token", shape=(1, 1, self.embed_dim), initializer=TruncNormal(stddev=0.02)
@@ -148,10 +146,7 @@ class VisionTransformer(keras.Model):
                 f"model is traced (got shape {tuple(images.shape)}): position embeddings are "
                 "interpolated per grid size. Give the input a static spatial shape."
             )
-        if images.shape[-1] != 3 and images.shape[-1] is not None:
-            raise ValueError(
-                f"expected channels-last RGB images (..., H, W, 3); got shape {tuple(images.shape)}."
-            )
+        check_rgb_images(images.shape)
         return height // self.patch_size, width // self.patch_size
 
     def interpolate_pos_encoding(self, grid_h: int, grid_w: int):

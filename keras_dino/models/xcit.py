@@ -17,6 +17,7 @@ from keras_dino.layers.xcit_blocks import (
     FourierPositionEncoding,
     XCABlock,
 )
+from keras_dino.models.image_inputs import check_rgb_images
 
 # The official registry (xcit.py): width, depth, heads, layer-scale init, tokens_norm;
 # each at patch 16 and 8. DINO released small_12 and medium_24.
@@ -111,9 +112,7 @@ class XCiT(keras.Model):
     def build(self, input_shape=None):
         if self.built:
             return
-        if input_shape is not None and input_shape[-1] not in (None, 3):
-            raise ValueError(f"expected channels-last RGB images (..., H, W, 3); got shape "
-                             f"{tuple(input_shape)}.")
+        check_rgb_images(input_shape)
         self.cls_token = self.add_weight(name="cls_token", shape=(1, 1, self.embed_dim),
                                          initializer=TruncNormal(stddev=0.02))
         self.patch_embed.build((None, None, None, 3))
@@ -127,9 +126,7 @@ class XCiT(keras.Model):
 
     def _tokens(self, images, training=None, return_attention=False):
         """All tokens after the class-attention blocks, `(B, 1 + N, E)`, before the norm."""
-        if images.shape[-1] not in (None, 3):
-            raise ValueError(f"expected channels-last RGB images (..., H, W, 3); got shape "
-                             f"{tuple(images.shape)}.")
+        check_rgb_images(images.shape)
         if not self.built:
             self.build(tuple(images.shape))
         grid = self.patch_embed(images, training=training)

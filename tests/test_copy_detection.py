@@ -113,6 +113,7 @@ def _tool():
     return eval_copy_detection
 
 
+@pytest.mark.slow  # one backend suffices: the numerics are tested per backend
 @pytest.mark.parametrize("extras", (False, True), ids=("plain", "whitened+distractors"))
 def test_copy_detection_tool_scores_every_block(copydays, tmp_path, extras):
     from absl import flags

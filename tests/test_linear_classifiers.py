@@ -68,6 +68,7 @@ def test_official_linear_classifiers_reproduce_eval_linear(zoo_dir, fixtures_dir
     assert state["best_acc"] == pytest.approx(stats["acc1"])
 
 
+@pytest.mark.slow  # one backend suffices: the numerics are tested per backend
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_pretrained_classifier_reads_its_recipe_off_the_linear_layer(zoo_dir, fixtures_dir,
                                                                      images, name):

@@ -102,6 +102,7 @@ def test_multiscale_resize_is_torch_interpolate():
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # one backend suffices: the numerics are tested per backend
 def test_multiscale_descriptor_is_the_normalised_mean_of_three_scales():
     from keras import ops
 
@@ -154,6 +155,7 @@ def revisited(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # one backend suffices: the numerics are tested per backend
 @pytest.mark.parametrize("multiscale", (False, True))
 def test_retrieval_tool_finds_the_copies(revisited, tmp_path, multiscale):
     sys.path.insert(0, os.path.join(REPO, "examples"))

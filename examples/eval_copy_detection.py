@@ -5,13 +5,15 @@ The official flags keep their names and defaults (`--data_path`, `--whitening_pa
 `--arch` vit_base, `--patch_size` 8, `--checkpoint_key`, `--num_workers` and
 `--use_cuda`, the last two accepted for compatibility). Added: `--output_dir` (a JSON
 line in `log.txt`) and `--backend`. Prints `eval on <block> mAP=...` per query block as
-the official tool, then a summary. Folders of whitening or distractor images that do
+the official tool, then a summary, and last one JSON line:
+`{"mAP": {"original": ..., "strong": ..., "jpegqual/3": ..., ...}, ...}`. Folders of whitening or distractor images that do
 not exist are skipped, as in the official tool, and said so.
 
     python examples/eval_copy_detection.py --data_path=/data/copydays \\
         --whitening_path=/data/yfcc20k --distractors_path=/data/yfcc10k
 """
 
+import json
 import os
 import sys
 
@@ -70,8 +72,11 @@ def run(F):
     say(f"copy detection: strong mAP {stats.get('strong', float('nan')):.3f} against "
         f"{stats['num_database']} database images"
         f"{', whitened' if stats['whitened'] else ''}.")
+    record = {"mAP": {block: round(stats[block], 4) for block in blocks},
+              "num_database": stats["num_database"], "whitened": stats["whitened"]}
     if F.output_dir:
-        append_log(F.output_dir, {"imsize": F.imsize, **stats})
+        append_log(F.output_dir, {**record, "imsize": F.imsize})
+    print(json.dumps(record), flush=True)  # the tool's last line: its figures
     return stats
 
 

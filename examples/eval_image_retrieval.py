@@ -5,7 +5,9 @@ The official flags keep their names and defaults (`--data_path`, `--dataset`,
 `--checkpoint_key`, `--num_workers`, `--use_cuda`, the last two accepted for
 compatibility: Keras picks the device). Added: `--crop_queries` (crop each query to
 its bounding box, the benchmark's own protocol; off, as the official script),
-`--output_dir` (a JSON line in `log.txt`) and `--backend`.
+`--output_dir` (a JSON line in `log.txt`) and `--backend`. The last line printed is one
+JSON line: `{"dataset": ..., "mAP_M": ..., "mAP_H": ..., "mP@k_M": ..., "mP@k_H": ...}`
+(percent).
 
 Layout: `<data_path>/<dataset>/gnd_<dataset>.pkl` and `<data_path>/<dataset>/jpg/*.jpg`
 (the revisitop download). The ground-truth pickle is read without running any of its
@@ -16,6 +18,7 @@ Google Landmarks v2, as the official tool does.
         --dataset=roxford5k --multiscale=true --imsize=512
 """
 
+import json
 import sys
 
 from common import (
@@ -78,9 +81,13 @@ def run(F):
     medium = [round(stats["mP@k_medium"][k], 2) for k in ks]
     hard = [round(stats["mP@k_hard"][k], 2) for k in ks]
     say(f">> {F.dataset}: mP@k{ks} M: {medium}, H: {hard}")
+    record = {"dataset": F.dataset, "mAP_M": round(stats["mAP_medium"], 2),
+              "mAP_H": round(stats["mAP_hard"], 2),
+              "mP@k_M": {k: round(v, 2) for k, v in stats["mP@k_medium"].items()},
+              "mP@k_H": {k: round(v, 2) for k, v in stats["mP@k_hard"].items()}}
     if F.output_dir:
-        append_log(F.output_dir, {"dataset": F.dataset, "multiscale": F.multiscale,
-                                  "imsize": F.imsize, **{k: v for k, v in stats.items()}})
+        append_log(F.output_dir, {**record, "multiscale": F.multiscale, "imsize": F.imsize})
+    print(json.dumps(record), flush=True)  # the tool's last line: its figures
     return stats
 
 

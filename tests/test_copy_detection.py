@@ -115,7 +115,7 @@ def _tool():
 
 @pytest.mark.slow  # one backend suffices: the numerics are tested per backend
 @pytest.mark.parametrize("extras", (False, True), ids=("plain", "whitened+distractors"))
-def test_copy_detection_tool_scores_every_block(copydays, tmp_path, extras):
+def test_copy_detection_tool_scores_every_block(copydays, tmp_path, extras, capsys):
     from absl import flags
 
     tool = _tool()
@@ -141,3 +141,8 @@ def test_copy_detection_tool_scores_every_block(copydays, tmp_path, extras):
     assert set(stats) == {"original", "strong", "jpegqual/75", "crops/50", "num_database",
                           "whitened"}
     assert (tmp_path / "log.txt").read_text().count('"strong"') == 1
+    import json
+
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["mAP"] == {b: round(stats[b], 4)
+                           for b in ("original", "strong", "jpegqual/75", "crops/50")}

@@ -109,3 +109,71 @@ def test_released_classifier_preset_offline_names_the_linear_weights(monkeypatch
     assert url in str(info.value)
     assert str(tmp_path / "models" / "keras_dino" / "dino_resnet50_linearweights.pth") in str(
         info.value)
+
+
+def test_load_pretrained_with_linear_head_is_the_classifier(zoo_dir, fixtures_dir, images):
+    # The API: load_pretrained(path, arch=..., linear_head=path), recipe overridable.
+    classifier = keras_dino.load_pretrained(fixtures_dir / "backbone_vit_mini16.pth",
+                                            num_heads=3,
+                                            linear_head=zoo_dir / "linear_vit_mini16_vitb_recipe.pth")
+    assert (classifier.n_last_blocks, classifier.avgpool_patchtokens) == (1, True)
+    logits = np.load(zoo_dir / "linear_outputs_vit_mini16_vitb_recipe.npz")["logits"]
+    np.testing.assert_allclose(ops.convert_to_numpy(classifier(images)), logits, rtol=1e-4,
+                               atol=1e-5)
+    # a recipe that does not fit the layer's width says which one would
+    with pytest.raises(ValueError, match="give 192. Its width fits n_last_blocks=1, "
+                                         "avgpool_patchtokens=True"):
+        keras_dino.load_pretrained(fixtures_dir / "backbone_vit_mini16.pth", num_heads=3,
+                                   linear_head=zoo_dir / "linear_vit_mini16_vitb_recipe.pth",
+                                   n_last_blocks=4)
+    with pytest.raises(ValueError, match="pass the linear-weights file"):
+        keras_dino.load_pretrained(fixtures_dir / "backbone_vit_mini16.pth", num_heads=3,
+                                   linear_head=True)
+
+
+def test_imagenet_class_names_ship_with_the_package():
+    from keras_dino.evaluation.classifier import imagenet_class_names
+
+    names = imagenet_class_names()
+    assert len(names) == 1000
+    assert (names[0], names[281], names[999]) == ("tench", "tabby", "toilet tissue")
+
+
+def test_classify_tool_prints_the_top_classes(zoo_dir, capsys):
+    import json
+    import os
+    import sys
+
+    from absl import flags
+
+    from keras_dino.evaluation import linear_features
+    from keras_dino.preprocessing import EvalConfig
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(repo, "examples"))
+    try:
+        import classify
+    finally:
+        sys.path.pop(0)
+    image = os.path.join(repo, "keras_dino", "datasets", "cifar10_mini", "test")
+    image = sorted(os.path.join(d, f) for d, _, fs in os.walk(image) for f in fs)[0]
+    values = flags.FlagValues()
+    classify.define_flags(values)
+    values(["classify", f"--pretrained_weights={zoo_dir / 'backbone_resnet_mini.pth'}",
+            "--arch=resnet_mini", f"--linear_weights={zoo_dir / 'linear_resnet_mini.pth'}",
+            f"--image_path={image}", "--topk=3"])
+    top = classify.run(values)
+    # the same numbers by hand: backbone output, the linear layer, a softmax
+    backbone = keras_dino.load_pretrained(zoo_dir / "backbone_resnet_mini.pth")
+    state = np.load(zoo_dir / "linear_resnet_mini.npz")
+    x = EvalConfig(224).load(image)[None]
+    logits = (ops.convert_to_numpy(linear_features(backbone, x))[0]
+              @ state["state_dict/module.linear.weight"].T + state["state_dict/module.linear.bias"])
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    expected = np.argsort(-p)[:3]
+    assert [index for _, index, _ in top] == expected.tolist()
+    np.testing.assert_allclose([q for _, _, q in top], p[expected], rtol=1e-4)
+    assert top[0][0] == f"class {expected[0]}"  # 100 labels: not ImageNet's names
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [c["index"] for c in last["top3"]] == expected.tolist()

@@ -157,7 +157,7 @@ def revisited(tmp_path_factory):
 
 @pytest.mark.slow  # one backend suffices: the numerics are tested per backend
 @pytest.mark.parametrize("multiscale", (False, True))
-def test_retrieval_tool_finds_the_copies(revisited, tmp_path, multiscale):
+def test_retrieval_tool_finds_the_copies(revisited, tmp_path, multiscale, capsys):
     sys.path.insert(0, os.path.join(REPO, "examples"))
     try:
         import eval_image_retrieval
@@ -177,4 +177,8 @@ def test_retrieval_tool_finds_the_copies(revisited, tmp_path, multiscale):
     assert stats["mP@k_medium"] == {1: pytest.approx(100.0), 5: pytest.approx(100.0),
                                     10: pytest.approx(100.0)}
     assert (stats["num_database"], stats["num_queries"]) == (12, 2)
-    assert (tmp_path / "log.txt").read_text().count("mAP_medium") == 1
+    assert (tmp_path / "log.txt").read_text().count("mAP_M") == 1
+    import json
+
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (last["dataset"], last["mAP_M"], last["mAP_H"]) == ("roxford5k", 100.0, 100.0)

@@ -235,6 +235,7 @@ def load_pretrained(
     patch_size: int | None = None,
     checkpoint_key: str = "teacher",
     with_head: bool = False,
+    linear_head=None,
     **model_kwargs,
 ):
     """Official DINO weights as a Keras model.
@@ -254,11 +255,18 @@ def load_pretrained(
         checkpoint_key: `"teacher"` or `"student"` for full training checkpoints.
         with_head: also build the DINO head; returns a `MultiCropWrapper` whose
             `backbone` and `head` hold the weights.
+        linear_head: an ImageNet linear classifier on top: `True` for the preset's
+            released `*_linearweights.pth`, or the path of a linear-weights file (or
+            an `eval_linear.py` checkpoint). Returns a Keras model from NHWC images to
+            logits with the official evaluation recipe of the architecture
+            (`keras_dino.evaluation.load_pretrained_classifier`; `n_last_blocks` and
+            `avgpool_patchtokens` in `model_kwargs` override it).
         **model_kwargs: extra `VisionTransformer` arguments (e.g. `num_heads` for
             non-standard widths, `drop_path_rate`, `use_fused_attention`).
 
     Returns:
-        A `VisionTransformer` (or a `ResNet`), or a `MultiCropWrapper` when `with_head`.
+        A `VisionTransformer` (or a `ResNet`, an `XCiT`), a `MultiCropWrapper` when
+        `with_head`, a `LinearProbe` classifier when `linear_head`.
 
     Example:
 
@@ -269,6 +277,22 @@ def load_pretrained(
     ```
     """
     name_or_path = os.fspath(name_or_path)
+    if linear_head is not None and linear_head is not False:
+        # The classifier lives with the evaluation code; imported here, on demand.
+        from keras_dino.evaluation.classifier import load_pretrained_classifier
+
+        if with_head:
+            raise ValueError("with_head and linear_head exclude each other.")
+        recipe = {k: model_kwargs.pop(k) for k in ("n_last_blocks", "avgpool_patchtokens")
+                  if k in model_kwargs}
+        backbone = load_pretrained(name_or_path, arch, patch_size, checkpoint_key,
+                                   **model_kwargs)
+        if linear_head is True:
+            if name_or_path not in PRESETS:
+                raise ValueError("linear_head=True takes the released classifier of a preset; "
+                                 f"for '{name_or_path}' pass the linear-weights file.")
+            linear_head = preset_file(name_or_path, "linear")
+        return load_pretrained_classifier(backbone, linear_head, **recipe)
     if name_or_path in PRESETS:
         preset_arch, preset_patch, _ = PRESETS[name_or_path]
         arch = arch or preset_arch

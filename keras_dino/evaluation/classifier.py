@@ -7,12 +7,30 @@ ViT-S/8 79.7%, ViT-B/16 78.2%, ViT-B/8 80.1%, ResNet-50 75.3% top-1 on ImageNet)
 1000 logits out.
 """
 
-import os  # noqa: F401  (type hints)
+import os
 
 import keras  # noqa: F401  (type hints)
 import numpy as np
 
 from keras_dino.evaluation.linear import LinearProbe, has_blocks, load_linear_checkpoint
+
+
+def imagenet_class_names() -> list:
+    """The 1,000 ImageNet-1k class names, in the order of the released classifiers' logits.
+
+    (WordNet-derived names as torchvision lists them, `imagenet_classes.json`.)
+
+    Example:
+
+    >>> names = imagenet_class_names()
+    >>> len(names), names[0], names[207]
+    (1000, 'tench', 'golden retriever')
+    """
+    import json
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.json")
+    with open(path) as f:
+        return json.load(f)
 
 
 def linear_recipe(backbone, in_features: int) -> dict:
@@ -56,6 +74,8 @@ def _linear_shape(path):
 
 def load_pretrained_classifier(backbone: "str | os.PathLike | keras.Model" = "dino_vits16",
                                linear_weights: "str | os.PathLike | None" = None,
+                               n_last_blocks: int | None = None,
+                               avgpool_patchtokens: bool | None = None,
                                **load_kwargs) -> LinearProbe:
     """A released DINO backbone with its released ImageNet linear classifier.
 
@@ -66,6 +86,9 @@ def load_pretrained_classifier(backbone: "str | os.PathLike | keras.Model" = "di
         linear_weights: the classifier file (`*_linearweights.pth` or an
             `eval_linear.py` `checkpoint.pth.tar`); by default the preset's released
             one, downloaded once into the Keras cache.
+        n_last_blocks, avgpool_patchtokens: ViT feature recipe, read off the layer's
+            width when not given (ViT-S: 4 blocks, no average; ViT-B: 1 block with the
+            mean patch token); given, the layer must fit it.
         **load_kwargs: passed to `keras_dino.load_pretrained` (`arch`, `patch_size`,
             `checkpoint_key`, ...).
 
@@ -91,7 +114,20 @@ def load_pretrained_classifier(backbone: "str | os.PathLike | keras.Model" = "di
     if not hasattr(backbone, "embed_dim"):
         backbone = load_pretrained(backbone, **load_kwargs)
     num_labels, in_features = _linear_shape(linear_weights)
-    probe = LinearProbe(backbone, int(num_labels), **linear_recipe(backbone, int(in_features)))
+    recipe = linear_recipe(backbone, int(in_features))
+    if n_last_blocks is not None or avgpool_patchtokens is not None:
+        asked = dict(n_last_blocks=n_last_blocks or 1,
+                     avgpool_patchtokens=bool(avgpool_patchtokens))
+        width = backbone.embed_dim * (2 if asked["avgpool_patchtokens"] else asked["n_last_blocks"])
+        if recipe and width != in_features:
+            raise ValueError(
+                f"{linear_weights} takes {in_features} features; n_last_blocks="
+                f"{asked['n_last_blocks']}, avgpool_patchtokens="
+                f"{asked['avgpool_patchtokens']} give {width}. Its width fits "
+                f"n_last_blocks={recipe['n_last_blocks']}, avgpool_patchtokens="
+                f"{recipe['avgpool_patchtokens']}.")
+        recipe = asked if recipe else recipe
+    probe = LinearProbe(backbone, int(num_labels), **recipe)
     probe.compile_official()  # ready for `evaluate` (loss, acc1, acc5) or more training
     load_linear_checkpoint(probe, linear_weights)
     return probe

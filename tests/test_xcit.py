@@ -207,3 +207,29 @@ def test_saved_model_export_serves_features_and_class_attention(zoo_dir, tmp_pat
     model_info = keras_dino.export.load_metadata(path)["model"]
     assert (model_info["class"], model_info["patch_size"], model_info["cls_attn_layers"]) == (
         "XCiT", 16, 2)
+
+
+@pytest.mark.parametrize("file, arch, message", [
+    ("official_dino_zoo/backbone_xcit_mini16.pth", "resnet50",
+     "holds an XCiT backbone, but arch='resnet50' is a ResNet"),
+    ("official_dino_zoo/backbone_resnet_mini.pth", "xcit_small_12_p16",
+     "holds a ResNet backbone, but arch='xcit_small_12_p16' is an XCiT"),
+    ("official_dino/backbone_vit_mini16.pth", "resnet50",
+     "holds a Vision Transformer backbone, but arch='resnet50' is a ResNet"),
+    ("official_dino_zoo/backbone_xcit_mini8.pth", "vit_small",
+     "holds an XCiT backbone, but arch='vit_small' is a Vision Transformer"),
+])
+def test_a_checkpoint_of_one_architecture_loaded_as_another_names_both(fixtures_dir, file,
+                                                                        arch, message):
+    with pytest.raises(ValueError, match=message):
+        keras_dino.load_pretrained(fixtures_dir.parent / file, arch=arch)
+
+
+def test_dino_from_pretrained_refuses_another_family(fixtures_dir):
+    with pytest.raises(ValueError, match="holds a Vision Transformer backbone, but "
+                                         "arch='xcit_small_12_p16' is an XCiT"):
+        keras_dino.DINO.from_pretrained(fixtures_dir / "backbone_vit_mini16.pth",
+                                        arch="xcit_small_12_p16", epochs=1)
+    with pytest.raises(ValueError, match="holds an XCiT backbone, but arch='vit_small'"):
+        keras_dino.DINO.from_pretrained(fixtures_dir.parent / "official_dino_zoo" /
+                                        "backbone_xcit_mini16.pth", arch="vit_small", epochs=1)

@@ -205,7 +205,27 @@ def _build_xcit(state_dict, arch, patch_size, args, overrides):
     return backbone
 
 
+def _check_family(state_dict, arch):
+    """A checkpoint of one kind of network asked for as another: name both."""
+    from keras_dino.models.resnet import RESNETS
+    from keras_dino.models.xcit import XCITS
+
+    families = {"Vision Transformer": ARCHITECTURES, "ResNet": RESNETS, "XCiT": XCITS}
+    asked = next((family for family, names in families.items() if arch in names), None)
+    if official.is_resnet_state(state_dict):
+        held = "ResNet"
+    elif official.is_xcit_state(state_dict):
+        held = "XCiT"
+    else:
+        held = "Vision Transformer"
+    if asked is not None and asked != held:
+        article = {"XCiT": "an"}
+        raise ValueError(f"the checkpoint holds {article.get(held, 'a')} {held} backbone, but "
+                         f"arch='{arch}' is {article.get(asked, 'a')} {asked}.")
+
+
 def _build_backbone(state_dict, arch, patch_size, args, overrides):
+    _check_family(state_dict, arch)
     if official.is_resnet_state(state_dict):
         return _build_resnet(state_dict, arch, overrides)
     if official.is_xcit_state(state_dict):
@@ -235,7 +255,7 @@ def load_pretrained(
     patch_size: int | None = None,
     checkpoint_key: str = "teacher",
     with_head: bool = False,
-    linear_head=None,
+    linear_head: "bool | str | os.PathLike | None" = None,
     **model_kwargs,
 ):
     """Official DINO weights as a Keras model.

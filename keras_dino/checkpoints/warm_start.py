@@ -146,15 +146,19 @@ def _architecture(start: WarmStart, kwargs: dict) -> dict:
         return _xcit_architecture(start, kwargs)
     heads = (kwargs.get("vit_kwargs") or {}).get("num_heads")
     arch = kwargs.get("arch") or start.args.get("arch")
+    if arch and is_resnet(arch, kwargs.get("resnet_kwargs")):
+        raise ValueError(
+            f"{start.source} holds a Vision Transformer backbone, but arch='{arch}' is a ResNet."
+        )
+    if arch and is_xcit(arch):
+        raise ValueError(
+            f"{start.source} holds a Vision Transformer backbone, but arch='{arch}' is an XCiT."
+        )
     if heads is None and arch in ARCHITECTURES:
         heads = ARCHITECTURES[arch]["num_heads"]
     if heads is None:
         heads = (start.args.get("vit_kwargs") or {}).get("num_heads")
     config = official.infer_backbone_config(state, num_heads=heads)
-    if arch and is_resnet(arch, kwargs.get("resnet_kwargs")):
-        raise ValueError(
-            f"{start.source} holds a Vision Transformer backbone, but arch='{arch}' is a ResNet."
-        )
     if arch in ARCHITECTURES:
         expected = ARCHITECTURES[arch]
         if (config["embed_dim"], config["depth"]) != (expected["embed_dim"], expected["depth"]):

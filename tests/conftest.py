@@ -79,14 +79,30 @@ def fixtures_dir():
     return FIXTURES
 
 
+def _normalised(u8):
+    """uint8 NHWC images as the official tools normalise them, float32."""
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    return ((u8.astype(np.float32) / np.float32(255) - mean) / std).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(fixtures_dir):
+    """`../shared/fixtures/official_dino_zoo/`: ResNet, XCiT and linear-classifier fixtures."""
+    return fixtures_dir.parent / "official_dino_zoo"
+
+
+@pytest.fixture(scope="session")
+def zoo_inputs(zoo_dir):
+    """The zoo fixtures' images at 224x224, 96x96, 64x64 and 96x64, normalised, NHWC."""
+    data = np.load(zoo_dir / "inputs.npz")
+    return {size: _normalised(data[f"{size}/uint8_nhwc"])
+            for size in ("224x224", "96x96", "64x64", "96x64")}
+
+
 @pytest.fixture(scope="session")
 def official_inputs(fixtures_dir):
     """The fixture images, normalised exactly as the official tools do, NHWC float32."""
     data = np.load(fixtures_dir / "inputs.npz")
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
-    out = {}
-    for size in ("224x224", "96x96", "480x320"):
-        u8 = data[f"{size}/uint8_nhwc"]
-        out[size] = ((u8.astype(np.float32) / np.float32(255) - mean) / std).astype(np.float32)
-    return out
+    return {size: _normalised(data[f"{size}/uint8_nhwc"])
+            for size in ("224x224", "96x96", "480x320")}

@@ -23,8 +23,6 @@ from keras_dino.evaluation import (
     load_pretrained_classifier,
 )
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 RECIPES = {
     "resnet_mini": {},
     "vit_mini16_vits_recipe": dict(n_last_blocks=4, avgpool_patchtokens=False),
@@ -34,14 +32,9 @@ RECIPES = {
 
 
 @pytest.fixture(scope="module")
-def zoo_dir(fixtures_dir):
-    return fixtures_dir.parent / "official_dino_zoo"
-
-
-@pytest.fixture(scope="module")
-def images(zoo_dir):
-    u8 = np.load(zoo_dir / "inputs.npz")["224x224/uint8_nhwc"]
-    return (u8.astype(np.float32) / np.float32(255) - MEAN) / STD
+def images(zoo_inputs):
+    """The 224x224 inputs: the official val transform makes 224 crops."""
+    return zoo_inputs["224x224"]
 
 
 def _backbone_file(name, zoo_dir, fixtures_dir):

@@ -16,22 +16,6 @@ from keras_dino.models.official_names import resnet_map
 from keras_dino.models.resnet import RESNETS, ResNet, resnet
 
 SIZES = ("224x224", "96x96", "64x64", "96x64")
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-@pytest.fixture(scope="module")
-def zoo_dir(fixtures_dir):
-    return fixtures_dir.parent / "official_dino_zoo"
-
-
-@pytest.fixture(scope="module")
-def zoo_inputs(zoo_dir):
-    data = np.load(zoo_dir / "inputs.npz")
-    return {
-        size: ((data[f"{size}/uint8_nhwc"].astype(np.float32) / np.float32(255) - MEAN) / STD)
-        for size in SIZES
-    }
 
 
 @pytest.fixture(scope="module")

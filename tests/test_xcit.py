@@ -16,27 +16,11 @@ from keras_dino.models.official_names import xcit_map
 from keras_dino.models.xcit import XCITS, XCiT, xcit
 
 SIZES = ("224x224", "96x96", "64x64", "96x64")
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 TOL = dict(rtol=1e-4, atol=2e-5)
 
 
 def _np(x):
     return ops.convert_to_numpy(x)
-
-
-@pytest.fixture(scope="module")
-def zoo_dir(fixtures_dir):
-    return fixtures_dir.parent / "official_dino_zoo"
-
-
-@pytest.fixture(scope="module")
-def images(zoo_dir):
-    data = np.load(zoo_dir / "inputs.npz")
-    return {
-        size: ((data[f"{size}/uint8_nhwc"].astype(np.float32) / np.float32(255) - MEAN) / STD)
-        for size in SIZES
-    }
 
 
 @pytest.fixture(scope="module", params=(16, 8), ids=("mini16", "mini8"))
@@ -49,9 +33,9 @@ def mini(request, zoo_dir):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_cls_output_and_class_attention_match_the_official_model(mini, images, size):
+def test_cls_output_and_class_attention_match_the_official_model(mini, zoo_inputs, size):
     model, ref, _ = mini
-    x = images[size]
+    x = zoo_inputs[size]
     np.testing.assert_allclose(_np(model(x)), ref[f"{size}/cls"], **TOL)
     attention = _np(model.get_last_selfattention(x))
     assert attention.shape == (2, 4, 1, ref[f"{size}/attn_cls_last"].shape[-1])
@@ -59,9 +43,9 @@ def test_cls_output_and_class_attention_match_the_official_model(mini, images, s
 
 
 @pytest.mark.parametrize("size", ("96x96", "64x64", "96x64"))
-def test_every_stage_matches_the_official_debug_tensors(mini, images, size):
+def test_every_stage_matches_the_official_debug_tensors(mini, zoo_inputs, size):
     model, ref, _ = mini
-    x = images[size]
+    x = zoo_inputs[size]
     grid = model.patch_embed(x)
     rows, cols = grid.shape[1], grid.shape[2]
     # every stride-2 convolution rounds up: ceil(n / 2)
@@ -97,14 +81,14 @@ def test_official_state_dict_round_trip(mini):
 
 
 @pytest.mark.parametrize("suffix", (".pth", ".npz"))
-def test_load_pretrained_reads_the_official_files(zoo_dir, images, suffix):
+def test_load_pretrained_reads_the_official_files(zoo_dir, zoo_inputs, suffix):
     model = keras_dino.load_pretrained(zoo_dir / f"backbone_xcit_mini8{suffix}")
     assert isinstance(model, XCiT)
     config = official.infer_xcit_config(dict(np.load(zoo_dir / "backbone_xcit_mini8.npz")))
     assert config == dict(patch_size=8, embed_dim=48, depth=2, num_heads=4, cls_attn_layers=2,
                           mlp_ratio=4.0, qkv_bias=True)
     ref = np.load(zoo_dir / "outputs_xcit_mini8.npz")["96x64/cls"]
-    np.testing.assert_allclose(_np(model(images["96x64"])), ref, **TOL)
+    np.testing.assert_allclose(_np(model(zoo_inputs["96x64"])), ref, **TOL)
     with pytest.raises(ValueError, match="not a xcit_small_12_p8"):
         keras_dino.load_pretrained(zoo_dir / f"backbone_xcit_mini8{suffix}",
                                    arch="xcit_small_12_p8")
@@ -130,11 +114,11 @@ def test_official_sizes_and_parameter_counts():
 
 
 @pytest.mark.slow  # backend-independent; runs once per CI run
-def test_keras_file_round_trip(tmp_path, images):
+def test_keras_file_round_trip(tmp_path, zoo_inputs):
     import keras
 
     model = XCiT(patch_size=16, embed_dim=32, depth=1, num_heads=4, cls_attn_layers=1)
-    x = images["64x64"]
+    x = zoo_inputs["64x64"]
     expected = _np(model(x))
     path = tmp_path / "xcit.keras"
     model.save(path)
@@ -143,11 +127,11 @@ def test_keras_file_round_trip(tmp_path, images):
     np.testing.assert_allclose(_np(loaded(x)), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_attention_maps_tool_reads_xcit(zoo_dir, images):
+def test_attention_maps_tool_reads_xcit(zoo_dir, zoo_inputs):
     from keras_dino.evaluation import cls_attention_maps
 
     model = keras_dino.load_pretrained(zoo_dir / "backbone_xcit_mini16.pth")
-    maps = cls_attention_maps(model, images["96x64"][0])
+    maps = cls_attention_maps(model, zoo_inputs["96x64"][0])
     ref = np.load(zoo_dir / "outputs_xcit_mini16.npz")["96x64/attn_cls_last"][0, :, 1:]
     np.testing.assert_allclose(maps, ref.reshape(4, 6, 4), **TOL)
 

@@ -19,8 +19,8 @@ import os
 import numpy as np
 from keras import ops
 
-from keras_dino.evaluation.retrieval import average_precision
-from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from keras_dino.evaluation.retrieval import average_precision, l2_normalize_rows
+from keras_dino.preprocessing import normalize_images
 
 BLOCKS = (["original", "strong"] + [f"jpegqual/{q}" for q in (3, 5, 8, 10, 15, 20, 30, 50, 75)]
           + [f"crops/{c}" for c in (10, 15, 20, 30, 40, 50, 60, 70, 80)])
@@ -53,8 +53,8 @@ def load_square(path, imsize: int = 320):
 
     with Image.open(path) as image:
         image = image.convert("RGB").resize((imsize, imsize), Image.BICUBIC)
-        pixels = np.asarray(image, np.float32) / np.float32(255)
-    return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+        pixels = np.asarray(image)
+    return ops.convert_to_numpy(normalize_images(pixels))
 
 
 def gem(tokens, p: float = 4.0, eps: float = 1e-6):
@@ -139,10 +139,6 @@ def _features(backbone, paths, imsize, batch_size, verbose, what):
     return np.concatenate(out).astype(np.float64)
 
 
-def _normalize(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def evaluate_copy_detection(backbone, data_path, whitening_path=None, distractors_path=None,
                             imsize: int = 320, batch_size: int = 16, topk: int = 20,
                             verbose: int = 1) -> dict:
@@ -190,11 +186,11 @@ def evaluate_copy_detection(backbone, data_path, whitening_path=None, distractor
                       "whitening"))
         database = whitening.transform(database)
         query_features = {b: whitening.transform(f) for b, f in query_features.items()}
-    database = _normalize(database)
+    database = l2_normalize_rows(database)
     names = [os.path.basename(p) for p in originals]
     stats = {"num_database": len(database), "whitened": whitening is not None}
     for block in blocks:
-        similarity = _normalize(query_features[block]) @ database.T
+        similarity = l2_normalize_rows(query_features[block]) @ database.T
         top = np.argsort(-similarity, axis=1, kind="stable")[:, :topk]
         aps = []
         for i, path in enumerate(queries[block]):

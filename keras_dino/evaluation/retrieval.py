@@ -16,7 +16,7 @@ import os
 import numpy as np
 from keras import ops
 
-from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from keras_dino.preprocessing import normalize_images
 
 DATASETS = ("roxford5k", "rparis6k")
 SCALES = (1.0, 1 / 2**0.5, 0.5)  # the official multi-scale descriptor
@@ -145,8 +145,8 @@ def load_image(path, imsize: int | None = 224, bbx=None):
             image = image.crop(tuple(int(round(float(v))) for v in bbx))
         if imsize is not None:
             image.thumbnail((imsize, imsize), Image.LANCZOS)
-        pixels = np.asarray(image, np.float32) / np.float32(255)
-    return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+        pixels = np.asarray(image)
+    return ops.convert_to_numpy(normalize_images(pixels))
 
 
 def _patch_multiple(x, backbone):
@@ -219,6 +219,18 @@ def global_descriptor(backbone, image, multiscale: bool = False):
     return total / np.linalg.norm(total)
 
 
+def l2_normalize_rows(features) -> np.ndarray:
+    """Rows of a matrix divided by their L2 norm, in float64 (eps 1e-12).
+
+    Example:
+
+    >>> l2_normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    features = np.asarray(features, np.float64)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
 def _descriptors(backbone, paths, imsize, multiscale, boxes=None, verbose=1, what="images"):
     import keras
 
@@ -229,8 +241,7 @@ def _descriptors(backbone, paths, imsize, multiscale, boxes=None, verbose=1, wha
         out.append(global_descriptor(backbone, load_image(path, imsize, box), multiscale))
         if bar:
             bar.update(i + 1)
-    features = np.stack(out).astype(np.float64)
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return l2_normalize_rows(np.stack(out))
 
 
 def evaluate_retrieval(backbone, data_path, dataset: str = "roxford5k", imsize: int = 224,

@@ -30,6 +30,21 @@ def test_train_throughput_tiny(extra):
     assert abs(row["images_per_s"] - 4000.0 / row["step_ms_median"]) / row["images_per_s"] < 0.01
 
 
+@pytest.mark.tf_only
+def test_eval_tools_tiny():
+    """Every evaluation tool's step is timed beside the forward pass; then a summary."""
+    *rows, summary = _run(["bench/eval_tools.py", "--tiny"], "tensorflow")
+    steps = [f"{r['tool']}/{r['step']}" for r in rows]
+    assert steps == ["video_segmentation/features", "video_segmentation/propagation",
+                     "video_attention/frame", "attention_segmentation/image",
+                     "retrieval/multiscale", "copy_detection/batch"]
+    for row in rows:
+        assert row["ms_per_item"] > 0 and row["ratio_vs_forward"] > 0
+        assert abs(row["items_per_s"] * row["ms_per_item"] - 1000) < 0.02 * 1000
+    assert summary["summary"] == {s: r["ms_per_item"] for s, r in zip(steps, rows)}
+    assert rows[1]["context_frames"] == 8 and summary["peak_rss_gib"] > 0
+
+
 def test_flop_count_is_analytic():
     sys.path.insert(0, os.path.join(REPO, "bench"))
     import argparse

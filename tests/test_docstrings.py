@@ -28,13 +28,17 @@ MODULES = sorted(
         "keras_dino.training.launch",
         "keras_dino.losses",
         "keras_dino.evaluation.attention_maps",
+        "keras_dino.evaluation.attention_segmentation",
         "keras_dino.evaluation.classifier",
         "keras_dino.evaluation.copy_detection",
         "keras_dino.evaluation.retrieval",
+        "keras_dino.evaluation.video_segmentation",
         "keras_dino.evaluation.datasets",
+        "keras_dino.evaluation.davis",
         "keras_dino.evaluation.features",
         "keras_dino.evaluation.knn",
         "keras_dino.evaluation.linear",
+        "keras_dino.evaluation.video_attention",
     ]
 )
 

@@ -60,6 +60,28 @@ def upsample_nearest(maps, factor: int):
     return maps.repeat(factor, axis=-2).repeat(factor, axis=-1)
 
 
+def attention_resize_shape(height: int, width: int, image_size) -> tuple:
+    """The `(height, width)` that `attention_input` resizes an image to, before the crop.
+
+    Two values of `image_size` are the size itself; one is the shorter side, the longer
+    one scaled to keep the aspect ratio and rounded down, as torchvision's `Resize`.
+
+    Example:
+
+    >>> attention_resize_shape(300, 451, 40), attention_resize_shape(300, 451, (60, 90))
+    ((40, 60), (60, 90))
+    """
+    sizes = [int(v) for v in np.atleast_1d(image_size)]
+    if len(sizes) == 2:
+        return sizes[0], sizes[1]
+    if len(sizes) != 1:
+        raise ValueError(f"image_size must be one or two values; got {image_size}.")
+    short = sizes[0]
+    if height <= width:
+        return short, int(short * width / height)
+    return int(short * height / width), short
+
+
 def attention_input(image, image_size, patch_size: int):
     """An image as `visualize_attention.py` feeds it: resized, cropped to patches, normalised.
 
@@ -88,17 +110,7 @@ def attention_input(image, image_size, patch_size: int):
 
     image = np.asarray(image)
     height, width = image.shape[:2]
-    sizes = [int(v) for v in np.atleast_1d(image_size)]
-    if len(sizes) == 2:
-        new_h, new_w = sizes
-    elif len(sizes) == 1:
-        short = sizes[0]
-        if height <= width:
-            new_h, new_w = short, int(short * width / height)
-        else:
-            new_h, new_w = int(short * height / width), short
-    else:
-        raise ValueError(f"image_size must be one or two values; got {image_size}.")
+    new_h, new_w = attention_resize_shape(height, width, image_size)
     x = ops.cast(ops.convert_to_tensor(image), "float32")
     if (new_h, new_w) != (height, width):
         x = ops.image.resize(x, (new_h, new_w), interpolation="bilinear", antialias=True)

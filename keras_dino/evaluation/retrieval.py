@@ -190,8 +190,9 @@ def resize_like_torch(x, scale: float):
         low, high, w_low, w_high = _torch_bilinear_taps(int(x.shape[axis]), scale)
         shape = [1, 1, 1, 1]
         shape[axis] = len(low)
-        x = (ops.take(x, low, axis=axis) * np.reshape(w_low, shape)
-             + ops.take(x, high, axis=axis) * np.reshape(w_high, shape))
+        w_low, w_high = (ops.convert_to_tensor(np.reshape(w, shape), x.dtype)
+                         for w in (w_low, w_high))
+        x = ops.take(x, low, axis=axis) * w_low + ops.take(x, high, axis=axis) * w_high
     return x
 
 

@@ -31,6 +31,18 @@ def test_train_throughput_tiny(extra):
 
 
 @pytest.mark.tf_only
+def test_export_throughput_tiny():
+    """SavedModel, ONNX and LiteRT of one backbone: one row per (format, batch), a summary."""
+    *rows, summary = _run(["bench/export_throughput.py", "--tiny"], "tensorflow")
+    assert [(r["format"], r["batch"]) for r in rows] == [
+        (fmt, batch) for batch in (1, 4) for fmt in ("saved_model", "onnx", "litert")]
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["ratio_vs_saved_model"] > 0
+    assert summary["summary"]["onnx/batch_4"] == rows[4]["images_per_s"]
+    assert set(summary["export_seconds"]) == {"saved_model", "onnx", "litert"}
+
+
+@pytest.mark.tf_only
 def test_eval_tools_tiny():
     """Every evaluation tool's step is timed beside the forward pass; then a summary."""
     *rows, summary = _run(["bench/eval_tools.py", "--tiny"], "tensorflow")

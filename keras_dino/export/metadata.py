@@ -113,12 +113,18 @@ def _resolve_export_dir(path) -> pathlib.Path:
 def load_metadata(export_dir) -> dict:
     """The export's `assets/keras_dino_export.json` as a dict (needs no TensorFlow).
 
+    `export_dir` may also be an `.onnx` or `.tflite` export (its embedded metadata).
+
     Example:
 
     ```python
     load_metadata("exports/dino/1")["model"]["arch"]   # 'vit_small'
     ```
     """
+    from keras_dino.export import files
+
+    if files.is_file_export(export_dir):  # an .onnx or .tflite export
+        return files.load_file_metadata(export_dir)
     path = _resolve_export_dir(export_dir) / "assets" / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not an export of keras_dino.")
@@ -199,8 +205,8 @@ def describe(export_dir, print_fn=print) -> dict:
 
     Reads the signatures from `saved_model.pb` and the provenance from the assets JSON,
     without loading the model. `export_dir` is a version directory or a model directory
-    (then its latest version, the one TF Serving serves). Also `python -m
-    keras_dino.export <export_dir>`.
+    (then its latest version, the one TF Serving serves), or an `.onnx` / `.tflite` file
+    (described from its metadata). Also `python -m keras_dino.export <export_dir>`.
 
     Args:
         export_dir: the export.
@@ -218,6 +224,10 @@ def describe(export_dir, print_fn=print) -> dict:
     info["signatures"]["serve_bytes"]["inputs"]   # {'image_bytes': {'dtype': 'string', ...}}
     ```
     """
+    from keras_dino.export import files
+
+    if files.is_file_export(export_dir):  # an .onnx or .tflite export
+        return files.describe_file(export_dir, print_fn)
     path = _resolve_export_dir(export_dir)
     meta_path = path / "assets" / METADATA_FILE
     metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else None

@@ -68,6 +68,9 @@ def main(argv=None):
                         "then stops following the student, which costs a 20-minute run its "
                         "last few hundred steps (33.6 vs 37.0 k-NN); by default equal to "
                         "--momentum_teacher: held constant")
+    parser.add_argument("--global_crops_scale", type=float, nargs=2, default=(0.35, 1.0),
+                        help="official 0.4 1.0; the main job's 0.35 1.0 by default")
+    parser.add_argument("--teacher_temp", type=float, default=0.04)
     parser.add_argument("--steps_per_epoch", type=int, default=100,
                         help="length of a schedule epoch (the data stream repeats)")
     parser.add_argument("--seed", type=int, default=0)
@@ -93,7 +96,7 @@ def main(argv=None):
     # The official blur radius (0.1..2 px) is meant for 224-pixel crops; scaled to 32-pixel
     # images (x 32/224) it tops out at ~0.3 px instead of wiping out a CIFAR image.
     augmentation = DataAugmentationDINO(
-        global_crops_scale=(0.35, 1.0), local_crops_scale=(0.1, 0.35),
+        global_crops_scale=tuple(args.global_crops_scale), local_crops_scale=(0.1, 0.35),
         local_crops_number=args.local_crops_number, global_size=32, local_size=16,
         photometric_config=PhotometricConfig(blur_radius=(0.1, 0.3)),
     )
@@ -111,7 +114,7 @@ def main(argv=None):
         return keras_dino.DINO(
             **network, out_dim=args.out_dim,
             head_kwargs=dict(hidden_dim=512, bottleneck_dim=128),
-            momentum_teacher=args.momentum_teacher, teacher_temp=0.04,
+            momentum_teacher=args.momentum_teacher, teacher_temp=args.teacher_temp,
             lr=args.lr, min_lr=args.min_lr, warmup_epochs=1, epochs=epochs, drop_path_rate=0.0,
             local_crops_number=args.local_crops_number, steps_per_epoch=args.steps_per_epoch,
             batch_size=args.batch,
@@ -163,7 +166,9 @@ def main(argv=None):
         splits[split] = (np.concatenate(images), np.concatenate(labels))
     result = {"backend": keras.backend.backend(), "arch": args.arch,
               "local_crops_number": args.local_crops_number, "steps": steps, "batch": args.batch,
-              "min_lr": args.min_lr, "momentum_teacher": args.momentum_teacher,
+              "lr": args.lr, "min_lr": args.min_lr,
+              "global_crops_scale": list(args.global_crops_scale),
+              "teacher_temp": args.teacher_temp, "momentum_teacher": args.momentum_teacher,
               "final_momentum_teacher": args.final_momentum_teacher,
               "train_s": round(train_time, 1)}
     for name, backbone in (("trained", model.backbone), ("random", random_backbone)):

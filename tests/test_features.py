@@ -69,6 +69,7 @@ def test_last_blocks_and_block_outputs_are_the_official_layers(vit, images):
         block_output(vit, images, block=3)
 
 
+@pytest.mark.slow  # backend-independent composition of checked pieces: one backend
 def test_multiscale_is_the_official_descriptor(vit, images):
     one = images[:1]  # the official code runs one image at a time
     ours = _np(cls_features(vit, one, multiscale=True))
@@ -139,6 +140,7 @@ def test_correspondence_of_an_image_with_itself_is_the_identity(vit, images):
     assert len(pairs) == 12
 
 
+@pytest.mark.slow  # backend-independent composition of checked pieces: one backend
 def test_resnet_cells_are_its_patches():
     x = np.random.default_rng(2).normal(size=(1, 64, 96, 3)).astype("float32")
     model = ResNet("basic", (1, 1, 1, 1), stem_width=8, stage_widths=(8, 8, 16, 16))
@@ -153,6 +155,7 @@ def test_resnet_cells_are_its_patches():
     assert pictures["correspondences.png"].shape == (64, 192, 3)
 
 
+@pytest.mark.slow  # backend-independent composition of checked pieces: one backend
 def test_xcit_blocks_and_grid_are_the_official_tokens(zoo_dir, zoo_inputs):
     from keras_dino.models.official_names import xcit_map
 

@@ -1,6 +1,6 @@
 """Building blocks of the DINO backbones (ViT, ResNet, XCiT) and head."""
 
-from keras_dino.layers.attention import MultiHeadSelfAttention
+from keras_dino.layers.attention import MultiHeadSelfAttention, QKVAttention
 from keras_dino.layers.drop_path import DropPath
 from keras_dino.layers.initializers import TruncNormal
 from keras_dino.layers.patch_embedding import PatchEmbedding
@@ -28,6 +28,7 @@ __all__ = [
     "DropPath",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
+    "QKVAttention",
     "TransformerBlock",
     "TruncNormal",
     "WeightNormDense",

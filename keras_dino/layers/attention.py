@@ -7,13 +7,88 @@ from keras_dino.layers.initializers import linear_kernel_initializer
 from keras_dino.layers.precision import at_least_float32
 
 
-@keras.saving.register_keras_serializable(package="keras_dino")
-class MultiHeadSelfAttention(keras.layers.Layer):
-    """Self-attention returning both the output and the attention weights.
+class QKVAttention(keras.layers.Layer):
+    """The qkv and output projections that every attention of the library shares.
 
     One dense layer produces q, k and v laid out `(3, num_heads, head_dim)` along the
-    last axis, exactly like the official `Attention.qkv`, so official weights load by a
-    plain transpose. The attention softmax runs in float32 under mixed precision.
+    last axis, exactly like the official `Attention.qkv` (ViT and XCiT alike), so official
+    weights load by a plain transpose; `proj` maps the heads back to the embedding. The
+    subclasses (`MultiHeadSelfAttention`, XCiT's `CrossCovarianceAttention` and
+    `ClassAttention`) say how q, k and v are combined in `call`.
+
+    Args:
+        num_heads: number of attention heads.
+        qkv_bias: whether the qkv projection has a bias.
+        attn_drop: dropout rate on the attention weights.
+        proj_drop: dropout rate on the output projection.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = QKVAttention(num_heads=2)
+    >>> layer.build((1, 5, 8))
+    >>> [tuple(w.shape) for w in layer.qkv.weights]
+    [(8, 24), (24,)]
+    """
+
+    def __init__(self, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop
+        self.proj_drop_rate = proj_drop
+        self.attn_drop = keras.layers.Dropout(attn_drop, dtype=self.dtype_policy)
+        self.proj_drop = keras.layers.Dropout(proj_drop, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim % self.num_heads:
+            raise ValueError(
+                f"embedding dim {dim} is not divisible by num_heads {self.num_heads}."
+            )
+        self.head_dim = dim // self.num_heads
+        self.qkv = keras.layers.Dense(
+            3 * dim,
+            use_bias=self.qkv_bias,
+            kernel_initializer=linear_kernel_initializer(),
+            dtype=self.dtype_policy,
+            name="qkv",
+        )
+        self.qkv.build(input_shape)
+        self.proj = keras.layers.Dense(
+            dim, kernel_initializer=linear_kernel_initializer(), dtype=self.dtype_policy, name="proj"
+        )
+        self.proj.build(input_shape)
+        self.attn_drop.build(None)
+        self.proj_drop.build(None)
+
+    def _heads(self, x):
+        """q, k, v of shape `(B, heads, N, head_dim)`."""
+        batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
+        qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim))
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
+        return qkv[0], qkv[1], qkv[2]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop": self.attn_drop_rate,
+            "proj_drop": self.proj_drop_rate,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_dino")
+class MultiHeadSelfAttention(QKVAttention):
+    """Self-attention returning both the output and the attention weights.
+
+    The official ViT `Attention`: q, k and v from `QKVAttention`'s projection, scaled
+    dot products, softmax (in float32 under mixed precision), the heads projected back.
 
     Args:
         num_heads: number of attention heads.
@@ -44,44 +119,18 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         use_fused_attention: bool = False,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.qkv_bias = qkv_bias
+        super().__init__(num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                         proj_drop=proj_drop, **kwargs)
         self.qk_scale = qk_scale
-        self.attn_drop_rate = attn_drop
-        self.proj_drop_rate = proj_drop
         self.use_fused_attention = use_fused_attention
-        self.attn_drop = keras.layers.Dropout(attn_drop, dtype=self.dtype_policy)
-        self.proj_drop = keras.layers.Dropout(proj_drop, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim % self.num_heads:
-            raise ValueError(
-                f"embedding dim {dim} is not divisible by num_heads {self.num_heads}."
-            )
-        self.head_dim = dim // self.num_heads
+        super().build(input_shape)
         self.scale = self.qk_scale or self.head_dim**-0.5
-        self.qkv = keras.layers.Dense(
-            3 * dim,
-            use_bias=self.qkv_bias,
-            kernel_initializer=linear_kernel_initializer(),
-            dtype=self.dtype_policy,
-            name="qkv",
-        )
-        self.qkv.build(input_shape)
-        self.proj = keras.layers.Dense(
-            dim, kernel_initializer=linear_kernel_initializer(), dtype=self.dtype_policy, name="proj"
-        )
-        self.proj.build(input_shape)
-        self.attn_drop.build(None)
-        self.proj_drop.build(None)
 
     def call(self, x, training=None, return_attention=False):
         batch, tokens, dim = ops.shape(x)[0], ops.shape(x)[1], x.shape[-1]
-        qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = self._heads(x)
         if self.use_fused_attention and not return_attention and self.attn_drop_rate == 0.0:
             # dot_product_attention takes (batch, tokens, heads, head_dim).
             out = ops.dot_product_attention(
@@ -104,16 +153,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             return out, attn
         return out
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         return {
             **super().get_config(),
-            "num_heads": self.num_heads,
-            "qkv_bias": self.qkv_bias,
             "qk_scale": self.qk_scale,
-            "attn_drop": self.attn_drop_rate,
-            "proj_drop": self.proj_drop_rate,
             "use_fused_attention": self.use_fused_attention,
         }

@@ -8,56 +8,8 @@ mixed precision.
 import keras
 from keras import ops
 
-from keras_dino.layers.initializers import linear_kernel_initializer
+from keras_dino.layers.attention import QKVAttention
 from keras_dino.layers.precision import at_least_float32
-
-
-class _QKVAttention(keras.layers.Layer):
-    """qkv and output projections shared by the two attentions."""
-
-    def __init__(self, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.qkv_bias = qkv_bias
-        self.attn_drop_rate = attn_drop
-        self.proj_drop_rate = proj_drop
-        self.attn_drop = keras.layers.Dropout(attn_drop, dtype=self.dtype_policy)
-        self.proj_drop = keras.layers.Dropout(proj_drop, dtype=self.dtype_policy)
-
-    def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim % self.num_heads:
-            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {self.num_heads}.")
-        self.head_dim = dim // self.num_heads
-        self.qkv = keras.layers.Dense(3 * dim, use_bias=self.qkv_bias,
-                                      kernel_initializer=linear_kernel_initializer(),
-                                      dtype=self.dtype_policy, name="qkv")
-        self.qkv.build(input_shape)
-        self.proj = keras.layers.Dense(dim, kernel_initializer=linear_kernel_initializer(),
-                                       dtype=self.dtype_policy, name="proj")
-        self.proj.build(input_shape)
-        self.attn_drop.build(None)
-        self.proj_drop.build(None)
-
-    def _heads(self, x):
-        """q, k, v of shape `(B, heads, N, head_dim)`."""
-        batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
-        return qkv[0], qkv[1], qkv[2]
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "num_heads": self.num_heads,
-            "qkv_bias": self.qkv_bias,
-            "attn_drop": self.attn_drop_rate,
-            "proj_drop": self.proj_drop_rate,
-        }
 
 
 def _l2_normalize_last(x, epsilon=1e-12):
@@ -67,7 +19,7 @@ def _l2_normalize_last(x, epsilon=1e-12):
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
-class CrossCovarianceAttention(_QKVAttention):
+class CrossCovarianceAttention(QKVAttention):
     """XCA: attention over channels, `softmax(q̂ k̂ᵀ · τ)` of size head_dim x head_dim.
 
     Queries and keys are l2-normalised along the token axis and the learnable
@@ -104,7 +56,7 @@ class CrossCovarianceAttention(_QKVAttention):
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
-class ClassAttention(_QKVAttention):
+class ClassAttention(QKVAttention):
     """CaiT's class attention: only the CLS token queries, over all tokens.
 
     Returns the projected CLS token followed by the *input* patch tokens unchanged, as

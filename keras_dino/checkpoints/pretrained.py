@@ -303,16 +303,13 @@ def load_pretrained(
 
         if with_head:
             raise ValueError("with_head and linear_head exclude each other.")
-        recipe = {k: model_kwargs.pop(k) for k in ("n_last_blocks", "avgpool_patchtokens")
-                  if k in model_kwargs}
-        backbone = load_pretrained(name_or_path, arch, patch_size, checkpoint_key,
-                                   **model_kwargs)
-        if linear_head is True:
-            if name_or_path not in PRESETS:
-                raise ValueError("linear_head=True takes the released classifier of a preset; "
-                                 f"for '{name_or_path}' pass the linear-weights file.")
-            linear_head = preset_file(name_or_path, "linear")
-        return load_pretrained_classifier(backbone, linear_head, **recipe)
+        if linear_head is True and name_or_path not in PRESETS:
+            raise ValueError("linear_head=True takes the released classifier of a preset; "
+                             f"for '{name_or_path}' pass the linear-weights file.")
+        # The classifier's own loader: preset lookup, recipe keys and backbone loading.
+        return load_pretrained_classifier(
+            name_or_path, None if linear_head is True else linear_head, arch=arch,
+            patch_size=patch_size, checkpoint_key=checkpoint_key, **model_kwargs)
     if name_or_path in PRESETS:
         preset_arch, preset_patch, _ = PRESETS[name_or_path]
         arch = arch or preset_arch

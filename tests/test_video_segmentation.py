@@ -222,6 +222,25 @@ def test_identical_frames_keep_the_first_mask(tmp_path, photos, tiny_vit):
     assert result["JF_mean"] == 100.0 and result["frames"] == 4
 
 
+def test_context_is_the_first_and_the_last_n_frames(tmp_path, photos, tiny_vit, monkeypatch):
+    frames = write_sequence(tmp_path, "still", [textured(photos)] * 6,
+                            [band_labels(64, 128)] + [None] * 5)
+    seen, propagate = [], vos.propagate_labels
+
+    def spy(target, features, labels, *args, **kwargs):
+        seen.append(len(features))
+        return propagate(target, features, labels, *args, **kwargs)
+
+    monkeypatch.setattr(vos, "propagate_labels", spy)
+    vos.segment_video(tiny_vit, frames, str(tmp_path / "a"), n_last_frames=2, scale_size=64,
+                      verbose=0)
+    assert seen == [1, 2, 3, 3, 3]  # the first frame, then up to 2 preceding ones
+    seen.clear()  # 0: every preceding frame (the official unbounded queue.Queue(0))
+    vos.segment_video(tiny_vit, frames, str(tmp_path / "b"), n_last_frames=0, scale_size=64,
+                      verbose=0)
+    assert seen == [1, 2, 3, 4, 5]
+
+
 def test_moving_sequence_layout_and_scores(tmp_path, photos, tiny_vit):
     photo = photos[2]
     labels = grid_labels(64, 128)

@@ -324,8 +324,9 @@ def segment_video(backbone, frame_list, output_dir, first_annotation=None, n_las
                                 [first_soft] + [s for _, s in context], topk, mask)
         labels = labels_from_soft(soft, grid, patch, size)
         timings["propagation"] += time.perf_counter() - start
-        if n_last_frames > 0:
-            context = (context + [(features, soft)])[-n_last_frames:]
+        context.append((features, soft))
+        if n_last_frames > 0:  # 0: every previous frame, as the official queue.Queue(0)
+            context = context[-n_last_frames:]
         name = os.path.splitext(os.path.basename(path))[0] + ".png"
         written.append(os.path.join(output_dir, name))
         davis.write_indexed_png(written[-1], labels, palette)

@@ -71,6 +71,8 @@ def main(argv=None):
     parser.add_argument("--global_crops_scale", type=float, nargs=2, default=(0.35, 1.0),
                         help="official 0.4 1.0; the main job's 0.35 1.0 by default")
     parser.add_argument("--teacher_temp", type=float, default=0.04)
+    parser.add_argument("--warmup_teacher_temp_epochs", type=int, default=0,
+                        help="epochs of the linear rise from 0.04 to --teacher_temp")
     parser.add_argument("--steps_per_epoch", type=int, default=100,
                         help="length of a schedule epoch (the data stream repeats)")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,6 +117,7 @@ def main(argv=None):
             **network, out_dim=args.out_dim,
             head_kwargs=dict(hidden_dim=512, bottleneck_dim=128),
             momentum_teacher=args.momentum_teacher, teacher_temp=args.teacher_temp,
+            warmup_teacher_temp_epochs=min(args.warmup_teacher_temp_epochs, epochs),
             lr=args.lr, min_lr=args.min_lr, warmup_epochs=1, epochs=epochs, drop_path_rate=0.0,
             local_crops_number=args.local_crops_number, steps_per_epoch=args.steps_per_epoch,
             batch_size=args.batch,
@@ -168,7 +171,9 @@ def main(argv=None):
               "local_crops_number": args.local_crops_number, "steps": steps, "batch": args.batch,
               "lr": args.lr, "min_lr": args.min_lr,
               "global_crops_scale": list(args.global_crops_scale),
-              "teacher_temp": args.teacher_temp, "momentum_teacher": args.momentum_teacher,
+              "teacher_temp": args.teacher_temp,
+              "warmup_teacher_temp_epochs": args.warmup_teacher_temp_epochs,
+              "momentum_teacher": args.momentum_teacher,
               "final_momentum_teacher": args.final_momentum_teacher,
               "train_s": round(train_time, 1)}
     for name, backbone in (("trained", model.backbone), ("random", random_backbone)):

@@ -22,6 +22,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from keras_dino.evaluation.attention_segmentation import voc_palette
+
 VOID_LABEL = 255
 BOUNDARY_TOLERANCE = 0.008
 
@@ -39,13 +41,8 @@ def davis_palette() -> np.ndarray:
     [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
     """
     palette = np.stack([np.arange(256)] * 3, axis=1).astype(np.uint8)
-    for index in range(22):
-        colour, bits = [0, 0, 0], index
-        for shift in range(7, 5, -1):  # two bit-planes are enough for indices < 22
-            for channel in range(3):
-                colour[channel] |= ((bits >> channel) & 1) << shift
-            bits >>= 3
-        palette[index] = [191 if value == 192 else value for value in colour]
+    voc = np.asarray(voc_palette(), np.uint8).reshape(256, 3)[:22]
+    palette[:22] = np.where(voc == 192, 191, voc)
     return palette
 
 

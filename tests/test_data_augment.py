@@ -152,6 +152,49 @@ def test_resize_matches_pil_bicubic():
         assert np.abs(ours - tf_ref).max() <= 1
 
 
+def test_batched_crops_equal_the_per_image_path_and_pil():
+    """`batch_crops_and_resize` gives the per-image op's pixels exactly (PIL within one
+    level), for images of different sizes zero-padded into one batch, with flips."""
+    photo = np.asarray(Image.open(IMAGES / "chelsea.jpg").convert("RGB"))[:120, :90]
+    # A CIFAR-sized natural image (PIL's intermediate rounding makes noise differ more).
+    small = np.asarray(Image.fromarray(photo).resize((32, 32), Image.BICUBIC))
+    images = [photo, small, small, photo]
+    boxes = tf.constant([[10, 20, 100, 60], [0, 0, 32, 32], [4, 6, 11, 19], [0, 0, 120, 90]])
+    flips = tf.constant([False, True, False, True])
+    padded = np.zeros((4, 120, 90, 3), np.uint8)
+    for i, im in enumerate(images):
+        padded[i, : im.shape[0], : im.shape[1]] = im
+    for size in (32, 16):
+        out = ops.batch_crops_and_resize(tf.constant(padded), boxes, size, flips).numpy()
+        assert out.dtype == np.uint8 and out.shape == (4, size, size, 3)
+        for i, im in enumerate(images):
+            ref = ops.crops_and_resize(tf.constant(im), boxes[i:i + 1], size, flips[i:i + 1])
+            np.testing.assert_array_equal(out[i], ref[0].numpy())
+            top, left, h, w = boxes[i].numpy().tolist()
+            pil = Image.fromarray(im).crop((left, top, left + w, top + h))
+            pil = np.asarray(pil.resize((size, size), Image.BICUBIC))
+            pil = pil[:, ::-1] if bool(flips[i]) else pil
+            assert np.abs(out[i].astype(int) - pil.astype(int)).max() <= 1
+    # The full crop of a same-size output is the image itself.
+    same = ops.batch_crops_and_resize(tf.constant(small[None]), boxes[1:2], 32)
+    np.testing.assert_array_equal(same[0].numpy(), small)
+
+
+def test_crop_and_flip_batch_equals_crop_and_flip():
+    aug = DataAugmentationDINO(local_crops_number=2, global_size=32, local_size=16)
+    rng = np.random.default_rng(5)
+    images = [tf.constant(rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)) for _ in range(3)]
+    seeds = [tf.constant([7, i]) for i in range(3)]
+    params = [aug.crop_params(im, s) for im, s in zip(images, seeds)]
+    batch = aug.crop_and_flip_batch(
+        tf.stack(images), tf.stack([b for b, _ in params]), tf.stack([f for _, f in params])
+    )
+    assert len(batch) == aug.num_crops
+    for i, (im, s) in enumerate(zip(images, seeds)):
+        for view, crop in enumerate(aug.crop_and_flip(im, s)):
+            np.testing.assert_array_equal(batch[view][i].numpy(), crop.numpy())
+
+
 # -- photometric semantics ------------------------------------------------------------------
 def pil_photometric(img, p, i):
     """The official PIL/torchvision ops on a uint8 PIL image with view `i`'s parameters."""

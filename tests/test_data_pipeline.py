@@ -138,6 +138,24 @@ def test_bad_files_are_skipped_and_reported(messy_folder, aug, caplog):
     assert sorted(labels) == expected
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_batched_crops_give_the_same_batches(messy_folder, aug, split):
+    """`batched_crops=True` yields exactly the per-image path's batches (same seeds, same
+    pixels), on a folder of images of every size with undecodable files skipped."""
+    root, good, _ = messy_folder
+    kwargs = dict(augmentation=aug, seed=4, deterministic=True, drop_remainder=False,
+                  with_labels=True, split=split)
+    per_image = list(multicrop_dataset(root, 3, **kwargs))
+    batched = list(multicrop_dataset(root, 3, batched_crops=True, **kwargs))
+    assert len(batched) == len(per_image) == -(-len(good) // 3)
+    for (crops_a, labels_a), (crops_b, labels_b) in zip(per_image, batched):
+        np.testing.assert_array_equal(labels_a.numpy(), labels_b.numpy())
+        assert len(crops_a) == len(crops_b) == aug.num_crops
+        for a, b in zip(crops_a, crops_b):
+            assert a.dtype == b.dtype == (tf.uint8 if split else tf.float32)
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_on_error_raise_names_the_files(messy_folder, aug):
     root, _, bad = messy_folder
     with pytest.raises(ValueError, match="3 image file") as err:

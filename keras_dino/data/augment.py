@@ -221,10 +221,8 @@ class DataAugmentationDINO:
         `[0, 255]`, rounded as PIL's uint8 output). `seed` is the same per-image seed as
         for `__call__`, so `photometric(crop_and_flip(x, s), s)` equals `self(x, s)`.
         """
-        crop_seed, _ = self._seeds(seed)
         image = tf.convert_to_tensor(image)
-        shape = tf.shape(image)
-        boxes, flips = self.sample_crop_params(crop_seed, shape[0], shape[1])
+        boxes, flips = self.crop_params(image, seed)
         out: list[tf.Tensor | None] = [None] * self.num_crops
         for (size, _), idx in self._groups().items():
             crops = ops.crops_and_resize(
@@ -233,6 +231,35 @@ class DataAugmentationDINO:
             for i, crop in zip(idx, crops):
                 out[i] = crop if dtype == tf.uint8 else tf.cast(crop, dtype)
         return tuple(out)
+
+    def crop_params(self, image: tf.Tensor, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """The boxes `[num_crops, 4]` and flips `[num_crops]` `crop_and_flip` uses for
+        `image` with the same per-image `seed`."""
+        crop_seed, _ = self._seeds(seed)
+        shape = tf.shape(image)
+        return self.sample_crop_params(crop_seed, shape[0], shape[1])
+
+    def crop_and_flip_batch(self, images: tf.Tensor, boxes: tf.Tensor, flips: tf.Tensor) -> Crops:
+        """`crop_and_flip` for a batch of small images, a few ops per view for the batch.
+
+        `images` is uint8 `[B, H, W, 3]` (smaller images zero-padded at the bottom and
+        right), `boxes` `[B, num_crops, 4]` and `flips` `[B, num_crops]` come from
+        `crop_params`. Returns uint8 `[B, size, size, 3]` per view, equal to
+        `crop_and_flip` image by image (`ops.batch_crops_and_resize`).
+
+        Example:
+
+        >>> aug = DataAugmentationDINO(local_crops_number=1, global_size=32, local_size=16)
+        >>> image = tf.zeros([32, 32, 3], tf.uint8)
+        >>> boxes, flips = aug.crop_params(image, seed=[0, 1])
+        >>> crops = aug.crop_and_flip_batch(image[None], boxes[None], flips[None])
+        >>> [tuple(c.shape) for c in crops]
+        [(1, 32, 32, 3), (1, 32, 32, 3), (1, 16, 16, 3)]
+        """
+        return tuple(
+            ops.batch_crops_and_resize(images, boxes[:, i], view.size, flips[:, i])
+            for i, view in enumerate(self.views)
+        )
 
     def photometric(self, crops: Sequence[tf.Tensor], seed=None) -> Crops:
         """Host photometric half on TF ops: jitter, grayscale, blur, solarise, normalise.

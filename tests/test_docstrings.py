@@ -20,6 +20,13 @@ MODULES = sorted(
     + [f"keras_dino.models.{m.name}" for m in pkgutil.iter_modules(keras_dino.models.__path__)]
     + [
         "keras_dino.preprocessing",
+        "keras_dino.data.augment",
+        "keras_dino.data.config",
+        "keras_dino.data.ops",
+        "keras_dino.data.photometric",
+        "keras_dino.data.pipeline",
+        "keras_dino.data.source_datasets",
+        "keras_dino.data.sources",
         "keras_dino.checkpoints.official",
         "keras_dino.checkpoints.pretrained",
         "keras_dino.training.schedules",

@@ -99,7 +99,7 @@ def detect_source_type(source) -> str:
 
 
 def read_image_list(path) -> list[str]:
-    """The image paths of a list file: one per line, relative to the list's folder.
+    r"""The image paths of a list file: one per line, relative to the list's folder.
 
     Blank lines and lines starting with `#` are ignored.
 

@@ -31,23 +31,13 @@ import pathlib
 import platform
 import resource
 import sys
-import time
+
+from timing import median_seconds  # bench/timing.py, next to this script
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _median_seconds(fn, runs, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main(argv=None):
@@ -80,7 +70,7 @@ def main(argv=None):
         backbone = VisionTransformer(**ARCHITECTURES[args.arch], patch_size=args.patch_size)
         frame_hw, short, thumb, copy_size = (480, 832), 480, 224, 320
     rng = np.random.default_rng(0)
-    timed = lambda fn: _median_seconds(fn, args.runs, args.warmup)  # noqa: E731
+    timed = lambda fn: median_seconds(fn, args.runs, args.warmup)  # noqa: E731
 
     def forward(x):
         return lambda: keras.ops.convert_to_numpy(backbone(x, training=False))

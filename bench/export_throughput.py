@@ -27,10 +27,11 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import tempfile
 import time
+
+from timing import median_seconds  # bench/timing.py, next to this script
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -38,17 +39,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 FORMATS = ("saved_model", "onnx", "litert")
-
-
-def _median_seconds(fn, runs, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _runners(paths, threads):
@@ -132,7 +122,7 @@ def main(argv=None):
         for n, runs, warmup in ((1, args.runs, args.warmup), (batch, args.batch_runs, 1)):
             x = np.ascontiguousarray(pixels[:n])
             for fmt in FORMATS:
-                seconds = _median_seconds(lambda fmt=fmt, x=x: runners[fmt](x), runs, warmup)
+                seconds = median_seconds(lambda fmt=fmt, x=x: runners[fmt](x), runs, warmup)
                 rows.append({"benchmark": "export_throughput", "format": fmt, "batch": n,
                              "images_per_s": round(n / seconds, 2),
                              "median_call_ms": round(1000 * seconds, 2), "runs": runs})

@@ -31,22 +31,13 @@ import sys
 import tempfile
 import time
 
+from timing import timed_runs  # bench/timing.py, next to this script
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 PHOTOS = REPO.parent / "shared" / "images"
-
-
-def _times(fn, runs, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _latency(times):
@@ -121,25 +112,25 @@ def main(argv=None):
         )
         results = {
             "saved_model": {
-                "batch_1": _latency(_times(lambda: default(images=one), args.runs, args.warmup)),
+                "batch_1": _latency(timed_runs(lambda: default(images=one), args.runs, args.warmup)),
                 f"batch_{batch}": _throughput(
-                    _times(lambda: default(images=many), args.batch_runs, 1), batch
+                    timed_runs(lambda: default(images=many), args.batch_runs, 1), batch
                 ),
             },
             "saved_model_bytes": {
                 "batch_1": _latency(
-                    _times(lambda: from_bytes(image_bytes=one_jpeg), args.runs, args.warmup)
+                    timed_runs(lambda: from_bytes(image_bytes=one_jpeg), args.runs, args.warmup)
                 ),
                 f"batch_{batch}": _throughput(
-                    _times(lambda: from_bytes(image_bytes=many_jpeg), args.batch_runs, 1), batch
+                    timed_runs(lambda: from_bytes(image_bytes=many_jpeg), args.batch_runs, 1), batch
                 ),
             },
             "keras_predict": {
                 "batch_1": _latency(
-                    _times(lambda: model.predict(normalised[:1], verbose=0), args.runs, args.warmup)
+                    timed_runs(lambda: model.predict(normalised[:1], verbose=0), args.runs, args.warmup)
                 ),
                 f"batch_{batch}": _throughput(
-                    _times(
+                    timed_runs(
                         lambda: model.predict(normalised, batch_size=batch, verbose=0),
                         args.batch_runs,
                         1,

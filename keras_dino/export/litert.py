@@ -11,7 +11,6 @@ the LiteRT interpreter (`ai-edge-litert`, in the `export` extra) or `tf.lite.Int
 """
 
 import json
-import pathlib
 import tempfile
 
 from keras_dino.export import files
@@ -122,27 +121,20 @@ def export_litert(
     """
     from keras_dino.export import portable
 
-    portable.check_backend("LiteRT")
-    path = files.target_path(base_dir, model_name, "litert", overwrite)
-    resolved, source, backbone, classifier = files.resolve(model, load_kwargs)
-    grid = files.check_arguments(backbone, image_size, input_dtype, fixed_size=True)
-    if not backbone.built:
-        backbone.build((None, image_size, image_size, 3))
-    function, outputs = portable.inference_function(
-        resolved, image_size=image_size, input_dtype=input_dtype, l2_normalize=l2_normalize,
+    prepared = portable.prepare(
+        "litert", model, base_dir, model_name, overwrite=overwrite, load_kwargs=load_kwargs,
+        image_size=image_size, input_dtype=input_dtype, l2_normalize=l2_normalize,
         include_patch_tokens=include_patch_tokens, include_attention=include_attention,
     )
-    data = convert(function, float16=float16)
+    data = convert(prepared.function, float16=float16)
     import tensorflow as tf
 
-    metadata = files.make_metadata(
-        "litert", model_name=model_name, version=version, model=resolved, backbone=backbone,
-        source=weights_source or source, image_size=image_size, grid=grid,
-        input_dtype=input_dtype, outputs=outputs, float16=float16, classifier=classifier,
-        runtime={"tflite_converter": tf.__version__},
+    metadata = prepared.metadata(
+        model_name=model_name, version=version, weights_source=weights_source,
+        float16=float16, runtime={"tflite_converter": tf.__version__},
     )
     data = add_tflite_metadata(data, metadata)
-    files.write_atomically(pathlib.Path(path), data, metadata)
+    files.write_atomically(prepared.path, data, metadata)
     if verbose:
-        files.describe_file(path)
-    return str(path)
+        files.describe_file(prepared.path)
+    return str(prepared.path)

@@ -197,32 +197,26 @@ def export_onnx(
     """
     from keras_dino.export import portable
 
-    portable.check_backend("ONNX")
-    path = files.target_path(base_dir, model_name, "onnx", overwrite)
-    resolved, source, backbone, classifier = files.resolve(model, load_kwargs)
-    grid = files.check_arguments(backbone, image_size, input_dtype, fixed_size=False)
-    if not backbone.built:
-        backbone.build((None, image_size, image_size, 3))
-    function, outputs = portable.inference_function(
-        resolved, image_size=image_size, input_dtype=input_dtype, l2_normalize=l2_normalize,
+    prepared = portable.prepare(
+        "onnx", model, base_dir, model_name, overwrite=overwrite, load_kwargs=load_kwargs,
+        image_size=image_size, input_dtype=input_dtype, l2_normalize=l2_normalize,
         include_patch_tokens=include_patch_tokens, include_attention=include_attention,
     )
-    proto = convert(function, opset)
-    name_dimensions(proto, list(outputs))
+    proto = convert(prepared.function, opset)
+    name_dimensions(proto, list(prepared.outputs))
     if float16:
         float16_weights(proto)
     import onnx
     import tf2onnx
 
-    metadata = files.make_metadata(
-        "onnx", model_name=model_name, version=version, model=resolved, backbone=backbone,
-        source=weights_source or source, image_size=image_size, grid=grid,
-        input_dtype=input_dtype, outputs=outputs, float16=float16, classifier=classifier,
+    metadata = prepared.metadata(
+        model_name=model_name, version=version, weights_source=weights_source,
+        float16=float16,
         runtime={"onnx": onnx.__version__, "tf2onnx": tf2onnx.__version__, "opset": opset},
     )
     add_metadata(proto, metadata)
-    files.write_atomically(path, proto.SerializeToString(), metadata)
+    files.write_atomically(prepared.path, proto.SerializeToString(), metadata)
     if verbose:
-        files.describe_file(path)
-    return str(path)
+        files.describe_file(prepared.path)
+    return str(prepared.path)
 

@@ -16,12 +16,14 @@ one graph serves every image size. Built from the TensorFlow backend's layers: t
 conversion to ONNX (tf2onnx) and to LiteRT (the TFLite converter) reads TensorFlow graphs.
 """
 
+import dataclasses
 import math
+import pathlib
 
 import keras
 import tensorflow as tf
 
-from keras_dino.export import graph
+from keras_dino.export import files, graph
 from keras_dino.layers.position_embedding import _CUBIC_A
 from keras_dino.models.resnet import ResNet
 from keras_dino.models.xcit import XCiT
@@ -38,6 +40,60 @@ def check_backend(what: str) -> None:
             "'backbone.weights.h5')`, or pass the checkpoint file) and export from a process "
             "started with KERAS_BACKEND=tensorflow."
         )
+
+
+_FORMAT_NAMES = {"onnx": "ONNX", "litert": "LiteRT"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """An ONNX or LiteRT export's checked target and traced inference function."""
+
+    fmt: str
+    path: pathlib.Path
+    model: object  # what is exported: a backbone or a `LinearProbe`
+    source: str | None  # where its weights came from
+    backbone: object
+    classifier: dict | None
+    image_size: int | None
+    input_dtype: str
+    grid: int | None
+    function: object  # `tf.function` images -> {output name: tensor}
+    outputs: dict
+
+    def metadata(self, *, model_name, version, weights_source, float16, runtime) -> dict:
+        """The file's metadata (`files.make_metadata`), `runtime` naming the converter."""
+        return files.make_metadata(
+            self.fmt, model_name=model_name, version=version, model=self.model,
+            backbone=self.backbone, source=weights_source or self.source,
+            image_size=self.image_size, grid=self.grid, input_dtype=self.input_dtype,
+            outputs=self.outputs, float16=float16, classifier=self.classifier,
+            runtime=runtime,
+        )
+
+
+def prepare(fmt, model, base_dir, model_name, *, overwrite, load_kwargs, image_size,
+            input_dtype, l2_normalize, include_patch_tokens, include_attention) -> Prepared:
+    """The steps `export_onnx` and `export_litert` share, before their converters run.
+
+    Checks the backend, the target file and the arguments (a LiteRT export has a fixed
+    image size), resolves `model` (a preset or checkpoint is loaded), builds the backbone
+    and traces `inference_function`.
+    """
+    check_backend(_FORMAT_NAMES[fmt])
+    path = files.target_path(base_dir, model_name, fmt, overwrite)
+    resolved, source, backbone, classifier = files.resolve(model, load_kwargs)
+    grid = files.check_arguments(backbone, image_size, input_dtype,
+                                 fixed_size=fmt == "litert")
+    if not backbone.built:
+        backbone.build((None, image_size, image_size, 3))
+    function, outputs = inference_function(
+        resolved, image_size=image_size, input_dtype=input_dtype, l2_normalize=l2_normalize,
+        include_patch_tokens=include_patch_tokens, include_attention=include_attention,
+    )
+    return Prepared(fmt=fmt, path=path, model=resolved, source=source, backbone=backbone,
+                    classifier=classifier, image_size=image_size, input_dtype=input_dtype,
+                    grid=grid, function=function, outputs=outputs)
 
 
 def _cubic_matrix(side: int, grid):

@@ -79,6 +79,10 @@ flags.DEFINE_boolean("photometric_on_device", False, "Split mode: the input pipe
                      "solarisation and normalisation run inside the compiled training step "
                      "(keras_dino.data.MultiCropPhotometric). For accelerators whose host CPUs "
                      "cannot keep up; on a CPU the full host pipeline is faster.")
+flags.DEFINE_boolean("batched_crops", False, "Crop and resize each batch of images at once "
+                     "(keras_dino.data.multicrop_dataset(batched_crops=True)): the same crops "
+                     "at a fraction of the host time for small images such as CIFAR's; each "
+                     "batch is padded to its largest image, so keep it off for large photos.")
 flags.DEFINE_string("pretrained_weights", "", "Start from these weights instead of random ones "
                     "(the evaluation tools' flag): a preset (dino_vits16, ...), a released "
                     "backbone .pth, a full training checkpoint.pth (heads and center too), an "
@@ -343,6 +347,7 @@ def run():
             global_batch,
             augmentation=augmentation,
             split=F.photometric_on_device,
+            batched_crops=F.batched_crops,
             seed=F.seed,
             input_context=input_context,
             repeat=launch.distributed,

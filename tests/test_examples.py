@@ -459,12 +459,14 @@ def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
     """--final_momentum_teacher (not official) moves the end of the momentum's cosine.
 
     2 epochs of 4 steps (32 images, batch 8): the epoch logs carry the momentum of each
-    epoch's last step, `final + (base - final) * (1 + cos(pi * step / 8)) / 2`.
+    epoch's last step, `final + (base - final) * (1 + cos(pi * step / 8)) / 2`. The run
+    also goes through `--batched_crops` (the crops of a batch made at once).
     """
     out = tmp_path / "out"
     base, final, total = 0.5, 0.9, 8
     result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
-                         f"--momentum_teacher={base}", f"--final_momentum_teacher={final}")
+                         f"--momentum_teacher={base}", f"--final_momentum_teacher={final}",
+                         "--batched_crops=true")
     assert result.returncode == 0, result.stderr[-3000:]
     epochs = [r for r in _log(out) if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [0, 1]

@@ -233,9 +233,9 @@ def multicrop_dataset(
 
     Example:
 
-    >>> import pathlib
+    >>> from keras_dino.datasets import cifar10_mini
     >>> ds = multicrop_dataset(
-    ...     pathlib.Path("../shared/images"), batch_size=2, seed=0,
+    ...     cifar10_mini("test"), batch_size=2, seed=0,
     ...     augmentation=DataAugmentationDINO(local_crops_number=2))
     >>> [tuple(t.shape) for t in next(iter(ds))]
     [(2, 224, 224, 3), (2, 224, 224, 3), (2, 96, 96, 3), (2, 96, 96, 3)]

@@ -166,10 +166,14 @@ def main(argv=None):
 
     probe, times = make(epochs=1), StepTimes()
     probe.compile()
-    # 25 steps after the first 5: a median of 8 (the earlier probe) ranged from 0.10 to
-    # 0.13 s between runs of the same recipe, sizing them 86 to 114 epochs.
+    # The probe's steps run slower than the training's (its input pipeline is still
+    # filling): their median ranged from 0.10 to 0.14 s for a recipe whose training steps
+    # take 0.10-0.12 s, sizing the same run 82 to 114 epochs. The fastest fifth of 25
+    # steps is closer; a run sized too long only loses the end of its lr cosine to the
+    # deadline, one sized too short loses minutes of training.
     probe.fit(dataset, epochs=1, steps_per_epoch=30, callbacks=[times], verbose=0)
-    step_s = statistics.median(b - a for a, b in zip(times.ends[5:], times.ends[6:]))
+    step_s = statistics.quantiles(
+        (b - a for a, b in zip(times.ends[5:], times.ends[6:])), n=5)[0]
     del probe
     train_s = args.budget_minutes * 60 - (time.time() - start) - args.eval_minutes * 60
     epochs = max(int(train_s / step_s / args.steps_per_epoch), 1)

@@ -46,6 +46,15 @@ def extract(tar_path, into):
     return pathlib.Path(into)
 
 
+# The defaults of each `--arch` (README lists what was measured).
+RECIPES = {
+    "resnet": dict(batch=128, lr=0.002, min_lr=5e-4, global_crops_scale=(0.14, 1.0),
+                   local_crops_number=0, momentum_teacher=0.99),
+    "vit": dict(batch=64, lr=0.004, min_lr=1e-3, global_crops_scale=(0.35, 1.0),
+                local_crops_number=4, momentum_teacher=0.98),
+}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     shared = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))
@@ -96,18 +105,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     resnet = args.arch == "resnet"
-    if args.local_crops_number is None:
-        args.local_crops_number = 0 if resnet else 4
-    if args.batch is None:
-        args.batch = 128 if resnet else 64
-    if args.lr is None:
-        args.lr = 0.002 if resnet else 0.004
-    if args.min_lr is None:
-        args.min_lr = 5e-4 if resnet else 1e-3
-    if args.global_crops_scale is None:
-        args.global_crops_scale = (0.14, 1.0) if resnet else (0.35, 1.0)
-    if args.momentum_teacher is None:
-        args.momentum_teacher = 0.99 if resnet else 0.98
+    for name, value in RECIPES[args.arch].items():  # flags left unset take the recipe's
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.final_momentum_teacher is None:
         args.final_momentum_teacher = args.momentum_teacher
     start = time.time()

@@ -10,10 +10,9 @@ from keras import ops
 
 from keras_dino import callbacks as dino_callbacks
 from keras_dino.checkpoints import official, read_checkpoint
-from keras_dino.testing.golden import bound_for, run_golden
+from keras_dino.testing import golden
+from keras_dino.testing.golden import run_golden
 from keras_dino.training.dino import DINO
-
-EMBED = 48
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +57,25 @@ def all_weights(model):
     }
 
 
-def _excess(a, b):
-    """Per tensor: deviation divided by its golden-test bound (< 1 passes)."""
+def _excess(a, b, initial):
+    """Per tensor: deviation of run `a` from run `b` over its golden bound (< 1 passes).
+
+    Two float32 runs of the same algorithm in different summation orders: the bounds of
+    `keras_dino.testing.golden` (1% of the movement from `initial` plus rounding for a
+    parameter, STATE_TOLERANCE for the center), the key third of qkv biases left out.
+    """
     out = {}
     for part in ("student", "teacher"):
         for name in a[part]:
-            x, y = np.asarray(a[part][name], np.float64), np.asarray(b[part][name], np.float64)
-            if name.endswith("attn.qkv.bias") and x.shape[0] == 3 * EMBED:
-                # key third: analytically zero gradient, float32 noise only (see golden test)
-                x = np.concatenate([x[:EMBED], x[2 * EMBED :]])
-                y = np.concatenate([y[:EMBED], y[2 * EMBED :]])
-            dev = float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30))
-            out[f"{part}/{name}"] = dev / bound_for(name)
+            dev = golden.compare(a[part][name], b[part][name], initial[part][name], name)
+            out[f"{part}/{name}"] = dev.excess
+    out["center"] = golden.compare(a["center"], b["center"], is_parameter=False).excess
     return out
+
+
+@pytest.fixture(scope="module")
+def initial_golden(golden_dir):
+    return all_weights(DINO.from_official_checkpoint(golden_dir / "init_checkpoint.pth"))
 
 
 @pytest.fixture(scope="module")
@@ -80,27 +85,29 @@ def single_device_golden(golden_dir):
 
 
 @pytest.mark.tf_only
-def test_mirrored_strategy_two_replicas_equals_one_device(golden_dir, single_device_golden):
+def test_mirrored_strategy_two_replicas_equals_one_device(
+    golden_dir, single_device_golden, initial_golden
+):
     import tensorflow as tf
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     model, _ = run_golden(golden_dir, record=False, scope=strategy.scope())
-    deviations = _excess(all_weights(model), single_device_golden)
+    deviations = _excess(all_weights(model), single_device_golden, initial_golden)
     assert max(deviations.values()) < 1, max(deviations.items(), key=lambda kv: kv[1])
-    center = ops.convert_to_numpy(model.center)
-    np.testing.assert_allclose(center, single_device_golden["center"], rtol=0, atol=1e-5 * np.abs(center).max())
 
 
 @pytest.mark.tf_only
-def test_tf_step_compiles_with_xla(golden_dir, single_device_golden):
+def test_tf_step_compiles_with_xla(golden_dir, single_device_golden, initial_golden):
     model, _ = run_golden(golden_dir, record=False, jit_compile=True)
-    deviations = _excess(all_weights(model), single_device_golden)
+    deviations = _excess(all_weights(model), single_device_golden, initial_golden)
     assert max(deviations.values()) < 1, max(deviations.items(), key=lambda kv: kv[1])
 
 
 @pytest.mark.backends("jax")
-def test_jax_data_parallel_two_devices_equals_one_device(golden_dir, single_device_golden):
+def test_jax_data_parallel_two_devices_equals_one_device(
+    golden_dir, single_device_golden, initial_golden
+):
     import jax
 
     devices = jax.devices()
@@ -111,7 +118,7 @@ def test_jax_data_parallel_two_devices_equals_one_device(golden_dir, single_devi
     finally:
         keras.distribution.set_distribution(None)
     assert model.student.backbone.cls_token.value.sharding.mesh.size == 2
-    deviations = _excess(all_weights(model), single_device_golden)
+    deviations = _excess(all_weights(model), single_device_golden, initial_golden)
     assert max(deviations.values()) < 1, max(deviations.items(), key=lambda kv: kv[1])
 
 

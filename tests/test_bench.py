@@ -88,3 +88,14 @@ def test_bf16_loss_curve_tracks_float32():
     # the gap is small next to how far the loss itself moves over the run
     gap = max(abs(b - f) for f, b in zip(fp32, bf16))
     assert gap < 0.25 * (max(fp32) - min(fp32)), (curves, summary)
+
+
+@pytest.mark.backends("torch")
+def test_golden_spread_one_condition():
+    """The spread script replays the golden run in a subprocess and pools the excesses."""
+    *rows, summary = _run(["bench/golden_spread.py", "--conditions=torch_threads1"], "torch")
+    assert rows[0]["condition"] == "torch_threads1"
+    tensors = rows[1:]
+    assert len(tensors) > 100 and all(0 <= row["max_excess"] < 1 for row in tensors)
+    assert summary["summary"] == "golden_spread" and summary["max_excess"] < 1
+    assert summary["max_excess"] == max(row["max_excess"] for row in tensors)

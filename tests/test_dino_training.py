@@ -61,7 +61,7 @@ def _excess(a, b, initial):
     """Per tensor: deviation of run `a` from run `b` over its golden bound (< 1 passes).
 
     Two float32 runs of the same algorithm in different summation orders: the bounds of
-    `keras_dino.testing.golden` (1% of the movement from `initial` plus rounding for a
+    `keras_dino.testing.golden` (0.46% of the movement from `initial` plus rounding for a
     parameter, STATE_TOLERANCE for the center), the key third of qkv biases left out.
     """
     out = {}

@@ -4,8 +4,8 @@ From `golden/init_checkpoint`, 2 epochs of 3 steps on `golden/crops.npz` must re
 `golden/trace.npz` at every step and end at `golden/checkpoint`. The bounds are derived
 from float32 arithmetic in `keras_dino.testing.golden` (where each one is explained):
 optimizer state, center and loss within `STATE_TOLERANCE` (5.6e-5) of their largest
-magnitude; each parameter within 1% of how far the official run moved it plus 8 ulps
-per step of rounding. Their measured spread over TensorFlow (oneDNN on and off, XLA on
+magnitude; each parameter within 0.46% of how far the official run moved it (AdamW
+amplifying gradient noise up to 200x) plus 8 ulps per step of rounding. Their measured spread over TensorFlow (oneDNN on and off, XLA on
 and off, 1 and 2 threads, 3 steps per execution), JAX and torch is in
 docs/tolerances.md.
 
@@ -195,11 +195,17 @@ def _break_rule(monkeypatch, rule):
             apply(self, grad, variable, lr, wd, ndim, active)
 
         monkeypatch.setattr(AdamW, "_apply", _apply)
-    elif rule == "biases_decayed":
+    elif rule in ("biases_and_norms_decayed", "tokens_not_decayed"):
+        # The official groups: no decay for names ending in `.bias` and 1-D tensors only,
+        # so cls_token (1, 1, E) and pos_embed (1, N, E) are decayed.
         configure = DINOOptimizer.configure
 
         def _configure(self, variables, decay, official_ndim, freezable):
-            configure(self, variables, [True] * len(decay), official_ndim, freezable)
+            if rule == "biases_and_norms_decayed":
+                decay = [True] * len(decay)
+            else:
+                decay = [d and len(v.shape) != 3 for v, d in zip(variables, decay)]
+            configure(self, variables, decay, official_ndim, freezable)
 
         monkeypatch.setattr(DINOOptimizer, "configure", _configure)
     elif rule == "teacher_ema_skipped":
@@ -227,7 +233,8 @@ RULES = (
     "no_gradient_clipping",
     "last_layer_never_frozen",
     "decay_while_frozen",
-    "biases_decayed",
+    "biases_and_norms_decayed",
+    "tokens_not_decayed",
     "teacher_ema_skipped",
     "ema_momentum_one_step_late",
     "center_not_updated",
@@ -246,5 +253,7 @@ def test_a_broken_rule_fails_the_comparison(rule, golden_dir, monkeypatch):
     model, _ = run_golden(golden_dir, record=False)
     deviations = final_deviations(model, golden_dir)
     worst = max(deviations, key=lambda name: deviations[name].excess)
-    # At least 3x over: a margin that float32 noise of another machine cannot close.
-    assert deviations[worst].excess > 3.0, (rule, worst, deviations[worst])
+    # At least twice the bound: float32 noise reaches at most 0.35 of a bound in any
+    # condition measured (docs/tolerances.md), so a broken rule fails on any machine
+    # whose noise is within three times that.
+    assert deviations[worst].excess > 2.0, (rule, worst, deviations[worst])

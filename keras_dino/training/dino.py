@@ -4,12 +4,12 @@ import keras
 from keras import ops
 
 from keras_dino import callbacks as dino_callbacks
+from keras_dino import distribute
 from keras_dino.losses import batch_center, dino_loss, teacher_entropy
 from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
 from keras_dino.models.official_names import PARAMETER_KINDS, multicrop_variable_map
-from keras_dino.training import distribute
 from keras_dino.training.hparams import (
     DATA_DEFAULTS,
     EXTRA_RECORDED,

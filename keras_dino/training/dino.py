@@ -10,6 +10,8 @@ from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
 from keras_dino.models.official_names import PARAMETER_KINDS, multicrop_variable_map
+from keras_dino.optim.optimizers import OPTIMIZERS, DINOOptimizer
+from keras_dino.optim.schedules import DINOSchedules, ScheduleSetup
 from keras_dino.training.hparams import (
     DATA_DEFAULTS,
     EXTRA_RECORDED,
@@ -19,8 +21,6 @@ from keras_dino.training.hparams import (
     refuse_data_arguments,
 )
 from keras_dino.training.inputs import check_training_input, crops_of
-from keras_dino.training.optimizers import OPTIMIZERS, DINOOptimizer
-from keras_dino.training.schedules import DINOSchedules, ScheduleSetup
 from keras_dino.training.steps import STEPS
 
 

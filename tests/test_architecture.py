@@ -248,6 +248,14 @@ def test_every_kind_of_import_is_read():
     assert "keras_dino.export.litert" in IMPORTS["keras_dino.export"]
 
 
+def test_relative_imports_are_resolved(tmp_path):
+    path = tmp_path / "fake.py"
+    path.write_text("from . import backbones\n"
+                    "def f():\n    from ..layers import batch_norm\n    from .. import losses\n")
+    assert set(_imports("keras_dino.models.fake", path)) == {
+        "keras_dino.models.backbones", "keras_dino.layers.batch_norm", "keras_dino.losses"}
+
+
 def test_the_facade_and_testing_are_imported_by_no_room():
     importers = {
         room: targets[unlayered]

@@ -2,7 +2,7 @@
 
 The official repository publishes, beside each backbone, the linear classifier trained on
 its frozen features (`*_linearweights.pth`). This tool puts the two together
-(`keras_dino.load_pretrained(..., linear_head=...)`), reads an image as the official
+(`keras_dino.load_pretrained_classifier`), reads an image as the official
 evaluation does (PIL, resize to 256 then a 224 center crop) and prints the top-5 ImageNet
 classes with their probabilities, then one JSON line.
 
@@ -51,12 +51,11 @@ def run(F):
     if not weights:
         raise app.UsageError(f"no --pretrained_weights and no released {F.arch}/"
                              f"{F.patch_size} weights.")
-    linear = F.linear_weights or True
-    if linear is True and weights not in keras_dino.PRESETS:
+    if not F.linear_weights and weights not in keras_dino.PRESETS:
         raise app.UsageError("--linear_weights is needed with a local --pretrained_weights.")
     kwargs = {"num_heads": F.num_heads} if F.num_heads else {}
-    classifier = keras_dino.load_pretrained(weights, checkpoint_key=F.checkpoint_key,
-                                            linear_head=linear, **kwargs)
+    classifier = keras_dino.load_pretrained_classifier(
+        weights, F.linear_weights or None, checkpoint_key=F.checkpoint_key, **kwargs)
     x = EvalConfig(F.eval_size, F.eval_resize).load(F.image_path)[None]
     logits = ops.convert_to_numpy(classifier(x))[0].astype(np.float64)
     probabilities = np.exp(logits - logits.max())

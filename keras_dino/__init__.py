@@ -10,7 +10,7 @@ features = model(keras_dino.preprocess_images(images))
 ```
 """
 
-from keras_dino import callbacks, evaluation, layers, models, training
+from keras_dino import callbacks, evaluation, layers, models, optim, training
 from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained
 from keras_dino.evaluation.classifier import load_pretrained_classifier
 from keras_dino.models import (
@@ -61,6 +61,7 @@ __all__ = [
     "load_pretrained_classifier",
     "models",
     "normalize_images",
+    "optim",
     "preprocess_images",
     "vit_base",
     "vit_small",

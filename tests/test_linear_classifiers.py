@@ -104,11 +104,11 @@ def test_released_classifier_preset_offline_names_the_linear_weights(monkeypatch
         info.value)
 
 
-def test_load_pretrained_with_linear_head_is_the_classifier(zoo_dir, fixtures_dir, images):
-    # The API: load_pretrained(path, arch=..., linear_head=path), recipe overridable.
-    classifier = keras_dino.load_pretrained(fixtures_dir / "backbone_vit_mini16.pth",
-                                            num_heads=3,
-                                            linear_head=zoo_dir / "linear_vit_mini16_vitb_recipe.pth")
+def test_classifier_loads_files_with_an_overridable_recipe(zoo_dir, fixtures_dir, images):
+    # load_pretrained_classifier(backbone file, linear file, **load_pretrained kwargs).
+    backbone = fixtures_dir / "backbone_vit_mini16.pth"
+    linear = zoo_dir / "linear_vit_mini16_vitb_recipe.pth"
+    classifier = keras_dino.load_pretrained_classifier(backbone, linear, num_heads=3)
     assert (classifier.n_last_blocks, classifier.avgpool_patchtokens) == (1, True)
     logits = np.load(zoo_dir / "linear_outputs_vit_mini16_vitb_recipe.npz")["logits"]
     np.testing.assert_allclose(ops.convert_to_numpy(classifier(images)), logits, rtol=1e-4,
@@ -116,12 +116,18 @@ def test_load_pretrained_with_linear_head_is_the_classifier(zoo_dir, fixtures_di
     # a recipe that does not fit the layer's width says which one would
     with pytest.raises(ValueError, match="give 192. Its width fits n_last_blocks=1, "
                                          "avgpool_patchtokens=True"):
+        keras_dino.load_pretrained_classifier(backbone, linear, n_last_blocks=4, num_heads=3)
+
+
+@pytest.mark.parametrize("linear_head", [True, "dino_vits16_linearweights.pth"])
+def test_backbone_loader_points_to_the_classifier_loader(fixtures_dir, linear_head):
+    # The loader builds backbones and never imports the classifier task that wraps one.
+    with pytest.raises(TypeError, match=r"call keras_dino\.load_pretrained_classifier\("):
         keras_dino.load_pretrained(fixtures_dir / "backbone_vit_mini16.pth", num_heads=3,
-                                   linear_head=zoo_dir / "linear_vit_mini16_vitb_recipe.pth",
-                                   n_last_blocks=4)
-    with pytest.raises(ValueError, match="pass the linear-weights file"):
-        keras_dino.load_pretrained(fixtures_dir / "backbone_vit_mini16.pth", num_heads=3,
-                                   linear_head=True)
+                                   linear_head=linear_head)
+    backbone = keras_dino.load_pretrained(fixtures_dir / "backbone_vit_mini16.pth",
+                                          num_heads=3, linear_head=None)
+    assert isinstance(backbone, keras_dino.VisionTransformer)
 
 
 def test_imagenet_class_names_ship_with_the_package():

@@ -146,6 +146,36 @@ def test_batch_norm_follows_training_even_when_not_trainable():
     assert float(_np(bn.moving_mean)[0]) != 0.0
 
 
+@pytest.mark.tf_only
+@pytest.mark.parametrize("synchronized", [True, False])
+def test_batch_norm_across_tf_replicas_uses_the_global_batch(synchronized):
+    # Two replicas, half the batch each: synchronised, the statistics (normalised outputs,
+    # running mean and unbiased variance) are those of the whole batch, as SyncBatchNorm;
+    # not synchronised, each replica's own.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(8, 3, 2)) * [1.0, 3.0] + [0.0, 5.0]).astype("float32")
+    x[4:] += 2.0  # the halves differ, so per-replica statistics would not match
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        bn = BatchNorm(momentum=0.5, synchronized=synchronized)
+        bn.build(x.shape)
+    halves = strategy.experimental_distribute_values_from_function(
+        lambda context: x[4 * context.replica_id_in_sync_group:][:4])
+    outputs = strategy.run(tf.function(lambda h: bn(h, training=True)), args=(halves,))
+    y = np.concatenate([_np(t) for t in strategy.experimental_local_results(outputs)])
+    if not synchronized:  # each replica normalises its half with its own statistics
+        local = [(h - h.mean((0, 1))) / np.sqrt(h.var((0, 1)) + 1e-5) for h in (x[:4], x[4:])]
+        np.testing.assert_allclose(y, np.concatenate(local), atol=1e-4)
+        return
+    mean, var, n = x.mean((0, 1)), x.var((0, 1)), x.size // x.shape[-1]
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+    np.testing.assert_allclose(_np(bn.moving_mean), 0.5 * mean, atol=1e-5)
+    np.testing.assert_allclose(_np(bn.moving_variance), 0.5 + 0.5 * var * n / (n - 1),
+                               atol=1e-4)
+
+
 def test_batch_norm_config_round_trip():
     bn = BatchNorm(momentum=0.2, epsilon=1e-3, synchronized=False)
     clone = BatchNorm.from_config(bn.get_config())

@@ -255,7 +255,6 @@ def load_pretrained(
     patch_size: int | None = None,
     checkpoint_key: str = "teacher",
     with_head: bool = False,
-    linear_head: "bool | str | os.PathLike | None" = None,
     **model_kwargs,
 ):
     """Official DINO weights as a Keras model.
@@ -275,18 +274,13 @@ def load_pretrained(
         checkpoint_key: `"teacher"` or `"student"` for full training checkpoints.
         with_head: also build the DINO head; returns a `MultiCropWrapper` whose
             `backbone` and `head` hold the weights.
-        linear_head: an ImageNet linear classifier on top: `True` for the preset's
-            released `*_linearweights.pth`, or the path of a linear-weights file (or
-            an `eval_linear.py` checkpoint). Returns a Keras model from NHWC images to
-            logits with the official evaluation recipe of the architecture
-            (`keras_dino.evaluation.load_pretrained_classifier`; `n_last_blocks` and
-            `avgpool_patchtokens` in `model_kwargs` override it).
         **model_kwargs: extra `VisionTransformer` arguments (e.g. `num_heads` for
             non-standard widths, `drop_path_rate`, `use_fused_attention`).
 
     Returns:
         A `VisionTransformer` (or a `ResNet`, an `XCiT`), a `MultiCropWrapper` when
-        `with_head`, a `LinearProbe` classifier when `linear_head`.
+        `with_head`. A backbone with its ImageNet linear classifier is the classifier's
+        to load: `keras_dino.load_pretrained_classifier`.
 
     Example:
 
@@ -297,19 +291,12 @@ def load_pretrained(
     ```
     """
     name_or_path = os.fspath(name_or_path)
-    if linear_head is not None and linear_head is not False:
-        # The classifier lives with the evaluation code; imported here, on demand.
-        from keras_dino.evaluation.classifier import load_pretrained_classifier
-
-        if with_head:
-            raise ValueError("with_head and linear_head exclude each other.")
-        if linear_head is True and name_or_path not in PRESETS:
-            raise ValueError("linear_head=True takes the released classifier of a preset; "
-                             f"for '{name_or_path}' pass the linear-weights file.")
-        # The classifier's own loader: preset lookup, recipe keys and backbone loading.
-        return load_pretrained_classifier(
-            name_or_path, None if linear_head is True else linear_head, arch=arch,
-            patch_size=patch_size, checkpoint_key=checkpoint_key, **model_kwargs)
+    if model_kwargs.pop("linear_head", None) not in (None, False):
+        # The loader builds backbones; the classifier task wraps one and calls this loader.
+        raise TypeError(
+            "load_pretrained loads backbones; for a backbone with its ImageNet linear "
+            "classifier call keras_dino.load_pretrained_classifier(name_or_path, "
+            "linear_weights) (linear_weights may be left out for a preset).")
     if name_or_path in PRESETS:
         preset_arch, preset_patch, _ = PRESETS[name_or_path]
         arch = arch or preset_arch

@@ -4,7 +4,8 @@ The official repository releases, beside each backbone, the linear classifier th
 `eval_linear.py` trained on its frozen features (`*_linearweights.pth`: ViT-S/16 77.0%,
 ViT-S/8 79.7%, ViT-B/16 78.2%, ViT-B/8 80.1%, ResNet-50 75.3% top-1 on ImageNet).
 `load_pretrained_classifier` puts the two together as a `LinearProbe`: images in,
-1000 logits out.
+1000 logits out. The classifier is a task that wraps a backbone: it calls the backbone
+loader (`keras_dino.load_pretrained`), which knows nothing of it.
 """
 
 import os
@@ -12,6 +13,8 @@ import os
 import keras  # noqa: F401  (type hints)
 import numpy as np
 
+from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained, preset_file
+from keras_dino.checkpoints.torch_format import read_checkpoint
 from keras_dino.evaluation.linear import LinearProbe, has_blocks, load_linear_checkpoint
 
 
@@ -61,8 +64,6 @@ def linear_recipe(backbone, in_features: int) -> dict:
 
 
 def _linear_shape(path):
-    from keras_dino.checkpoints.torch_format import read_checkpoint
-
     checkpoint = read_checkpoint(path)
     state = checkpoint.get("state_dict", checkpoint)
     for key, value in state.items():
@@ -104,8 +105,6 @@ def load_pretrained_classifier(backbone: "str | os.PathLike | keras.Model" = "di
     logits = classifier(keras_dino.preprocess_images(images))     # (B, 1000)
     ```
     """
-    from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained, preset_file
-
     if linear_weights is None:
         if not (isinstance(backbone, str) and backbone in PRESETS):
             raise ValueError("linear_weights is needed unless backbone is a preset "

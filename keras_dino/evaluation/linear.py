@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dino.training.optimizers import SGD
+from keras_dino.optim.optimizers import SGD
 
 
 def has_blocks(backbone) -> bool:

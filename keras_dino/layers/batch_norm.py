@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_dino.distribute import cross_replica_sum
 from keras_dino.layers.precision import at_least_float32
 
 
@@ -87,8 +88,6 @@ class BatchNorm(keras.layers.Layer):
     def _sum_over_replicas(self, values):
         if not self.synchronized:
             return values
-        from keras_dino.training.distribute import cross_replica_sum
-
         return tuple(cross_replica_sum(v) for v in values)
 
     def call(self, inputs, training=None):

@@ -33,11 +33,3 @@ __all__ = [
     "xcit",
 ]
 
-
-def __getattr__(name):
-    # `keras_dino.models.DINO` before the training model moved to keras_dino.training.
-    if name == "DINO":
-        from keras_dino.training.dino import DINO
-
-        return DINO
-    raise AttributeError(f"module 'keras_dino.models' has no attribute {name!r}")

@@ -1,7 +1,18 @@
-"""Training: the `DINO` model, its schedules, the official optimizers, cross-replica helpers."""
+"""Training: the `DINO` model and the distribution a training script sets up.
 
-from keras_dino.training.optimizers import LARS, SGD, AdamW, DINOOptimizer
-from keras_dino.training.schedules import DINOSchedules, cosine_scheduler, teacher_temp_schedule
+The optimizers and schedules it compiles with live in `keras_dino.optim`; they are
+re-exported here, where a training script looks for them.
+"""
+
+from keras_dino.optim import (
+    LARS,
+    SGD,
+    AdamW,
+    DINOOptimizer,
+    DINOSchedules,
+    cosine_scheduler,
+    teacher_temp_schedule,
+)
 
 __all__ = [
     "LARS",

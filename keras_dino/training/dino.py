@@ -4,12 +4,15 @@ import keras
 from keras import ops
 
 from keras_dino import callbacks as dino_callbacks
+from keras_dino import distribute
+from keras_dino.checkpoints import dino_checkpoint, warm_start
 from keras_dino.losses import batch_center, dino_loss, teacher_entropy
 from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
 from keras_dino.models.official_names import PARAMETER_KINDS, multicrop_variable_map
-from keras_dino.training import distribute
+from keras_dino.optim.optimizers import OPTIMIZERS, DINOOptimizer
+from keras_dino.optim.schedules import DINOSchedules, ScheduleSetup
 from keras_dino.training.hparams import (
     DATA_DEFAULTS,
     EXTRA_RECORDED,
@@ -19,8 +22,6 @@ from keras_dino.training.hparams import (
     refuse_data_arguments,
 )
 from keras_dino.training.inputs import check_training_input, crops_of
-from keras_dino.training.optimizers import OPTIMIZERS, DINOOptimizer
-from keras_dino.training.schedules import DINOSchedules, ScheduleSetup
 from keras_dino.training.steps import STEPS
 
 
@@ -437,9 +438,7 @@ class DINO(keras.Model):
         restored, and `fit` resumes at the checkpoint's epoch. The file is read without
         torch and without running pickled code.
         """
-        from keras_dino.checkpoints.dino_checkpoint import load_official_checkpoint
-
-        return load_official_checkpoint(path, cls, **overrides)
+        return dino_checkpoint.load_official_checkpoint(path, cls, **overrides)
 
     @classmethod
     def from_pretrained(cls, weights, checkpoint_key=None, load_heads=True, **kwargs):
@@ -465,15 +464,11 @@ class DINO(keras.Model):
         model.fit(keras_dino.data.multicrop_dataset("my_images/", 64), epochs=20)
         ```
         """
-        from keras_dino.checkpoints.warm_start import dino_from_pretrained
-
-        return dino_from_pretrained(cls, weights, checkpoint_key, load_heads, **kwargs)
+        return warm_start.dino_from_pretrained(cls, weights, checkpoint_key, load_heads, **kwargs)
 
     def save_official_checkpoint(self, path) -> str:
         """Writes an official `checkpoint.pth` (or `.npz`) that `main_dino.py` resumes from."""
-        from keras_dino.checkpoints.dino_checkpoint import save_official_checkpoint
-
-        return save_official_checkpoint(self, path)
+        return dino_checkpoint.save_official_checkpoint(self, path)
 
     # ------------------------------------------------------------------ config
     def get_config(self):

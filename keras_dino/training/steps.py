@@ -8,7 +8,7 @@ backends: how the gradient is taken and how the state is threaded through the st
 import keras
 from keras import ops
 
-from keras_dino.training import distribute
+from keras_dino import distribute
 
 
 def tensorflow_step(model, data):

@@ -13,7 +13,7 @@ import math
 import keras
 from keras import ops
 
-from keras_dino.training.schedules import DINOSchedules
+from keras_dino.optim.schedules import DINOSchedules
 
 
 class _ScheduleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
@@ -98,7 +98,7 @@ class AdamW(DINOOptimizer):
 
     Example:
 
-    >>> from keras_dino.training.schedules import DINOSchedules
+    >>> from keras_dino.optim.schedules import DINOSchedules
     >>> opt = AdamW(DINOSchedules(epochs=1, warmup_epochs=0, steps_per_epoch=10))
     >>> opt.beta_1, opt.epsilon
     (0.9, 1e-08)

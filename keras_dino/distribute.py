@@ -1,4 +1,6 @@
-"""The few cross-replica operations DINO's step needs, for every backend.
+"""The few cross-replica operations DINO's step and synchronised `BatchNorm` need.
+
+A leaf: it imports Keras only, so layers, models and training may all use it.
 
 Under JAX (`keras.distribution.DataParallel`) the compiled step sees the global batch,
 so batch sums are already global and plain assignments are right. Under a

@@ -177,9 +177,9 @@ def _break_rule(monkeypatch, rule):
     """Replaces one of DINO's rules by a plausible mistake."""
     from keras import ops
 
+    from keras_dino.optim.optimizers import AdamW, DINOOptimizer
+    from keras_dino.optim.schedules import DINOSchedules
     from keras_dino.training import dino as dino_module
-    from keras_dino.training.optimizers import AdamW, DINOOptimizer
-    from keras_dino.training.schedules import DINOSchedules
 
     if rule == "no_gradient_clipping":
         monkeypatch.setattr(DINOOptimizer, "_clip", lambda self, grad: grad)

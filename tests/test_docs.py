@@ -5,13 +5,13 @@
   that documents a parameter the signature lacks fails the build.
 * The python blocks of README.md and `docs/*.md` marked with the comment
   `<!-- test: run -->` on the line before their fence run, in order, one namespace per
-  document, in a folder holding the files they name (`cat.jpg`, `dog.png`,
-  `my_photos/`). The marker may list replacements, `'old' -> 'new'`, separated by `;`,
-  which shrink a block to CPU-seconds (a full training run to one step of a tiny
-  network); each must match the block. Preset names (the first argument of
-  `load_pretrained`) resolve to the official fixture
-  checkpoints of the same patch size (ViTs of reduced width), since the released
-  weights cannot be downloaded here.
+  document, in a folder holding the files they name (`cat.jpg`, `dog.png`, `my_photos/`
+  and its list `my_photos/train.txt`). The marker may list replacements,
+  `'old' -> 'new'`, separated by `;`, which shrink a block to CPU-seconds (a full
+  training run to one epoch of a tiny network); each must match the block. Preset names
+  (the first argument of `load_pretrained`) resolve to the official fixture checkpoints
+  of the same patch size (ViTs of reduced width), since the released weights cannot be
+  downloaded here.
 * The README's links reach existing files and headings.
 * `docs/cli.md` lists every flag of every `examples/*.py` tool
   (`scripts/cli_docs.py` writes it).
@@ -89,6 +89,8 @@ def sandbox(tmp_path, monkeypatch, fixtures_dir):
     (tmp_path / "my_photos").mkdir()
     for photo in photos:
         shutil.copy(photo, tmp_path / "my_photos" / photo.name)
+    (tmp_path / "my_photos" / "train.txt").write_text(
+        "".join(f"{photo.name}\n" for photo in photos))
     shutil.copy(IMAGES / "chelsea.jpg", tmp_path / "cat.jpg")
     Image.open(IMAGES / "coffee.jpg").convert("RGB").save(tmp_path / "dog.png")
     monkeypatch.chdir(tmp_path)

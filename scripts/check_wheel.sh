@@ -68,7 +68,8 @@ assert "keras_dino/datasets/cifar10_mini/README.md" in wnames
 need_s = ["LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "MANIFEST.in", "BUILD",
           "WORKSPACE", ".bazelrc", "tests/conftest.py", "tests/BUILD",
           "tests/bazel_pytest_main.py", "examples/BUILD", "scripts/test.sh",
-          "scripts/check_wheel.sh", "scripts/bazel_test.sh"]
+          "scripts/check_wheel.sh", "scripts/bazel_test.sh", "mkdocs.yml", "docs/index.md",
+          "docs/api/keras_dino.md", "scripts/cli_docs.py", "scripts/griffe_doctest_fences.py"]
 need_s += [n for n in expected if n.endswith(".py")]  # package, tests, examples, bench
 missing = [n for n in need_s if (repo / n).exists() and n not in snames]
 assert not missing, f"missing from the sdist: {missing}"

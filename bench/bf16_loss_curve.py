@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def small_dino(steps, window, batch, out_dim):
-    """The README quickstart's ViT (patch 4 for 32x32 images), schedules over `steps`."""
+    """A quickstart-sized ViT (patch 4 for 32x32 images), schedules over `steps`."""
     import keras_dino
 
     return keras_dino.DINO(

@@ -6,11 +6,11 @@ sizing the run to the time budget from the measured step time, then classifies t
 same architecture at random initialisation. Prints one JSON line.
 
 Two recipes (`--arch`):
-* `resnet` (default): the README main job's network (a small ResNet with a BatchNorm
+* `resnet` (default): the quickstart's network (a small ResNet with a BatchNorm
   head, two global crops and no local crops, teacher momentum 0.99 held) with the best
   recipe measured for 20 minutes of 2 CPU cores: batches of 128, global crop scale
   0.14-1 (the official suggestion without local crops), base lr 0.002 (54.7% against
-  34.1% at random init; README lists the variants measured).
+  34.1% at random init; docs/benchmarks.md lists the variants measured).
 * `vit`: a 3-block ViT with patch 4 and scaled-down multi-crop (4 local crops), the
   momentum held at 0.98, batches of 64, base lr 0.004, global crop scale 0.35-1 (37.0%
   against 29.2% at random init in 20 minutes).
@@ -46,7 +46,7 @@ def extract(tar_path, into):
     return pathlib.Path(into)
 
 
-# The defaults of each `--arch` (README lists what was measured).
+# The defaults of each `--arch` (docs/benchmarks.md lists what was measured).
 RECIPES = {
     "resnet": dict(batch=128, lr=0.002, min_lr=5e-4, global_crops_scale=(0.14, 1.0),
                    local_crops_number=0, momentum_teacher=0.99),
@@ -87,7 +87,7 @@ def main(argv=None):
                         "--momentum_teacher: held constant")
     parser.add_argument("--global_crops_scale", type=float, nargs=2, default=None,
                         help="official 0.4 1.0; default: 0.14 1.0 for resnet (0.1: 52.9%%, "
-                        "0.2: 52.8%% at lr 0.004), the main job's 0.35 1.0 for vit")
+                        "0.2: 52.8%% at lr 0.004), the quickstart's 0.35 1.0 for vit")
     parser.add_argument("--global_size", type=int, default=32,
                         help="side of the global crops, and of the evaluation images; above "
                         "32 the crops are upsampled, so the network's stages see larger maps "

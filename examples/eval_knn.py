@@ -11,8 +11,9 @@ The official ViT-S/16 on ImageNet (the paper's 74.5% 20-NN top-1):
 
     python examples/eval_knn.py --pretrained_weights=dino_vits16 --data_path=/data/imagenet
 
-A checkpoint of the README's main job (a small ResNet), on the embedded CIFAR-10 subset
-(it prints the 20-NN top-1 of the run's summary line, 38.4 in the README's run):
+A checkpoint of the quickstart (a small ResNet, docs/training.md), on the embedded
+CIFAR-10 subset (it prints the 20-NN top-1 of the run's summary line, 38.4 in the
+measured run):
 
     python examples/eval_knn.py --pretrained_weights=out/quickstart/checkpoint.pth \\
         --arch=resnet_quickstart --data_path=embedded --eval_size=32 --eval_resize=32 \\

@@ -3,7 +3,7 @@
 Needs neither keras nor keras_dino: REST uses the standard library, numpy and absl-py (its
 command line; copy `common.py` from this folder beside it), gRPC needs
 `pip install tensorflow-serving-api` (imported only when gRPC is used). Start the server
-as in the README ("Export and TF Serving"), then:
+as in docs/export.md ("Serving"), then:
 
     # Encoded JPEG/PNG files through the `serve_bytes` signature (REST, then gRPC):
     python examples/serving_client.py --model=dino photo1.jpg photo2.jpg

@@ -5,7 +5,7 @@ official command lines carry over; data-source, backend and distribution flags a
 Checkpoints (Keras backups for resuming, and official `checkpoint.pth` files) and
 `log.txt` go to `--output_dir`; rerunning the same command resumes.
 
-The laptop-sized main job (embedded CIFAR-10 subset, a few minutes on 2 CPU cores, then
+The quickstart (embedded CIFAR-10 subset, a few minutes on 2 CPU cores, then
 k-NN against random initialisation, attention maps, training curves, SavedModel):
 
     python examples/train_dino.py --flagfile=examples/flags/quickstart.flags
@@ -108,7 +108,7 @@ flags.DEFINE_boolean("remat", False, "Recompute the student's blocks in the back
                      "less memory (larger batches for ViT-S/8, ViT-B/16), ~1/3 more compute.")
 flags.DEFINE_integer("steps_per_execution", 1, "Steps per compiled call (TF and JAX).")
 flags.DEFINE_boolean("jit_compile", None, "XLA-compile the step (default: Keras' choice).")
-# --- distribution (README "Scaling out: GPUs, machines, TPUs") ---
+# --- distribution (docs/distributed.md) ---
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy (TensorFlow backend): default (one device), "
                   "mirrored (every local GPU), multi_worker (MultiWorkerMirroredStrategy, "

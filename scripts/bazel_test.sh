@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bazel check (issue 9): `bazel build //...` (library, examples, benchmarks, tests) and
+# Bazel check: `bazel build //...` (library, examples, benchmarks, tests) and
 # `bazel test` of the fast tests, with Debian's bazel-bootstrap (Bazel 4.2), offline, on
 # the installed Python environment. Installs nothing: CI runs
 #   apt-get install -y bazel-bootstrap

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Packaging check (issue 9): `python -m build` makes an sdist and a wheel; the wheel,
+# Packaging check: `python -m build` makes an sdist and a wheel; the wheel,
 # installed into a fresh virtual environment that cannot see this checkout, imports, ships
 # the embedded data set, loads the fixture checkpoint with numbers equal to the official
 # ones, keeps TensorFlow out of `import keras_dino` under JAX and torch, and runs the
@@ -68,7 +68,8 @@ assert "keras_dino/datasets/cifar10_mini/README.md" in wnames
 need_s = ["LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "MANIFEST.in", "BUILD",
           "WORKSPACE", ".bazelrc", "tests/conftest.py", "tests/BUILD",
           "tests/bazel_pytest_main.py", "examples/BUILD", "scripts/test.sh",
-          "scripts/check_wheel.sh", "scripts/bazel_test.sh"]
+          "scripts/check_wheel.sh", "scripts/bazel_test.sh", "mkdocs.yml", "docs/index.md",
+          "docs/api/keras_dino.md", "scripts/cli_docs.py", "scripts/griffe_doctest_fences.py"]
 need_s += [n for n in expected if n.endswith(".py")]  # package, tests, examples, bench
 missing = [n for n in need_s if (repo / n).exists() and n not in snames]
 assert not missing, f"missing from the sdist: {missing}"
@@ -204,7 +205,7 @@ KERAS_BACKEND=tensorflow "${VPY}" "${EX}/examples/export_saved_model.py" \
   --describe="${TMP}/exports/mini" > "${TMP}/describe.log" 2>&1 \
   || { tail -30 "${TMP}/describe.log"; fail "export_saved_model.py --describe"; }
 echo "export_saved_model.py ${CHECKPOINT##*/} -> $(ls -d "${TMP}"/exports/mini/*): ok"
-# The README's quick start, shortened to 2 steps without k-NN: the embedded data set from
+# The quickstart (README), shortened to 2 steps without k-NN: the embedded data set from
 # the wheel, attention maps and training curves (matplotlib: the `examples` extra).
 if "${VPY}" -c "import matplotlib" 2>/dev/null; then
   KERAS_BACKEND=tensorflow "${VPY}" "${EX}/examples/train_dino.py" \

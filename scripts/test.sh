@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command (README "Run the tests"): lint, then one pytest process per
+# The project's test command (README, docs/contributing.md): lint, then one pytest process per
 # Keras backend. Backend-agnostic tests run under TensorFlow, JAX and torch; tests that
 # need TensorFlow itself (tf_only) run in the TensorFlow process only, and `slow` tests
 # in one process only (tests/conftest.py).

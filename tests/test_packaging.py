@@ -1,4 +1,4 @@
-"""Packaging and build metadata agree with the code (issue 9).
+"""Packaging and build metadata agree with the code.
 
 The public API resolves and carries type hints, the version is single-sourced, the Bazel
 BUILD files declare a target for every test and example (so they cannot drift from the

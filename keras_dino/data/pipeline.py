@@ -214,7 +214,8 @@ def multicrop_dataset(
             but only TF's log names the error, not the file).
         source_type: force one of `SOURCE_TYPES`.
         extensions: file-name filter of a folder source (None: every file).
-        tfds_split, tfds_data_dir: TFDS split and data directory.
+        tfds_split: the TFDS split.
+        tfds_data_dir: the TFDS data directory.
         tfrecord_label_offset: subtracted from TFRecord labels (1 for the standard format).
         shuffle_buffer: shuffle buffer of stream sources.
         num_parallel_calls: decode + augment parallelism (AUTOTUNE).

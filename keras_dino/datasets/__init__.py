@@ -1,4 +1,4 @@
-"""Small data sets shipped with keras_dino, so the main job and the tests run offline."""
+"""Small data sets shipped with keras_dino, so the quickstart and the tests run offline."""
 
 import pathlib
 

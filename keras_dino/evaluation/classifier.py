@@ -87,9 +87,11 @@ def load_pretrained_classifier(backbone: "str | os.PathLike | keras.Model" = "di
         linear_weights: the classifier file (`*_linearweights.pth` or an
             `eval_linear.py` `checkpoint.pth.tar`); by default the preset's released
             one, downloaded once into the Keras cache.
-        n_last_blocks, avgpool_patchtokens: ViT feature recipe, read off the layer's
-            width when not given (ViT-S: 4 blocks, no average; ViT-B: 1 block with the
-            mean patch token); given, the layer must fit it.
+        n_last_blocks: ViT feature recipe, read off the layer's width when not given
+            (ViT-S: 4 blocks, no average; ViT-B: 1 block with the mean patch token);
+            given, the layer must fit it.
+        avgpool_patchtokens: the other half of the ViT feature recipe (the mean patch
+            token appended), read off or checked in the same way.
         **load_kwargs: passed to `keras_dino.load_pretrained` (`arch`, `patch_size`,
             `checkpoint_key`, ...).
 

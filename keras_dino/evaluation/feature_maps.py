@@ -139,8 +139,9 @@ def mutual_nearest_neighbours(a, b):
     """Pairs of patches that are each other's nearest neighbour by cosine similarity.
 
     Args:
-        a, b: features `(Na, C)` and `(Nb, C)`, or patch grids `(h, w, C)` (flattened
-            row-major: patch `r * w + c`).
+        a: features `(Na, C)`, or a patch grid `(h, w, C)` (flattened row-major:
+            patch `r * w + c`).
+        b: features `(Nb, C)`, or a patch grid, as `a`.
 
     Returns:
         `(pairs, similarities)`: int `(K, 2)` rows `(i, j)` with `j` the nearest patch of
@@ -210,8 +211,10 @@ def draw_correspondences(image_a, image_b, grid_a, grid_b, pairs, similarities=N
     """Two images side by side, a line joining the centres of each pair of patches.
 
     Args:
-        image_a, image_b: uint8 `(H, W, 3)`, each drawn at its own resolution.
-        grid_a, grid_b: the `(h, w)` patch grids of the two images.
+        image_a: uint8 `(H, W, 3)`, drawn at its own resolution.
+        image_b: the second image, as `image_a`.
+        grid_a: the `(h, w)` patch grid of `image_a`.
+        grid_b: the `(h, w)` patch grid of `image_b`.
         pairs: `(K, 2)` flat patch indices (`mutual_nearest_neighbours`).
         similarities: optional `(K,)`: the `max_lines` most similar pairs are drawn.
         max_lines: at most this many lines (spread over the pairs without similarities).

@@ -144,8 +144,8 @@ def write_feature_shards(backbone, data_path, output_dir, features: str = "cls",
         output_dir: where the shards and `manifest.json` go.
         features: one of `FEATURE_KINDS` (`cls`, `patch`, `mean_patch`, `last_blocks`,
             `block`); with `n_last_blocks`, `block`, `multiscale` as `feature_function`.
-        image_size, resize_size: the official evaluation view (`EvalConfig`): shorter
-            side to `resize_size` (default `image_size * 256 / 224`), center crop.
+        image_size: the official evaluation view (`EvalConfig`): the center crop.
+        resize_size: the shorter side before the crop (default `image_size * 256 / 224`).
         batch_size: images per forward pass.
         shard_size: images per shard (listed images: a shard keeps fewer rows when
             some of its files are unreadable).

@@ -86,9 +86,11 @@ def knn_accuracy(backbone, train_data, test_data, k: int = 20, T: float = 0.07,
 
     Args:
         backbone: a keras_dino backbone (its pooled output is the feature).
-        train_data, test_data: `(images, labels)` arrays of normalised NHWC images, or
-            datasets of such batches.
-        k, T: neighbours and vote temperature (20 and 0.07, the paper's).
+        train_data: `(images, labels)` arrays of normalised NHWC images, or a dataset
+            of such batches: the reference set.
+        test_data: the same, for the images to classify.
+        k: the number of neighbours (20, the paper's).
+        T: the vote temperature (0.07, the paper's).
         batch_size: images per extraction batch.
 
     Example:

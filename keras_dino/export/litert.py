@@ -102,11 +102,16 @@ def export_litert(
         model_name: the file's name.
         version: recorded in the metadata.
         image_size: the square input size `S` (fixed: LiteRT resizes only the batch).
-        input_dtype, l2_normalize, include_patch_tokens, include_attention: as
-            `export_onnx`.
+        input_dtype: as `export_onnx`.
+        l2_normalize: as `export_onnx`.
+        include_patch_tokens: as `export_onnx`.
+        include_attention: as `export_onnx`.
         float16: float16 weights (the converter's float16 quantization: half the file,
             dequantized to float32 on CPU).
-        overwrite, weights_source, load_kwargs, verbose: as `export_onnx`.
+        overwrite: as `export_onnx`.
+        weights_source: as `export_onnx`.
+        load_kwargs: as `export_onnx`.
+        verbose: as `export_onnx`.
 
     Returns:
         The path of the `.tflite` file, as a string.

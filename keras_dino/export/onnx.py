@@ -182,7 +182,9 @@ def export_onnx(
         float16: store the weights as float16 (half the file; the arithmetic stays float32).
         opset: the ONNX opset.
         overwrite: replace an existing file (otherwise `FileExistsError`).
-        weights_source, load_kwargs, verbose: as `export_saved_model`.
+        weights_source: as `export_saved_model`.
+        load_kwargs: as `export_saved_model`.
+        verbose: as `export_saved_model`.
 
     Returns:
         The path of the `.onnx` file, as a string.

@@ -1,0 +1,128 @@
+"""Writes the flag tables of docs/cli.md from the `examples/*.py` tools.
+
+The flags are read from the tools' source (`flags.DEFINE_*` calls, found with `ast`),
+without importing anything, so the reference cannot drift from the code:
+tests/test_docs.py checks that docs/cli.md is what this script writes.
+
+    python scripts/cli_docs.py          # rewrites the part of docs/cli.md between markers
+"""
+
+import ast
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+CLI_MD = REPO / "docs" / "cli.md"
+START, END = "<!-- cli:start -->", "<!-- cli:end -->"
+BACKBONE_DEFINER = "define_backbone_flags"
+
+
+def _text(node, constants):
+    """The value of a flag argument as it reads in the docs."""
+    if isinstance(node, ast.Name) and node.id in constants:
+        return constants[node.id]
+    if isinstance(node, ast.Name):
+        return "{" + node.id + "}"
+    try:
+        value = ast.literal_eval(node)
+    except ValueError:
+        if isinstance(node, ast.JoinedStr):  # an f-string: its literal parts, {...} kept
+            return "".join(
+                part.value if isinstance(part, ast.Constant) else str(_text(part.value, constants))
+                for part in node.values)
+        return ast.unparse(node)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _flags(calls, constants):
+    rows = []
+    for call in calls:
+        kind = call.func.attr[len("DEFINE_"):]
+        name = _text(call.args[0], constants)
+        default = _text(call.args[1], constants) if len(call.args) > 1 else None
+        if kind == "enum":
+            helptext = _text(call.args[3], constants) if len(call.args) > 3 else ""
+            choices = _text(call.args[2], constants)
+            helptext = f"{helptext} One of: {choices}."
+        else:
+            helptext = _text(call.args[2], constants) if len(call.args) > 2 else ""
+        for keyword in call.keywords:
+            if keyword.arg == "help":
+                helptext = _text(keyword.value, constants)
+            if keyword.arg == "default":
+                default = _text(keyword.value, constants)
+        rows.append((name, kind, default, " ".join(str(helptext).split())))
+    return rows
+
+
+def _define_calls(tree):
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr.startswith("DEFINE_")]
+
+
+def _backbone_call(tree):
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == BACKBONE_DEFINER):
+            return {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    return None
+
+
+def _backbone_defaults(common):
+    for node in ast.walk(common):
+        if isinstance(node, ast.FunctionDef) and node.name == BACKBONE_DEFINER:
+            names = [a.arg for a in node.args.args]
+            defaults = [ast.literal_eval(d) for d in node.args.defaults]
+            return dict(zip(names[len(names) - len(defaults):], defaults)), node
+    raise LookupError(f"examples/common.py has no {BACKBONE_DEFINER}")
+
+
+def _table(rows):
+    lines = ["| flag | type | default | description |", "| --- | --- | --- | --- |"]
+    for name, kind, default, helptext in rows:
+        shown = "" if default is None else "`\"\"`" if default == "" else f"`{default}`"
+        helptext = helptext.replace("|", "\\|")
+        lines.append(f"| `--{name}` | {kind} | {shown} | {helptext} |")
+    return lines
+
+
+def generated() -> str:
+    """The markdown between the markers of docs/cli.md."""
+    common = ast.parse((EXAMPLES / "common.py").read_text(encoding="utf-8"))
+    defaults, definer = _backbone_defaults(common)
+    constants = dict(defaults)
+    out = ["## Backbone flags", "",
+           "The evaluation, feature and export tools load their backbone with these flags "
+           "(`examples/common.py`); each tool's section gives its defaults.", ""]
+    out += _table(_flags(_define_calls(definer), constants)) + [""]
+    for path in sorted(EXAMPLES.glob("*.py")):
+        if path.name == "common.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        summary = (ast.get_docstring(tree) or "").split("\n\n")[0]
+        out += [f"## {path.name}", "", " ".join(summary.split()), ""]
+        backbone = _backbone_call(tree)
+        if backbone is not None:
+            given = {**defaults, **backbone}
+            out += [f"The [backbone flags](#backbone-flags), with `--arch={given['arch']}` "
+                    f"and `--patch_size={given['patch_size']}` by default, and:", ""]
+        out += _table(_flags(_define_calls(tree), {})) + [""]
+    return "\n".join(out)
+
+
+def render(current: str) -> str:
+    """`current` (docs/cli.md) with the generated part between its markers replaced."""
+    head, _, rest = current.partition(START)
+    _, _, tail = rest.partition(END)
+    if not rest:
+        raise ValueError(f"docs/cli.md lacks the {START} marker")
+    return f"{head}{START}\n{generated()}\n{END}{tail}"
+
+
+if __name__ == "__main__":
+    CLI_MD.write_text(render(CLI_MD.read_text(encoding="utf-8")), encoding="utf-8")
+    print(f"wrote {CLI_MD}", file=sys.stderr)

@@ -417,3 +417,25 @@ def test_rematerialised_blocks_train_exactly_like_plain_blocks():
     undropped.fit(tiny_crops(), batch_size=4, epochs=2, verbose=0)
     name = "backbone.blocks.0.mlp.fc1.weight"
     assert not np.allclose(all_weights(undropped)["student"][name], plain["student"][name])
+
+
+def test_parameter_groups_drive_the_optimizer_the_ema_and_the_checkpoint():
+    from keras_dino.checkpoints.dino_checkpoint import official_param_order
+
+    model = tiny_dino()
+    model.compile()
+    groups = model.parameter_groups()
+    assert "backbone.cls_token" in groups.regularized  # the official rule: not 1-D
+    assert "backbone.norm.weight" in groups.not_regularized
+    assert groups.last_layer == ("head.last_layer.weight_g", "head.last_layer.weight_v")
+    order, n_decayed = official_param_order(model)
+    assert order == groups.official_order() and n_decayed == len(groups.regularized)
+    optimizer = model.optimizer
+    for variable in model.trainable_variables:
+        name = groups.name_of(variable)
+        decay, rank, freezable = optimizer._flags_of(variable)
+        assert decay == (name in groups.regularized), name
+        assert freezable == (name in groups.last_layer), name
+    assert [id(s) for s, _ in model._ema_pairs] == [
+        id(groups.variables[name]) for name in groups.averaged
+    ]

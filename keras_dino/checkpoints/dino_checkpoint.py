@@ -95,17 +95,8 @@ def official_param_order(model) -> list:
     first and the others second, each in `named_parameters` order; indices run over
     both groups.
     """
-    trainable = {id(v) for v in model.trainable_variables}
-    names = [n for n, (v, _) in model.student_map.items() if id(v) in trainable]
-
-    def decayed(name):
-        variable, kind = model.student_map[name]
-        rank = 2 if kind == "gain" else len(variable.shape)
-        return not (name.endswith(".bias") or rank == 1)
-
-    return [n for n in names if decayed(n)] + [n for n in names if not decayed(n)], sum(
-        decayed(n) for n in names
-    )
+    groups = model.parameter_groups()
+    return groups.official_order(), len(groups.regularized)
 
 
 def _inner(optimizer):

@@ -15,6 +15,8 @@ variables, with the layout change between them (`kind`):
 The maps belong to the models; `keras_dino.checkpoints` converts tensors with them.
 """
 
+import dataclasses
+
 import keras
 
 from keras_dino.layers.batch_norm import BatchNorm
@@ -206,3 +208,101 @@ def multicrop_variable_map(wrapper) -> dict:
     entries = {f"backbone.{k}": v for k, v in backbone_variable_map(wrapper.backbone).items()}
     entries.update({f"head.{k}": v for k, v in head_variable_map(wrapper.head).items()})
     return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterGroups:
+    """The official optimizer's view of a network's parameters, by official name.
+
+    As the official `utils.get_params_groups`: parameters whose name ends in `.bias` or
+    that are 1-D (in the official layout) are not regularized, every other one is (so
+    `cls_token` and `pos_embed` are decayed); the optimizer's parameter indices run over
+    `regularized` then `not_regularized`, each in `named_parameters` order. `last_layer`
+    is what `freeze_last_layer` freezes; `averaged` is what the teacher follows by EMA
+    (every parameter, no BatchNorm statistics). `variables` maps each name to its
+    Keras variable.
+
+    Example:
+
+    >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
+    >>> wrapper = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(out_dim=64, in_dim=192))
+    >>> groups = parameter_groups(wrapper)
+    >>> "backbone.pos_embed" in groups.regularized, "backbone.norm.weight" in groups.regularized
+    (True, False)
+    >>> groups.last_layer
+    ('head.last_layer.weight_g', 'head.last_layer.weight_v')
+    """
+
+    regularized: tuple
+    not_regularized: tuple
+    last_layer: tuple
+    averaged: tuple
+    variables: dict
+    ranks: dict  # official rank of each parameter (weight_g is (out, 1) there)
+    _names: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._names.update({id(v): n for n, v in self.variables.items()})
+
+    def official_order(self) -> list:
+        """Names in the official optimizer's index order (`optimizer.state` keys).
+
+        >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
+        >>> net = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(out_dim=64, in_dim=192))
+        >>> order = parameter_groups(net).official_order()
+        >>> order[0], order.index("backbone.patch_embed.proj.bias") > order.index("head.last_layer.weight_v")
+        ('backbone.cls_token', True)
+        """
+        return list(self.regularized + self.not_regularized)
+
+    def name_of(self, variable):
+        """The official name of a Keras variable of this network, or None.
+
+        >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
+        >>> net = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(out_dim=64, in_dim=192))
+        >>> parameter_groups(net).name_of(net.backbone.cls_token)
+        'backbone.cls_token'
+        """
+        return self._names.get(id(variable))
+
+
+def parameter_groups(wrapper, trainable_variables=None) -> ParameterGroups:
+    """`ParameterGroups` of a `MultiCropWrapper` (see there).
+
+    `trainable_variables` (default: the wrapper's) limits the optimizer groups to what
+    the optimizer trains, as the official `requires_grad` does (a normalised last
+    layer's `weight_g` is not trained).
+
+    >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
+    >>> net = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(out_dim=64, in_dim=192))
+    >>> groups = parameter_groups(net)
+    >>> "head.last_layer.weight_g" in groups.averaged  # the teacher follows it
+    True
+    >>> "head.last_layer.weight_g" in groups.official_order()  # normalised: not trained
+    False
+    """
+    entries = multicrop_variable_map(wrapper)
+    if trainable_variables is None:
+        trainable_variables = wrapper.trainable_variables
+    trainable = {id(v) for v in trainable_variables}
+    regularized, not_regularized = [], []
+    ranks = {
+        name: 2 if kind == "gain" else len(variable.shape)  # weight_g is (out, 1) there
+        for name, (variable, kind) in entries.items()
+        if kind in PARAMETER_KINDS
+    }
+    for name, (variable, kind) in entries.items():
+        if kind not in PARAMETER_KINDS or id(variable) not in trainable:
+            continue
+        if name.endswith(".bias") or ranks[name] == 1:
+            not_regularized.append(name)
+        else:
+            regularized.append(name)
+    return ParameterGroups(
+        regularized=tuple(regularized),
+        not_regularized=tuple(not_regularized),
+        last_layer=tuple(n for n in entries if n.startswith("head.last_layer.")),
+        averaged=tuple(n for n, (_, kind) in entries.items() if kind in PARAMETER_KINDS),
+        variables={n: v for n, (v, _) in entries.items()},
+        ranks=ranks,
+    )

@@ -10,7 +10,11 @@ from keras_dino.losses import batch_center, dino_loss, teacher_entropy
 from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
-from keras_dino.models.official_names import PARAMETER_KINDS, multicrop_variable_map
+from keras_dino.models.official_names import (
+    ParameterGroups,
+    multicrop_variable_map,
+    parameter_groups,
+)
 from keras_dino.optim.optimizers import OPTIMIZERS, DINOOptimizer
 from keras_dino.optim.schedules import DINOSchedules, ScheduleSetup
 from keras_dino.training.hparams import (
@@ -206,9 +210,8 @@ class DINO(keras.Model):
         # The EMA follows the parameters only; the teacher's BatchNorm statistics come
         # from its own forward passes in training mode, as in the official code.
         self._ema_pairs = [
-            (variable, self.teacher_map[name][0])
-            for name, (variable, kind) in self.student_map.items()
-            if kind in PARAMETER_KINDS
+            (self.student_map[name][0], self.teacher_map[name][0])
+            for name in self.parameter_groups().averaged
         ]
         # Epoch means of the two parts of the loss (`dino_loss_terms`), to watch collapse.
         self._entropy_tracker = keras.metrics.Mean(name="teacher_entropy")
@@ -258,18 +261,30 @@ class DINO(keras.Model):
             self._configure_optimizer(inner)
             self.optimizer.build(self.trainable_variables)
 
+    def parameter_groups(self) -> ParameterGroups:
+        """The student's parameters as the official optimizer groups them.
+
+        Which variables are weight-decayed, which form the last layer that
+        `freeze_last_layer` freezes, and which the teacher averages: the optimizer set-up,
+        the teacher EMA and the checkpoint's optimizer indices all read it.
+        """
+        return parameter_groups(self.student, self.trainable_variables)
+
     def _configure_optimizer(self, optimizer):
-        names = {id(v): name for name, (v, _) in self.student_map.items()}
-        kinds = {id(v): kind for _, (v, kind) in self.student_map.items()}
+        groups = self.parameter_groups()
+        regularized, last_layer = set(groups.regularized), set(groups.last_layer)
         variables = self.trainable_variables
         decay, ndim, freezable = [], [], []
         for v in variables:
-            name = names.get(id(v), v.path)
-            # Official rank: weight_g is (out, 1) there, (out,) here.
-            rank = 2 if kinds.get(id(v)) == "gain" else len(v.shape)
-            decay.append(not (name.endswith(".bias") or rank == 1))
-            ndim.append(rank)
-            freezable.append(name.startswith("head.last_layer."))
+            name = groups.name_of(v)
+            if name is None:  # not a student parameter: the official rule on its path
+                decay.append(not (v.path.endswith(".bias") or len(v.shape) == 1))
+                ndim.append(len(v.shape))
+                freezable.append(False)
+                continue
+            decay.append(name in regularized)
+            ndim.append(groups.ranks[name])
+            freezable.append(name in last_layer)
         optimizer.configure(variables, decay=decay, official_ndim=ndim, freezable=freezable)
 
     # ------------------------------------------------------------------ settings

@@ -1,6 +1,5 @@
 """Helpers shared by the example scripts: backend selection, logging, distribution."""
 
-import json
 import os
 import sys
 
@@ -66,10 +65,11 @@ def framework_noise_to(path):
 
 
 def append_log(output_dir, record):
-    """Appends one JSON line to `<output_dir>/log.txt`, like the official tools."""
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "log.txt"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Appends one JSON line to `<output_dir>/log.txt`, like the official tools
+    (`keras_dino.reporting.append_log`, imported once the backend is chosen)."""
+    from keras_dino.reporting import append_log as write
+
+    write(output_dir, record)
 
 
 def run_tool(define_flags, run):

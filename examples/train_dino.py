@@ -249,28 +249,6 @@ def build_model():
     )
 
 
-class OfficialLog:
-    """Per-epoch JSON lines in log.txt and official checkpoint.pth files (chief only)."""
-
-    def __init__(self, model, output_dir, saveckp_freq, chief):
-        import keras
-
-        class _Callback(keras.callbacks.Callback):
-            def on_epoch_end(cb, epoch, logs=None):
-                if not chief:
-                    return
-                record = {f"train_{k}": float(v) for k, v in (logs or {}).items()}
-                record["epoch"] = epoch
-                append_log(output_dir, record)
-                model.save_official_checkpoint(os.path.join(output_dir, "checkpoint.pth"))
-                if saveckp_freq and (epoch + 1) % saveckp_freq == 0:
-                    model.save_official_checkpoint(
-                        os.path.join(output_dir, f"checkpoint{epoch:04d}.pth")
-                    )
-
-        self.callback = _Callback()
-
-
 def _noise_log_path():
     """Where this process's framework messages go: `<output_dir>/framework.log` on the
     process that writes the run's files, a temporary file on the others (decided from
@@ -387,7 +365,7 @@ def run():
     if F.knn_every and knn_data and not launch.multi_process:
         callbacks.append(keras_dino.callbacks.KNNEvaluation(
             *knn_data, every_n_epochs=F.knn_every, k=F.knn_k))
-    callbacks.append(OfficialLog(model, F.output_dir, F.saveckp_freq, chief).callback)
+    callbacks.append(keras_dino.callbacks.OfficialLog(F.output_dir, F.saveckp_freq, chief=chief))
     with launch.fail_fast():
         history = model.fit(
             dataset,

@@ -3,15 +3,20 @@
 The updates themselves run inside the compiled training step, exactly once per step:
 a batch-level callback fires once per `steps_per_execution` chunk and, on JAX, forces a
 state sync, so it cannot do them. These callbacks carry the configuration into the
-step when training starts and put the current values in the epoch logs.
+step when training starts and put the current values in the epoch logs. Beside them:
+the non-finite-loss stop, the collapse warning, k-NN during training and the official
+run files (`OfficialLog`).
 """
 
 import math
+import os
 import warnings
 
 import keras
 import numpy as np
 from keras import ops
+
+from keras_dino.reporting import append_log
 
 
 class TeacherEMA(keras.callbacks.Callback):
@@ -283,3 +288,38 @@ class CollapseWarning(keras.callbacks.Callback):
             )
         self.warnings.append((epoch, kind, message))
         warnings.warn(message, CollapseDetected, stacklevel=2)
+
+
+class OfficialLog(keras.callbacks.Callback):
+    """The official run's files: a `log.txt` line and `checkpoint.pth` after each epoch.
+
+    As the official `main_dino.py`: one JSON line per epoch (`train_<metric>` for each
+    logged metric, and `epoch`) appended to `<output_dir>/log.txt`; the full training
+    checkpoint (`DINO.save_official_checkpoint`) written to `checkpoint.pth` every epoch
+    and kept as `checkpoint<epoch:04d>.pth` every `saveckp_freq` epochs (0: never).
+    Only the process that writes the run's files (`chief=True`) writes anything.
+
+    Example:
+
+    ```python
+    model.fit(dataset, epochs=100, callbacks=[OfficialLog("out", saveckp_freq=20)])
+    ```
+    """
+
+    def __init__(self, output_dir, saveckp_freq: int = 20, chief: bool = True):
+        super().__init__()
+        self.output_dir = os.fspath(output_dir)
+        self.saveckp_freq = int(saveckp_freq or 0)
+        self.chief = bool(chief)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.chief:
+            return
+        record = {f"train_{k}": float(v) for k, v in (logs or {}).items()}
+        record["epoch"] = epoch
+        append_log(self.output_dir, record)
+        self.model.save_official_checkpoint(os.path.join(self.output_dir, "checkpoint.pth"))
+        if self.saveckp_freq and (epoch + 1) % self.saveckp_freq == 0:
+            self.model.save_official_checkpoint(
+                os.path.join(self.output_dir, f"checkpoint{epoch:04d}.pth")
+            )

@@ -15,6 +15,22 @@ CURVES = (
 )
 
 
+def append_log(output_dir, record: dict) -> str:
+    """Appends one JSON line to `<output_dir>/log.txt`, as the official tools do.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = append_log(folder, {"train_loss": 3.5, "epoch": 0})
+    >>> read_log(path)
+    [{'train_loss': 3.5, 'epoch': 0}]
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "log.txt")
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return path
+
+
 def read_log(path) -> list[dict]:
     """The per-epoch records of a `log.txt` (JSON lines; other lines are ignored)."""
     records = []

@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dino.errors import NonFiniteLossError  # noqa: F401 (its old home)
+
 
 class TeacherEMA(keras.callbacks.Callback):
     """The teacher's exponential moving average of the student, applied every step.
@@ -87,10 +89,6 @@ class Centering(keras.callbacks.Callback):
 
 class CollapseDetected(UserWarning):
     """The teacher's output collapsed (see `CollapseWarning`)."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The DINO loss became NaN or infinite."""
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

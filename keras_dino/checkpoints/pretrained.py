@@ -9,6 +9,10 @@ import keras
 import numpy as np
 
 from keras_dino.checkpoints import official
+from keras_dino.errors import (  # noqa: F401 (PretrainedDownloadError: its old home)
+    ArchitectureMismatchError,
+    PretrainedDownloadError,
+)
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
 from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
@@ -37,19 +41,6 @@ _FILES = {
     "full_checkpoint": "{stem}_full_checkpoint.pth",
     "linear": "{short}_linearweights.pth",
 }
-
-
-class PretrainedDownloadError(OSError):
-    """A preset's weights could not be downloaded.
-
-    The message names the URL that failed and the cache path where a manually downloaded
-    copy of the file is picked up.
-
-    Example:
-
-    >>> issubclass(PretrainedDownloadError, OSError)
-    True
-    """
 
 
 def preset_url(name: str, with_head: bool = False, file: str | None = None) -> str:
@@ -155,12 +146,12 @@ def _backbone_kwargs(state_dict, arch, patch_size, args, overrides):
         expected = ARCHITECTURES[arch]
         found = (config["embed_dim"], config["depth"])
         if found != (expected["embed_dim"], expected["depth"]):
-            raise ValueError(
+            raise ArchitectureMismatchError(
                 f"the checkpoint holds a model of width {found[0]} and depth {found[1]}, "
                 f"not a {arch} (width {expected['embed_dim']}, depth {expected['depth']})."
             )
     if patch_size is not None and patch_size != config["patch_size"]:
-        raise ValueError(
+        raise ArchitectureMismatchError(
             f"patch_size={patch_size} was asked for, but the checkpoint's patch embedding "
             f"has patch size {config['patch_size']}."
         )
@@ -176,7 +167,7 @@ def _build_resnet(state_dict, arch, overrides):
     config.update({k: v for k, v in overrides.items() if k != "num_heads"})
     backbone = ResNet(**config, name=arch if arch and arch not in RESNETS else "resnet")
     if arch in RESNETS and resnet_name(backbone) != arch:
-        raise ValueError(f"the checkpoint holds a {resnet_name(backbone)} ResNet, not a {arch}.")
+        raise ArchitectureMismatchError(f"the checkpoint holds a {resnet_name(backbone)} ResNet, not a {arch}.")
     official.load_state_dict(official.backbone_variable_map(backbone), state_dict, "backbone")
     return backbone
 
@@ -192,12 +183,12 @@ def _build_xcit(state_dict, arch, patch_size, args, overrides):
     if arch in XCITS:
         keys = ("patch_size", "embed_dim", "depth", "num_heads")
         if any(config[k] != expected[k] for k in keys):
-            raise ValueError(
+            raise ArchitectureMismatchError(
                 f"the checkpoint holds an XCiT of patch {config['patch_size']}, width "
                 f"{config['embed_dim']}, depth {config['depth']}, {config['num_heads']} heads, "
                 f"not a {arch}.")
     if patch_size is not None and patch_size != config["patch_size"]:
-        raise ValueError(f"patch_size={patch_size} was asked for, but the checkpoint's XCiT "
+        raise ArchitectureMismatchError(f"patch_size={patch_size} was asked for, but the checkpoint's XCiT "
                          f"has patch size {config['patch_size']}.")
     config.update({k: v for k, v in overrides.items() if k != "num_heads"})
     backbone = XCiT(**config, name=arch if arch else "xcit")
@@ -220,7 +211,7 @@ def _check_family(state_dict, arch):
         held = "Vision Transformer"
     if asked is not None and asked != held:
         article = {"XCiT": "an"}
-        raise ValueError(f"the checkpoint holds {article.get(held, 'a')} {held} backbone, but "
+        raise ArchitectureMismatchError(f"the checkpoint holds {article.get(held, 'a')} {held} backbone, but "
                          f"arch='{arch}' is {article.get(asked, 'a')} {asked}.")
 
 

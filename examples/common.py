@@ -166,9 +166,9 @@ def official_preset(arch, patch_size):
     from keras_dino.checkpoints.pretrained import PRESETS
     from keras_dino.models.xcit import XCITS
 
-    for name, (preset_arch, preset_patch, _) in PRESETS.items():
+    for name, preset in PRESETS.items():
         # ResNets have no patches; an XCiT's name holds its patch size.
-        if preset_arch == arch and (preset_patch in (None, patch_size) or arch in XCITS):
+        if preset.arch == arch and (preset.patch_size in (None, patch_size) or arch in XCITS):
             return name
     return None
 

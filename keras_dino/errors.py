@@ -27,6 +27,7 @@ __all__ = [
     "NonFiniteLossError",
     "PretrainedDownloadError",
     "UnknownPresetError",
+    "UnknownPresetOrFileError",
     "UnsafeCheckpointError",
     "VideoInputError",
     "WrongModelError",
@@ -52,6 +53,10 @@ class UnknownPresetError(_PlainMessage, KerasDinoError, KeyError, ValueError):
 
     A `KeyError` (a missing key of `keras_dino.list_presets()`) and a `ValueError`.
     """
+
+
+class UnknownPresetOrFileError(UnknownPresetError, FileNotFoundError):
+    """A name that is neither a preset nor an existing file (a `FileNotFoundError` too)."""
 
 
 class PretrainedDownloadError(KerasDinoError, OSError):

@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointShapeError",
     "DataSourceNotFoundError",
     "InputError",
+    "InputWarning",
     "KerasDinoError",
     "NonFiniteLossError",
     "PretrainedDownloadError",
@@ -117,6 +118,11 @@ class ArchitectureMismatchError(CheckpointError, ValueError):
 
 class InputError(KerasDinoError, ValueError):
     """Inputs a function cannot use as given (dtype, value range, shape, type)."""
+
+
+class InputWarning(UserWarning):
+    """Inputs that work but are probably not what was meant (e.g. pixels in [0, 1] where
+    0..255 is expected)."""
 
 
 class WrongModelError(InputError, TypeError):

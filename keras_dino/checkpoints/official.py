@@ -58,7 +58,7 @@ def load_state_dict(variable_map: dict, state_dict: dict, what: str = "model") -
     >>> load_state_dict(head_variable_map(head), state, "DINO head")
     Traceback (most recent call last):
     ...
-    keras_dino.checkpoints.official.CheckpointKeyError: the checkpoint does not match the DINO head:
+    keras_dino.errors.CheckpointKeyError: the checkpoint does not match the DINO head:
       missing keys (1): mlp.bias
     """
     keys = {k for k in state_dict if not _IGNORED.search(k)}

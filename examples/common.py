@@ -141,6 +141,40 @@ def say(message):
     print(message, flush=True)
 
 
+def has_gpu() -> bool:
+    """Whether the Keras backend sees a GPU (mixed float16 speeds up nothing else)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform in ("gpu", "cuda", "rocm") for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def mixed_precision_policy(use_fp16: bool, bf16: bool, gpu: bool):
+    """`(dtype policy or None, note or None)` of `--use_fp16` / `--bf16` on this machine.
+
+    `--use_fp16` keeps the official default (true), but float16 mixed precision only pays
+    on a GPU: without one, training runs in float32 and the note says why.
+    """
+    if bf16:
+        return "mixed_bfloat16", None
+    if use_fp16 and not gpu:
+        return None, ("--use_fp16: no GPU here, so training runs in float32 (float16 mixed "
+                      "precision only speeds up GPUs; --bf16 for CPUs and TPUs).")
+    return ("mixed_float16" if use_fp16 else None), None
+
+
 def resolve_data_path(path):
     """`embedded:train` / `embedded:test`: the embedded CIFAR-10 subset; other paths as is."""
     if path.startswith("embedded:"):
@@ -166,9 +200,9 @@ def official_preset(arch, patch_size):
     from keras_dino.checkpoints.pretrained import PRESETS
     from keras_dino.models.xcit import XCITS
 
-    for name, (preset_arch, preset_patch, _) in PRESETS.items():
+    for name, preset in PRESETS.items():
         # ResNets have no patches; an XCiT's name holds its patch size.
-        if preset_arch == arch and (preset_patch in (None, patch_size) or arch in XCITS):
+        if preset.arch == arch and (preset.patch_size in (None, patch_size) or arch in XCITS):
             return name
     return None
 

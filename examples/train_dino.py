@@ -21,7 +21,15 @@ import os
 import sys
 import tempfile
 
-from common import append_log, framework_noise_to, resolve_data_path, say, select_backend
+from common import (
+    append_log,
+    framework_noise_to,
+    has_gpu,
+    mixed_precision_policy,
+    resolve_data_path,
+    say,
+    select_backend,
+)
 
 select_backend(sys.argv)
 
@@ -41,8 +49,8 @@ flags.DEFINE_boolean("use_bn_in_head", False, "Batch norm in the projection head
 flags.DEFINE_float("warmup_teacher_temp", 0.04, "Initial teacher temperature.")
 flags.DEFINE_float("teacher_temp", 0.04, "Final teacher temperature.")
 flags.DEFINE_integer("warmup_teacher_temp_epochs", 0, "Teacher temperature warm-up epochs.")
-flags.DEFINE_boolean("use_fp16", True, "Mixed precision float16 with dynamic loss scaling "
-                     "(on CPUs, prefer --use_fp16=false or --bf16).")
+flags.DEFINE_boolean("use_fp16", True, "Mixed precision float16 with dynamic loss scaling, "
+                     "on a GPU (without one, training runs in float32 and says so).")
 flags.DEFINE_float("weight_decay", 0.04, "Initial weight decay.")
 flags.DEFINE_float("weight_decay_end", 0.4, "Final weight decay (cosine schedule).")
 flags.DEFINE_float("clip_grad", 3.0, "Per-parameter gradient norm clipping (0 disables).")
@@ -301,12 +309,13 @@ def run():
     # Distribution first: JAX must not run anything before jax.distributed.initialize.
     launch = _launch()
     keras.utils.set_random_seed(F.seed)
-    if F.bf16:
-        keras.config.set_dtype_policy("mixed_bfloat16")
-    elif F.use_fp16:
-        keras.config.set_dtype_policy("mixed_float16")
     chief = launch.chief
     tell = say if chief else (lambda message: None)
+    policy, note = mixed_precision_policy(F.use_fp16, F.bf16, has_gpu())
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    if note:
+        tell(note)
     if chief:
         os.makedirs(F.output_dir, exist_ok=True)
     # The official rule: the global batch is batch_size_per_gpu on every replica, and

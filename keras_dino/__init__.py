@@ -5,20 +5,23 @@ Example:
 ```python
 import keras_dino
 
+keras_dino.list_presets()  # the released weights: names, sizes, ImageNet accuracy
 model = keras_dino.load_pretrained("dino_vits16")
 features = model(keras_dino.preprocess_images(images))
 ```
 """
 
-from keras_dino import callbacks, evaluation, layers, models, optim, training
+from keras_dino import callbacks, errors, evaluation, layers, models, optim, training
 from keras_dino.checkpoints.pretrained import PRESETS, load_pretrained
 from keras_dino.evaluation.classifier import load_pretrained_classifier
 from keras_dino.models import (
     DINOHead,
     MultiCropWrapper,
+    Preset,
     ResNet,
     VisionTransformer,
     XCiT,
+    list_presets,
     vit_base,
     vit_small,
     vit_tiny,
@@ -46,17 +49,20 @@ __all__ = [
     "PRESETS",
     "DINOHead",
     "MultiCropWrapper",
+    "Preset",
     "ResNet",
     "VisionTransformer",
     "XCiT",
     "__version__",
     "callbacks",
     "data",
+    "errors",
     "evaluation",
     "export",
     "export_saved_model",
     "training",
     "layers",
+    "list_presets",
     "load_pretrained",
     "load_pretrained_classifier",
     "models",

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dino.errors import NonFiniteLossError  # noqa: F401 (its old home)
 from keras_dino.reporting import append_log
 
 
@@ -92,10 +93,6 @@ class Centering(keras.callbacks.Callback):
 
 class CollapseDetected(UserWarning):
     """The teacher's output collapsed (see `CollapseWarning`)."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The DINO loss became NaN or infinite."""
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

@@ -1,6 +1,11 @@
 """Turning raw images into the normalised input the official evaluation feeds the model."""
 
+import warnings
+
+import numpy as np
 from keras import ops
+
+from keras_dino.errors import InputWarning
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,6 +61,7 @@ def preprocess_images(images, size: int = 224, resize_size: int | None = None):
     >>> tuple(x.shape)
     (224, 224, 3)
     """
+    _warn_if_unit_range(images)
     images = ops.convert_to_tensor(images)
     single = len(images.shape) == 3
     if single:
@@ -85,6 +91,24 @@ def preprocess_images(images, size: int = 224, resize_size: int | None = None):
     x = x[:, top : top + size, left : left + size, :]
     x = normalize_images(x)
     return x[0] if single else x
+
+
+def _warn_if_unit_range(images) -> None:
+    """Warns (once per call site) when NumPy float images lie in [0, 1], not 0..255.
+
+    Only NumPy arrays are looked at: their values are on the host (no device sync, nothing
+    traced).
+    """
+    if not isinstance(images, np.ndarray) or images.size == 0:
+        return
+    if not np.issubdtype(images.dtype, np.floating):
+        return
+    high, low = float(np.nanmax(images)), float(np.nanmin(images))
+    if 0.0 < high <= 1.0 and low >= 0.0:
+        warnings.warn(
+            f"preprocess_images takes pixels in 0..255, but these float images lie in [0, 1] "
+            f"(max {high:.3g}): pass images * 255 (or the uint8 images).",
+            InputWarning, stacklevel=3)
 
 
 class EvalConfig:

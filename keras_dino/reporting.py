@@ -48,6 +48,26 @@ def read_log(path) -> list[dict]:
     return records
 
 
+def agg_figure(**kwargs):
+    """A matplotlib `Figure` drawn by its own Agg canvas, outside pyplot.
+
+    The user's backend (`matplotlib.use`, an open notebook's figures) is left as it was,
+    and nothing stays registered with pyplot once the figure is saved.
+
+    Example:
+
+    >>> fig = agg_figure(figsize=(2, 1))
+    >>> type(fig.canvas).__name__
+    'FigureCanvasAgg'
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def plot_training_curves(log_path, output_path, out_dim: int | None = None) -> str:
     """Draws the per-epoch curves of a `log.txt` to a PNG.
 
@@ -65,11 +85,6 @@ def plot_training_curves(log_path, output_path, out_dim: int | None = None) -> s
     """
     import math
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = read_log(log_path)
     if not records:
         raise ValueError(f"{log_path} holds no epoch records to plot.")
@@ -79,7 +94,8 @@ def plot_training_curves(log_path, output_path, out_dim: int | None = None) -> s
     panels = [(k, t) for k, t in CURVES if any(by_epoch[e].get(k) is not None for e in epochs)]
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+    fig = agg_figure(figsize=(3.2 * columns, 2.8 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (key, title) in zip(axes.flat, panels):
@@ -95,5 +111,4 @@ def plot_training_curves(log_path, output_path, out_dim: int | None = None) -> s
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     fig.savefig(output_path, dpi=100)
-    plt.close(fig)
     return output_path

@@ -64,8 +64,10 @@ missing_s = [j for j in jpgs if j not in snames]
 assert not missing_w, f"{len(missing_w)} JPEGs missing from the wheel, e.g. {missing_w[:3]}"
 assert not missing_s, f"{len(missing_s)} JPEGs missing from the sdist, e.g. {missing_s[:3]}"
 assert "keras_dino/datasets/cifar10_mini/README.md" in wnames
+assert "keras_dino/py.typed" in wnames, "the wheel lacks keras_dino/py.typed (PEP 561)"
 
-need_s = ["LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "MANIFEST.in", "BUILD",
+need_s = ["LICENSE", "CHANGELOG.md", "README.md", "CITATION.cff", "keras_dino/py.typed",
+          "pyproject.toml", "MANIFEST.in", "BUILD",
           "WORKSPACE", ".bazelrc", "tests/conftest.py", "tests/BUILD",
           "tests/bazel_pytest_main.py", "examples/BUILD", "scripts/test.sh",
           "scripts/check_wheel.sh", "scripts/bazel_test.sh", "mkdocs.yml", "docs/index.md",
@@ -84,7 +86,8 @@ assert not stray, f"the wheel should hold the package only: {stray[:5]}"
 assert any(n.endswith(".dist-info/licenses/LICENSE") for n in wnames), "no LICENSE in wheel"
 for field in ("License-Expression: Apache-2.0", "Requires-Dist: keras", "Provides-Extra: jax",
               "Provides-Extra: torch", "Provides-Extra: serving", "Provides-Extra: examples",
-              "Provides-Extra: test", "Classifier: Programming Language :: Python :: 3"):
+              "Provides-Extra: test", "Classifier: Programming Language :: Python :: 3",
+              "Project-URL: Source, "):
     assert field in metadata, f"METADATA lacks {field!r}"
 print(f"sdist: {len(snames)} entries; wheel: {len(wnames)} entries, {len(jpgs)} JPEGs in both")
 EOF

@@ -20,6 +20,7 @@ MODULES = sorted(
     + [f"keras_dino.models.{m.name}" for m in pkgutil.iter_modules(keras_dino.models.__path__)]
     + [
         "keras_dino.preprocessing",
+        "keras_dino.errors",
         "keras_dino.data.augment",
         "keras_dino.data.config",
         "keras_dino.data.ops",

@@ -154,3 +154,41 @@ def test_linear_probe_learns_and_matches_torch_sgd():
         ops.convert_to_numpy(probe.classifier.linear.kernel), lin.weight.detach().numpy().T,
         rtol=1e-4, atol=1e-5,
     )
+
+
+def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
+    # In a fresh process: `matplotlib.use` is process-wide.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    code = f"""
+import json, numpy as np, matplotlib
+matplotlib.use("svg")
+from keras_dino.evaluation.attention_maps import save_attention_images, save_threshold_masks
+from keras_dino.reporting import plot_training_curves
+out = {str(tmp_path)!r}
+with open(out + "/log.txt", "w") as f:
+    for epoch in range(2):
+        f.write(json.dumps({{"epoch": epoch, "train_loss": 1.0 - epoch / 4}}) + "\\n")
+paths = [plot_training_curves(out + "/log.txt", out + "/curves.png")]
+maps = np.random.default_rng(0).random((2, 3, 4))
+paths += save_attention_images(np.zeros((24, 32, 3), "uint8"), maps, out + "/attn", 8)
+paths += save_threshold_masks(np.zeros((24, 32, 3), "uint8"), maps, out + "/masks", 8)
+import matplotlib.pyplot as plt
+print(json.dumps([matplotlib.get_backend(), len(plt.get_fignums()), paths]))
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=repo)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    backend, open_figures, paths = json.loads(result.stdout.strip().splitlines()[-1])
+    assert backend == "svg" and open_figures == 0
+    assert len(paths) == 1 + 1 + 2 + 1 + 2  # curves; image, 2 heads, overlay; 2 masks
+    for path in paths:
+        assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path

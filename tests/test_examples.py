@@ -591,3 +591,29 @@ def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tm
         assert noise not in terminal, noise
     assert (out / "framework.log").is_file()
     assert (out / "training_curves.png").is_file()
+
+
+def test_use_fp16_falls_back_to_float32_without_a_gpu():
+    from common import has_gpu, mixed_precision_policy
+
+    # The official default stays --use_fp16=true; only a GPU gets float16.
+    assert mixed_precision_policy(True, False, gpu=True) == ("mixed_float16", None)
+    policy, note = mixed_precision_policy(True, False, gpu=False)
+    assert policy is None and "float32" in note and "GPU" in note and len(note) < 200
+    assert mixed_precision_policy(False, False, gpu=False) == (None, None)
+    assert mixed_precision_policy(True, True, gpu=False) == ("mixed_bfloat16", None)
+    assert has_gpu() in (True, False)
+
+
+@pytest.mark.backends("tensorflow")
+def test_train_dino_on_a_cpu_says_it_trains_in_float32(image_folder, tmp_path):
+    from common import has_gpu
+
+    if has_gpu():
+        pytest.skip("this machine has a GPU: --use_fp16 trains in float16 there")
+    out = tmp_path / "out"
+    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
+                         "--epochs=1", "--use_fp16=true")  # the official default
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("--use_fp16: no GPU here, so training runs in float32") == 1
+    assert [r["epoch"] for r in _log(out) if "epoch" in r] == [0]

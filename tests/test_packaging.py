@@ -236,3 +236,35 @@ def test_import_does_not_load_tensorflow(backend):
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- metadata for users and tools: typing marker, URLs, citation --------------------------
+
+
+def test_py_typed_ships_with_the_package():
+    assert (REPO / "keras_dino" / "py.typed").is_file()
+    package_data = _pyproject()["tool"]["setuptools"]["package-data"]["keras_dino"]
+    assert "py.typed" in package_data
+    assert "keras_dino/py.typed" in (REPO / "MANIFEST.in").read_text()
+
+
+def test_project_urls():
+    urls = _pyproject()["project"]["urls"]
+    assert {"Homepage", "Documentation", "Source", "Issues"} <= set(urls)
+    assert all(url.startswith("https://") for url in urls.values())
+
+
+def test_citation_cites_dino_and_this_version():
+    text = (REPO / "CITATION.cff").read_text()
+    assert re.search(rf"^version: {re.escape(keras_dino.__version__)}$", text, re.M)
+    assert "cff-version: 1.2.0" in text and "license: Apache-2.0" in text
+    assert "title: Emerging Properties in Self-Supervised Vision Transformers" in text
+    assert "family-names: Caron" in text and "year: 2021" in text and "(ICCV)" in text
+
+
+def test_changelog_release_has_one_section_per_kind():
+    text = (REPO / "CHANGELOG.md").read_text()
+    release = text.split(f"## {keras_dino.__version__}\n", 1)[1].split("\n## ", 1)[0]
+    headings = re.findall(r"^### (.+)$", release, re.M)
+    assert len(headings) == len(set(headings)), headings
+    assert "## Unreleased" not in text.split(f"## {keras_dino.__version__}\n", 1)[0]

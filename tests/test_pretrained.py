@@ -112,12 +112,17 @@ def test_preset_urls_are_the_official_ones():
     assert set(PRESETS) == set(stems)
     for name, stem in stems.items():
         assert preset_url(name) == f"{base}/{stem}/{stem}.pth"
+        if name == "dino_vits16_googlelandmark":  # the official release is the backbone only
+            for file in ("full_checkpoint", "linear"):
+                with pytest.raises(ValueError, match=f"no released {file} file"):
+                    preset_url(name, file=file)
+            continue
         assert preset_url(name, with_head=True) == f"{base}/{stem}/{stem}_full_checkpoint.pth"
         linear = stem.replace("_pretrain", "_linearweights")
         assert preset_url(name, file="linear") == f"{base}/{stem}/{linear}.pth"
     with pytest.raises(ValueError, match="unknown preset file 'head'"):
         preset_url("dino_vits16", file="head")
-    with pytest.raises(ValueError, match="dino_vits16"):
+    with pytest.raises(ValueError, match="did you mean 'dino_vits16'"):
         preset_url("dino_vitl16")
 
 

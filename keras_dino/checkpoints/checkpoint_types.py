@@ -14,19 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from keras_dino.errors import CheckpointFormatError, UnsafeCheckpointError  # noqa: F401
+
 PathLike = str | os.PathLike
 
 # --------------------------------------------------------------------------------------------
 # Public types
 # --------------------------------------------------------------------------------------------
-
-
-class CheckpointFormatError(ValueError):
-    """The file is not a readable checkpoint: wrong format, truncated, or corrupt."""
-
-
-class UnsafeCheckpointError(ValueError):
-    """The checkpoint asks for something outside the allow-list (it would run code)."""
 
 
 class CheckpointArgs(dict):

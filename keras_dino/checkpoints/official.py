@@ -11,6 +11,7 @@ import re
 import keras
 import numpy as np
 
+from keras_dino.errors import CheckpointKeyError, CheckpointShapeError  # noqa: F401
 from keras_dino.models.official_names import (  # noqa: F401 (the maps, re-exported)
     backbone_variable_map,
     head_variable_map,
@@ -38,29 +39,6 @@ _TO_OFFICIAL = {
 _IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
 
 
-class CheckpointKeyError(KeyError):
-    """A state dict's keys do not match the model: lists the missing and unexpected ones.
-
-    Example:
-
-    >>> print(CheckpointKeyError("missing keys (1): norm.bias"))
-    missing keys (1): norm.bias
-    """
-
-    def __str__(self):  # KeyError quotes its message; show it as written.
-        return str(self.args[0])
-
-
-class CheckpointShapeError(ValueError):
-    """A tensor of the checkpoint does not have the shape the model expects.
-
-    Example:
-
-    >>> issubclass(CheckpointShapeError, ValueError)
-    True
-    """
-
-
 def load_state_dict(variable_map: dict, state_dict: dict, what: str = "model") -> None:
     """Assigns official tensors to Keras variables, checking names and shapes first.
 
@@ -80,7 +58,7 @@ def load_state_dict(variable_map: dict, state_dict: dict, what: str = "model") -
     >>> load_state_dict(head_variable_map(head), state, "DINO head")
     Traceback (most recent call last):
     ...
-    keras_dino.checkpoints.official.CheckpointKeyError: the checkpoint does not match the DINO head:
+    keras_dino.errors.CheckpointKeyError: the checkpoint does not match the DINO head:
       missing keys (1): mlp.bias
     """
     keys = {k for k in state_dict if not _IGNORED.search(k)}

@@ -9,47 +9,17 @@ import keras
 import numpy as np
 
 from keras_dino.checkpoints import official
+from keras_dino.errors import (  # noqa: F401 (PretrainedDownloadError: its old home)
+    ArchitectureMismatchError,
+    PretrainedDownloadError,
+    UnknownPresetOrFileError,
+)
 from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
+from keras_dino.models.presets import PRESETS, get_preset, unknown_preset_message
 from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
 
-_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
-
-# name: (arch, patch size (None: no patches), file stem: `<stem>.pth` is the backbone,
-# `<stem>_full_checkpoint.pth` the full training checkpoint with the DINO heads, and
-# `<stem without _pretrain>_linearweights.pth` the ImageNet linear classifier)
-PRESETS = {
-    "dino_vits16": ("vit_small", 16, "dino_deitsmall16_pretrain"),
-    "dino_vits8": ("vit_small", 8, "dino_deitsmall8_pretrain"),
-    "dino_vitb16": ("vit_base", 16, "dino_vitbase16_pretrain"),
-    "dino_vitb8": ("vit_base", 8, "dino_vitbase8_pretrain"),
-    "dino_resnet50": ("resnet50", None, "dino_resnet50_pretrain"),
-    # ViT-S/16 trained on Google Landmarks v2: the official image-retrieval default.
-    "dino_vits16_googlelandmark": ("vit_small", 16, "dino_vitsmall16_googlelandmark_pretrain"),
-    "dino_xcit_small_12_p16": ("xcit_small_12_p16", 16, "dino_xcit_small_12_p16_pretrain"),
-    "dino_xcit_small_12_p8": ("xcit_small_12_p8", 8, "dino_xcit_small_12_p8_pretrain"),
-    "dino_xcit_medium_24_p16": ("xcit_medium_24_p16", 16, "dino_xcit_medium_24_p16_pretrain"),
-    "dino_xcit_medium_24_p8": ("xcit_medium_24_p8", 8, "dino_xcit_medium_24_p8_pretrain"),
-}
-# What a preset URL points at.
-_FILES = {
-    "backbone": "{stem}.pth",
-    "full_checkpoint": "{stem}_full_checkpoint.pth",
-    "linear": "{short}_linearweights.pth",
-}
-
-
-class PretrainedDownloadError(OSError):
-    """A preset's weights could not be downloaded.
-
-    The message names the URL that failed and the cache path where a manually downloaded
-    copy of the file is picked up.
-
-    Example:
-
-    >>> issubclass(PretrainedDownloadError, OSError)
-    True
-    """
+# `PRESETS`: the released weights, as data (`keras_dino.models.presets`).
 
 
 def preset_url(name: str, with_head: bool = False, file: str | None = None) -> str:
@@ -68,14 +38,7 @@ def preset_url(name: str, with_head: bool = False, file: str | None = None) -> s
     >>> preset_url("dino_resnet50", file="linear").rsplit("/", 1)[1]
     'dino_resnet50_linearweights.pth'
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset '{name}'; known presets: {', '.join(PRESETS)}.")
-    file = file or ("full_checkpoint" if with_head else "backbone")
-    if file not in _FILES:
-        raise ValueError(f"unknown preset file '{file}'; known: {', '.join(_FILES)}.")
-    stem = PRESETS[name][2]
-    short = stem[: -len("_pretrain")]
-    return f"{_BASE_URL}/{stem}/{_FILES[file].format(stem=stem, short=short)}"
+    return get_preset(name).url(file or ("full_checkpoint" if with_head else "backbone"))
 
 
 def _cache_dir() -> pathlib.Path:
@@ -155,12 +118,12 @@ def _backbone_kwargs(state_dict, arch, patch_size, args, overrides):
         expected = ARCHITECTURES[arch]
         found = (config["embed_dim"], config["depth"])
         if found != (expected["embed_dim"], expected["depth"]):
-            raise ValueError(
+            raise ArchitectureMismatchError(
                 f"the checkpoint holds a model of width {found[0]} and depth {found[1]}, "
                 f"not a {arch} (width {expected['embed_dim']}, depth {expected['depth']})."
             )
     if patch_size is not None and patch_size != config["patch_size"]:
-        raise ValueError(
+        raise ArchitectureMismatchError(
             f"patch_size={patch_size} was asked for, but the checkpoint's patch embedding "
             f"has patch size {config['patch_size']}."
         )
@@ -176,7 +139,7 @@ def _build_resnet(state_dict, arch, overrides):
     config.update({k: v for k, v in overrides.items() if k != "num_heads"})
     backbone = ResNet(**config, name=arch if arch and arch not in RESNETS else "resnet")
     if arch in RESNETS and resnet_name(backbone) != arch:
-        raise ValueError(f"the checkpoint holds a {resnet_name(backbone)} ResNet, not a {arch}.")
+        raise ArchitectureMismatchError(f"the checkpoint holds a {resnet_name(backbone)} ResNet, not a {arch}.")
     official.load_state_dict(official.backbone_variable_map(backbone), state_dict, "backbone")
     return backbone
 
@@ -192,12 +155,12 @@ def _build_xcit(state_dict, arch, patch_size, args, overrides):
     if arch in XCITS:
         keys = ("patch_size", "embed_dim", "depth", "num_heads")
         if any(config[k] != expected[k] for k in keys):
-            raise ValueError(
+            raise ArchitectureMismatchError(
                 f"the checkpoint holds an XCiT of patch {config['patch_size']}, width "
                 f"{config['embed_dim']}, depth {config['depth']}, {config['num_heads']} heads, "
                 f"not a {arch}.")
     if patch_size is not None and patch_size != config["patch_size"]:
-        raise ValueError(f"patch_size={patch_size} was asked for, but the checkpoint's XCiT "
+        raise ArchitectureMismatchError(f"patch_size={patch_size} was asked for, but the checkpoint's XCiT "
                          f"has patch size {config['patch_size']}.")
     config.update({k: v for k, v in overrides.items() if k != "num_heads"})
     backbone = XCiT(**config, name=arch if arch else "xcit")
@@ -220,7 +183,7 @@ def _check_family(state_dict, arch):
         held = "Vision Transformer"
     if asked is not None and asked != held:
         article = {"XCiT": "an"}
-        raise ValueError(f"the checkpoint holds {article.get(held, 'a')} {held} backbone, but "
+        raise ArchitectureMismatchError(f"the checkpoint holds {article.get(held, 'a')} {held} backbone, but "
                          f"arch='{arch}' is {article.get(asked, 'a')} {asked}.")
 
 
@@ -260,13 +223,14 @@ def load_pretrained(
     """Official DINO weights as a Keras model.
 
     Args:
-        name_or_path: a preset name (`dino_vits16`, `dino_vits8`, `dino_vitb16`,
-            `dino_vitb8`, downloaded once into the Keras cache), or a local file: a
-            released backbone `.pth`, a full training `checkpoint.pth`, the same as
-            `.npz`, or a keras_dino `.keras` / `.weights.h5` file. `.pth` files are
-            read without torch and without running pickled code.
-        arch: `vit_tiny`, `vit_small` or `vit_base`; inferred from the tensors if omitted
-            (and needed for `.weights.h5` files). A file of torchvision ResNet tensors
+        name_or_path: a preset name (downloaded once into the Keras cache; the 10
+            released ViT, ResNet-50 and XCiT weights: `keras_dino.list_presets()` lists
+            them with their accuracy and size), or a local file: a released backbone
+            `.pth`, a full training `checkpoint.pth`, the same as `.npz`, or a keras_dino
+            `.keras` / `.weights.h5` file. `.pth` files are read without torch and
+            without running pickled code.
+        arch: `vit_tiny`, `vit_small` or `vit_base` (or a ResNet or XCiT name);
+            inferred from the tensors if omitted (and needed for `.weights.h5` files). A file of torchvision ResNet tensors
             (`conv1.weight`, `layer1.0...`) builds a `ResNet` of the tensors' shape; a
             torchvision name (`resnet50`) is then checked against it, any other name
             names the model.
@@ -298,16 +262,15 @@ def load_pretrained(
             "classifier call keras_dino.load_pretrained_classifier(name_or_path, "
             "linear_weights) (linear_weights may be left out for a preset).")
     if name_or_path in PRESETS:
-        preset_arch, preset_patch, _ = PRESETS[name_or_path]
-        arch = arch or preset_arch
-        patch_size = patch_size or preset_patch
+        preset = PRESETS[name_or_path]
+        arch = arch or preset.arch
+        patch_size = patch_size or preset.patch_size
         path = _fetch(name_or_path, with_head)
     else:
         path = name_or_path
         if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"'{path}' is neither a preset ({', '.join(PRESETS)}) nor an existing file."
-            )
+            raise UnknownPresetOrFileError(
+                unknown_preset_message(path, "neither a preset nor an existing file"))
     if path.endswith(".keras"):
         return keras.saving.load_model(path)
     if path.endswith(".weights.h5"):
@@ -427,9 +390,8 @@ def resolve_backbone(model, **load_kwargs):
         else:
             path = pathlib.Path(name)
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"'{name}' is neither a preset ({', '.join(PRESETS)}) nor an existing file."
-                )
+                raise UnknownPresetOrFileError(
+                    unknown_preset_message(name, "neither a preset nor an existing file"))
             source = f"checkpoint {path.resolve()} (sha256 {file_sha256(path)})"
         if load_kwargs.get("checkpoint_key", "teacher") != "teacher":
             source += f", {load_kwargs['checkpoint_key']} weights"

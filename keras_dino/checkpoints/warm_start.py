@@ -73,6 +73,8 @@ def read_warm_start(weights, checkpoint_key: str | None = None) -> WarmStart:
     ```
     """
     from keras_dino.checkpoints.pretrained import PRESETS, _fetch, read_state
+    from keras_dino.errors import UnknownPresetOrFileError
+    from keras_dino.models.presets import unknown_preset_message
 
     source = os.fspath(weights)
     if source in PRESETS:
@@ -80,9 +82,8 @@ def read_warm_start(weights, checkpoint_key: str | None = None) -> WarmStart:
     elif os.path.exists(source):
         path = source
     else:
-        raise FileNotFoundError(
-            f"'{source}' is neither a preset ({', '.join(PRESETS)}) nor an existing file."
-        )
+        raise UnknownPresetOrFileError(
+            unknown_preset_message(source, "neither a preset nor an existing file"))
     if path.endswith(".keras"):
         return _keras_warm_start(path)
     checkpoint = read_state(path)

@@ -22,6 +22,7 @@ from keras_dino.data.sources import (
     log_skipped,
     scan_images,
 )
+from keras_dino.errors import DataSourceNotFoundError
 
 SOURCE_TYPES = ("folder", "files", "list", "tfrecord", "tfds", "dataset")
 # Text files that list image paths, one per line.
@@ -91,7 +92,9 @@ def detect_source_type(source) -> str:
             return "tfrecord"
         if os.sep not in s and "/" not in s:
             return "tfds"
-        raise FileNotFoundError(f"{s!r} is neither a directory, a file, a glob nor a TFDS name")
+        raise DataSourceNotFoundError(
+            f"{s!r} is neither a directory, a file, a glob nor a TFDS name; check the path "
+            f"(relative paths start from {os.getcwd()}).")
     raise TypeError(
         "source must be a directory, a list of files, a TFRecord glob, a TFDS name or a "
         f"tf.data.Dataset, got {type(source).__name__}"
@@ -255,8 +258,20 @@ def tfds_source(name, opts: SourceOptions) -> SourceDataset:
     """A TFDS data set (`"name"`, `"tfds:name"` or `"tfds:name:split"`), images undecoded."""
     import tensorflow_datasets as tfds
 
-    name, split_name = parse_tfds_name(os.fspath(name), opts.tfds_split)
-    builder = tfds.builder(name, data_dir=opts.tfds_data_dir)
+    source = os.fspath(name)
+    name, split_name = parse_tfds_name(source, opts.tfds_split)
+    try:
+        builder = tfds.builder(name, data_dir=opts.tfds_data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        # TFDS lists every data set it knows (thousands of lines): say what to fix instead.
+        if source.startswith("tfds:"):
+            raise DataSourceNotFoundError(
+                f"TFDS has no data set {name!r} (tfds.list_builders() names them); check "
+                "the name, or pass tfds_data_dir= where it was prepared.") from None
+        raise DataSourceNotFoundError(
+            f"no folder {source!r} in {os.getcwd()}, and no TFDS data set of that name. "
+            "Give the path of an image folder, or name a TFDS data set as 'tfds:<name>' "
+            "(e.g. 'tfds:cifar10').") from None
     ds = builder.as_dataset(
         split=split_name,
         shuffle_files=opts.shuffle,

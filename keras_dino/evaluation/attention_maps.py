@@ -173,10 +173,7 @@ def save_threshold_masks(image, maps, output_dir, patch_size: int, threshold: fl
     """
     import os
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import image as mpimg
 
     os.makedirs(output_dir, exist_ok=True)
     masks = upsample_nearest(attention_threshold_mask(maps, threshold), patch_size)
@@ -185,7 +182,7 @@ def save_threshold_masks(image, maps, output_dir, patch_size: int, threshold: fl
     for h, mask in enumerate(masks):
         color = _MASK_COLORS[h % len(_MASK_COLORS)]
         path = os.path.join(output_dir, f"mask_th{threshold}_head{h}.png")
-        plt.imsave(path, _mask_overlay(image, mask, color))
+        mpimg.imsave(path, _mask_overlay(image, mask, color))
         paths.append(path)
     return paths
 
@@ -205,10 +202,9 @@ def save_attention_images(image, maps, output_dir, patch_size, threshold=0.6, pr
     """
     import os
 
-    import matplotlib
+    from matplotlib import image as mpimg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from keras_dino.reporting import agg_figure
 
     os.makedirs(output_dir, exist_ok=True)
     maps = np.asarray(maps)
@@ -216,16 +212,17 @@ def save_attention_images(image, maps, output_dir, patch_size, threshold=0.6, pr
     up = upsample_nearest(maps, patch_size)
     image = np.asarray(image)[: up.shape[1], : up.shape[2]]
     paths = []
-    plt.imsave(os.path.join(output_dir, "img.png"), image)
+    mpimg.imsave(os.path.join(output_dir, "img.png"), image)
     paths.append(os.path.join(output_dir, "img.png"))
     for h in range(heads):
         path = os.path.join(output_dir, f"{prefix}-head{h}.png")
-        plt.imsave(path, up[h], format="png", cmap="viridis")
+        mpimg.imsave(path, up[h], format="png", cmap="viridis")
         paths.append(path)
     masks = upsample_nearest(attention_threshold_mask(maps, threshold), patch_size) if threshold else None
     cols = min(heads, 6)
     rows = -(-heads // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    fig = agg_figure(figsize=(2.2 * cols, 2.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for h, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if h >= heads:
@@ -239,7 +236,6 @@ def save_attention_images(image, maps, output_dir, patch_size, threshold=0.6, pr
     fig.tight_layout()
     path = os.path.join(output_dir, f"{prefix}-overlay.png")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     paths.append(path)
     return paths
 

@@ -24,14 +24,17 @@ from collections.abc import Callable
 
 from keras import ops
 
+from keras_dino.evaluation.features import check_backbone
 from keras_dino.evaluation.linear import linear_features
 from keras_dino.evaluation.retrieval import SCALES, _patch_multiple, resize_like_torch
+from keras_dino.models.image_inputs import check_images
 
 FEATURE_KINDS = ("cls", "patch", "mean_patch", "last_blocks", "block")
 GRID_KINDS = ("patch", "block")  # kinds whose features are (B, h, w, C) grids
 
 
 def _kind(backbone) -> str:
+    check_backbone(backbone, "keras_dino.evaluation.dense_features")
     if hasattr(backbone, "get_intermediate_layers"):
         return "vit"
     if hasattr(backbone, "cls_attn_blocks"):
@@ -42,6 +45,7 @@ def _kind(backbone) -> str:
 
 
 def _images(images):
+    check_images(images)  # raw pixels (integers, NumPy 0..255) name the fix
     images = ops.convert_to_tensor(images, "float32")
     if len(images.shape) != 4:
         raise ValueError(f"images must be a batch (B, H, W, 3); got shape {tuple(images.shape)}.")
@@ -63,6 +67,7 @@ def _multiscale(fn, backbone, images):
 
 
 def _vector(fn, backbone, images, multiscale):
+    check_backbone(backbone, "keras_dino.evaluation.dense_features")
     images = _images(images)
     if multiscale:
         return _multiscale(fn, backbone, images)

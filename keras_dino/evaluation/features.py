@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dino.errors import WrongModelError
+
 
 def _batches(data, batch_size):
     """Yields `(images, labels)` numpy batches from a tf.data dataset or array pair."""
@@ -32,6 +34,32 @@ def _count(data, batch_size):
         return None
 
 
+def check_backbone(model, where: str = "feature extraction") -> None:
+    """Raises a `WrongModelError` for a model whose call is not the backbone's features.
+
+    A `keras_dino.DINO` training model (found by its `teacher` and `student` attributes,
+    without importing the training code) returns the student head's logits; a
+    `MultiCropWrapper` returns its head's output. Both name the backbone to pass instead.
+
+    Example:
+
+    >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
+    >>> check_backbone(vit_tiny(16, depth=1))
+    >>> check_backbone(MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(192, 8)))
+    Traceback (most recent call last):
+    ...
+    keras_dino.errors.WrongModelError: feature extraction takes a backbone, not a MultiCropWrapper (its call returns the head's output): pass wrapper.backbone.
+    """
+    if hasattr(model, "teacher") and hasattr(model, "student"):
+        raise WrongModelError(
+            f"{where} takes a backbone, not a DINO training model (its call returns the "
+            "student head's logits): pass model.teacher.backbone, the network DINO evaluates.")
+    if hasattr(model, "backbone") and hasattr(model, "head"):
+        raise WrongModelError(
+            f"{where} takes a backbone, not a {type(model).__name__} (its call returns the "
+            "head's output): pass wrapper.backbone.")
+
+
 def extract_features(backbone, data, batch_size: int = 128, feature_fn=None, verbose: int = 1):
     """Features `(N, D)` (float32, not normalised) and labels `(N,)` of a dataset.
 
@@ -55,6 +83,7 @@ def extract_features(backbone, data, batch_size: int = 128, feature_fn=None, ver
     >>> feats.shape, labels.tolist()
     ((3, 192), [0, 1, 2])
     """
+    check_backbone(backbone, "extract_features")
     feature_fn = feature_fn or (lambda model, images: model.predict_on_batch(images))
     bar = keras.utils.Progbar(_count(data, batch_size), verbose=verbose, unit_name="batch")
     features, labels = [], []

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from keras import ops
 
+from keras_dino.errors import VideoInputError  # noqa: F401 (its old home)
 from keras_dino.evaluation.attention_maps import (
     attention_input,
     attention_resize_shape,
@@ -44,10 +45,6 @@ VIDEO_FORMATS = {"mp4": "mp4v", "avi": "XVID"}
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FRAMES_FOLDER = "frames"
 ATTENTION_FOLDER = "attention"
-
-
-class VideoInputError(ValueError):
-    """A video or frame folder that cannot be used: empty, unreadable, wrong format."""
 
 
 def _cv2():

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_dino.layers.batch_norm import BatchNorm
-from keras_dino.models.image_inputs import check_rgb_images
+from keras_dino.models.image_inputs import check_images, check_rgb_images
 
 # torchvision's architectures (`main_dino.py --arch` takes any of them): block, layers,
 # width_per_group.
@@ -225,7 +225,7 @@ class ResNet(keras.Model):
         >>> {name: tuple(maps[name].shape) for name in ("stem", "layer4")}
         {'stem': (1, 16, 16, 64), 'layer4': (1, 2, 2, 512)}
         """
-        check_rgb_images(images.shape)
+        check_images(images)
         if not self.built:
             self.build(tuple(images.shape))
         x = self.conv1(_pad(images, 3))
@@ -239,6 +239,13 @@ class ResNet(keras.Model):
                 x = block(x, training=training)
             outputs[f"layer{i + 1}"] = x
         return outputs
+
+    def __call__(self, *args, **kwargs):
+        # Checked before Keras wraps errors of `call` in its own report; the values of
+        # NumPy pixels only (before Keras turns them into tensors: no device sync).
+        if args:
+            check_images(args[0])
+        return super().__call__(*args, **kwargs)
 
     def call(self, images, training=None):
         x = self.forward_features(images, training=training)[f"layer{len(self.stages)}"]

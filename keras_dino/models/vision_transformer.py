@@ -7,7 +7,7 @@ from keras_dino.layers.initializers import TruncNormal
 from keras_dino.layers.patch_embedding import PatchEmbedding
 from keras_dino.layers.position_embedding import interpolate_pos_encoding
 from keras_dino.layers.transformer_block import LAYER_NORM_EPSILON, TransformerBlock
-from keras_dino.models.image_inputs import check_rgb_images
+from keras_dino.models.image_inputs import check_images, check_rgb_images
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -146,7 +146,7 @@ class VisionTransformer(keras.Model):
                 f"model is traced (got shape {tuple(images.shape)}): position embeddings are "
                 "interpolated per grid size. Give the input a static spatial shape."
             )
-        check_rgb_images(images.shape)
+        check_images(images)
         return height // self.patch_size, width // self.patch_size
 
     def interpolate_pos_encoding(self, grid_h: int, grid_w: int):
@@ -190,6 +190,13 @@ class VisionTransformer(keras.Model):
             else:
                 x = block(x, training=training)
         return x
+
+    def __call__(self, *args, **kwargs):
+        # Checked before Keras wraps errors of `call` in its own report; the values of
+        # NumPy pixels only (before Keras turns them into tensors: no device sync).
+        if args:
+            check_images(args[0])
+        return super().__call__(*args, **kwargs)
 
     def call(self, images, training=None):
         x = self.prepare_tokens(images, training=training)

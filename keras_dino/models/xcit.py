@@ -17,7 +17,7 @@ from keras_dino.layers.xcit_blocks import (
     FourierPositionEncoding,
     XCABlock,
 )
-from keras_dino.models.image_inputs import check_rgb_images
+from keras_dino.models.image_inputs import check_images, check_rgb_images
 
 # The official registry (xcit.py): width, depth, heads, layer-scale init, tokens_norm;
 # each at patch 16 and 8. DINO released small_12 and medium_24.
@@ -126,7 +126,7 @@ class XCiT(keras.Model):
 
     def _tokens(self, images, training=None, return_attention=False):
         """All tokens after the class-attention blocks, `(B, 1 + N, E)`, before the norm."""
-        check_rgb_images(images.shape)
+        check_images(images)
         if not self.built:
             self.build(tuple(images.shape))
         grid = self.patch_embed(images, training=training)
@@ -141,6 +141,13 @@ class XCiT(keras.Model):
         for block in self.cls_attn_blocks:
             x, attn = block(x, training=training, return_attention=True)
         return (x, attn) if return_attention else x
+
+    def __call__(self, *args, **kwargs):
+        # Checked before Keras wraps errors of `call` in its own report; the values of
+        # NumPy pixels only (before Keras turns them into tensors: no device sync).
+        if args:
+            check_images(args[0])
+        return super().__call__(*args, **kwargs)
 
     def call(self, images, training=None):
         return self.norm(self._tokens(images, training=training))[:, 0]

@@ -1,0 +1,145 @@
+"""The exceptions keras_dino raises, in one place.
+
+Every class derives from `KerasDinoError` (catch it to catch any of them) and from the
+builtin exception the same mistake raised before (`ValueError`, `KeyError`, `OSError`,
+...), so `except ValueError` keeps working. Messages are short and name the fix.
+
+This module imports nothing from keras_dino: any module may import it.
+
+Example:
+
+>>> from keras_dino import errors
+>>> issubclass(errors.UnknownPresetError, (errors.KerasDinoError, KeyError, ValueError))
+True
+>>> print(errors.UnknownPresetError("unknown preset 'dino_vits61'; did you mean 'dino_vits16'?"))
+unknown preset 'dino_vits61'; did you mean 'dino_vits16'?
+"""
+
+__all__ = [
+    "ArchitectureMismatchError",
+    "CheckpointError",
+    "CheckpointFormatError",
+    "CheckpointKeyError",
+    "CheckpointShapeError",
+    "DataSourceNotFoundError",
+    "InputError",
+    "InputWarning",
+    "KerasDinoError",
+    "NonFiniteLossError",
+    "PretrainedDownloadError",
+    "UnknownPresetError",
+    "UnknownPresetOrFileError",
+    "UnsafeCheckpointError",
+    "VideoInputError",
+    "WrongModelError",
+]
+
+
+class KerasDinoError(Exception):
+    """The base of every keras_dino exception."""
+
+
+class _PlainMessage:
+    """`str()` is the message as written (KeyError quotes its argument)."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+# ------------------------------------------------------------------------------ presets
+
+
+class UnknownPresetError(_PlainMessage, KerasDinoError, KeyError, ValueError):
+    """A preset name that does not exist; the message suggests the closest names.
+
+    A `KeyError` (a missing key of `keras_dino.list_presets()`) and a `ValueError`.
+    """
+
+
+class UnknownPresetOrFileError(UnknownPresetError, FileNotFoundError):
+    """A name that is neither a preset nor an existing file (a `FileNotFoundError` too)."""
+
+
+class PretrainedDownloadError(KerasDinoError, OSError):
+    """A preset's weights could not be downloaded.
+
+    The message names the URL that failed and the cache path where a manually downloaded
+    copy of the file is picked up.
+
+    Example:
+
+    >>> issubclass(PretrainedDownloadError, OSError)
+    True
+    """
+
+
+# -------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(KerasDinoError):
+    """The base of the errors about checkpoint files and their contents."""
+
+
+class CheckpointFormatError(CheckpointError, ValueError):
+    """The file is not a readable checkpoint: wrong format, truncated, or corrupt."""
+
+
+class UnsafeCheckpointError(CheckpointError, ValueError):
+    """The checkpoint asks for something outside the allow-list (it would run code)."""
+
+
+class CheckpointKeyError(_PlainMessage, CheckpointError, KeyError):
+    """A state dict's keys do not match the model: lists the missing and unexpected ones.
+
+    Example:
+
+    >>> print(CheckpointKeyError("missing keys (1): norm.bias"))
+    missing keys (1): norm.bias
+    """
+
+
+class CheckpointShapeError(CheckpointError, ValueError):
+    """A tensor of the checkpoint does not have the shape the model expects.
+
+    Example:
+
+    >>> issubclass(CheckpointShapeError, ValueError)
+    True
+    """
+
+
+class ArchitectureMismatchError(CheckpointError, ValueError):
+    """The checkpoint holds another network than the one asked for (family, width, depth,
+    patch size)."""
+
+
+# ------------------------------------------------------------------------------- inputs
+
+
+class InputError(KerasDinoError, ValueError):
+    """Inputs a function cannot use as given (dtype, value range, shape, type)."""
+
+
+class InputWarning(UserWarning):
+    """Inputs that work but are probably not what was meant (e.g. pixels in [0, 1] where
+    0..255 is expected)."""
+
+
+class WrongModelError(InputError, TypeError):
+    """A model of the wrong kind for the function, e.g. a `DINO` training model where a
+    backbone is expected."""
+
+
+class DataSourceNotFoundError(InputError, FileNotFoundError):
+    """A training or evaluation source (folder, file, TFDS name) that does not exist."""
+
+
+class VideoInputError(InputError):
+    """A video or frame folder that cannot be used: empty, unreadable, wrong format."""
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class NonFiniteLossError(KerasDinoError, FloatingPointError):
+    """The DINO loss became NaN or infinite."""

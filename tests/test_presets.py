@@ -67,13 +67,14 @@ def test_unknown_preset_suggests_the_closest_names():
     assert len(str(info.value)) < 400
 
 
-def test_readme_table_is_generated_from_the_presets():
-    readme = (REPO / "README.md").read_text()
+@pytest.mark.parametrize("document", ["README.md", "docs/pretrained.md"])
+def test_preset_tables_are_generated_from_the_presets(document):
+    text = (REPO / document).read_text()
     start, end = "<!-- presets:start -->\n", "<!-- presets:end -->"
-    assert readme.count(start) == 1 and readme.count(end) == 1
-    table = readme.split(start, 1)[1].split(end, 1)[0]
+    assert text.count(start) == 1 and text.count(end) == 1
+    table = text.split(start, 1)[1].split(end, 1)[0]
     assert table == presets.markdown_table(), (
-        "README.md's preset table is stale: paste keras_dino.models.presets.markdown_table() "
+        f"{document}'s preset table is stale: paste keras_dino.models.presets.markdown_table() "
         "between its presets markers.")
 
 

@@ -81,6 +81,7 @@ class XCiT(keras.Model):
                  tokens_norm: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = patch_size
+        self.num_prefix_tokens = 1  # the class token; the patches follow it
         self.embed_dim = embed_dim
         self.depth = depth
         self.num_heads = num_heads
@@ -144,6 +145,44 @@ class XCiT(keras.Model):
 
     def call(self, images, training=None):
         return self.norm(self._tokens(images, training=training))[:, 0]
+
+    def patch_grid(self, height, width):
+        """`(rows, columns)` of the patch grid of `height x width` images (ints or tensors):
+        each stride-2 convolution rounds up.
+
+        Example:
+
+        >>> XCiT(patch_size=16, embed_dim=32, depth=1, num_heads=4).patch_grid(32, 40)
+        (2, 3)
+        """
+        for _ in range(len(self.patch_embed.widths)):
+            height, width = (height + 1) // 2, (width + 1) // 2
+        return height, width
+
+    def forward_intermediates(self, images, n_last_blocks: int = 1,
+                              return_attention: bool = False):
+        """One inference pass, as `VisionTransformer.forward_intermediates`.
+
+        `"blocks"`: the normalised tokens `(B, 1 + N, E)` of the last class-attention block
+        (`n_last_blocks` 0 or 1: the XCA blocks carry no class token); with
+        `return_attention`, `"attention"`: its class attention `(B, heads, 1, 1 + N)`.
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = XCiT(patch_size=16, embed_dim=32, depth=1, num_heads=4)
+        >>> out = model.forward_intermediates(np.zeros((1, 32, 48, 3), "float32"), 1, True)
+        >>> tuple(out["blocks"][0].shape), tuple(out["attention"].shape)
+        ((1, 7, 32), (1, 4, 1, 7))
+        """
+        if n_last_blocks not in (0, 1):
+            raise ValueError("an XCiT's tokens with a class token leave its last block only: "
+                             f"n_last_blocks must be 0 or 1; got {n_last_blocks}.")
+        tokens, attn = self._tokens(images, training=False, return_attention=True)
+        result = {"blocks": [self.norm(tokens)] if n_last_blocks else []}
+        if return_attention:
+            result["attention"] = attn
+        return result
 
     def compute_output_spec(self, images, training=None):
         return keras.KerasTensor((images.shape[0], self.embed_dim), dtype=self.compute_dtype)

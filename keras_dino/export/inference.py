@@ -165,10 +165,13 @@ class Inference:
                 out[name] = tf.cast(features["logits"], tf.float32)
         return out
 
-    def output_specs(self, names=None) -> dict:
-        """`{name: {"dtype", "shape"}}` of the outputs `names` (default `output_names()`)."""
+    def output_specs(self, names=None, image_size=None) -> dict:
+        """`{name: {"dtype", "shape"}}` of the outputs `names` (default `output_names()`)
+        for the export's image size (or `image_size`)."""
         names = names or self.output_names()
         width, grid = self.backbone.embed_dim, self.grid
+        if image_size is not None and self.has_tokens:
+            grid = tuple(int(g) for g in self.backbone.patch_grid(image_size, image_size))
         shapes = {self.embedding_key: [None, width]}
         if self.has_tokens:
             shapes["patch_tokens"] = [None, grid[0] * grid[1] if grid else None, width]

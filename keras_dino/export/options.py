@@ -37,8 +37,9 @@ class ExportOptions:
         version: a non-negative integer: the SavedModel's version directory; recorded in
             the metadata of every format.
         image_size: the square input size `S`, a multiple of the patch size; `None`
-            (ONNX only, its default): any height and width, the position embeddings
-            interpolated in the graph.
+            (ONNX's default; a SavedModel from the TensorFlow backend): any height and
+            width, the position embeddings interpolated in the graph (`serve_bytes` then
+            crops the official 224).
         resize_size: (SavedModel) shorter side before the center crop of `serve_bytes`;
             default `round(image_size * 256 / 224)`.
         input_dtype: `"uint8"` or `"float32"`: raw RGB pixel values 0..255 either way,
@@ -135,7 +136,4 @@ class ExportOptions:
         options = (options or cls()).replace(**kwargs) if kwargs else (options or cls())
         if fmt == "litert" and options.image_size is None:
             raise ValueError("a LiteRT export has a fixed image size: give image_size.")
-        if fmt == "saved_model" and options.image_size is None:
-            raise ValueError("a SavedModel has a fixed image size: give image_size (an ONNX "
-                             "export takes any size).")
         return options

@@ -49,18 +49,14 @@ def _version_dir(base_dir, options) -> pathlib.Path:
 
 def _unless_empty(fn, x):
     """`fn(x)` in float32; an empty batch gives empty outputs (the backbones cannot take
-    batch 0), shaped as `fn`'s."""
+    batch 0): those of one blank image of its size, cut to none."""
     import tensorflow as tf
 
-    specs = fn.get_concrete_function().structured_outputs
+    def run(images, keep):
+        return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32)[:keep], fn(images))
 
-    def run():
-        return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), fn(x))
-
-    def empty():
-        return tf.nest.map_structure(lambda t: tf.zeros([0, *t.shape[1:]], tf.float32), specs)
-
-    return tf.cond(tf.shape(x)[0] > 0, run, empty)
+    blank = tf.zeros(tf.concat([[1], tf.shape(x)[1:]], 0), x.dtype)
+    return tf.cond(tf.shape(x)[0] > 0, lambda: run(x, tf.shape(x)[0]), lambda: run(blank, 0))
 
 
 def _endpoints(archive, inference) -> dict:
@@ -70,6 +66,9 @@ def _endpoints(archive, inference) -> dict:
     import tensorflow as tf
 
     size = inference.options.image_size
+    if size is None and keras.backend.backend() != "tensorflow":
+        raise ValueError("a SavedModel of any image size (image_size=None) needs the "
+                         "TensorFlow backend; give image_size under JAX.")
     spec = [tf.TensorSpec([None, size, size, 3], tf.float32)]
     # Inference only: no gradient functions (jax2tf's would be saved as unusable stubs).
     kwargs = {"jax2tf_kwargs": {"with_gradient": False}} if keras.backend.backend() == "jax" else {}
@@ -107,7 +106,7 @@ def _signatures(inference, endpoints):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
                  autograph=False)
     def serve_bytes(image_bytes):
-        crops = serving_inputs.decode_batch(image_bytes, size, view.resize_size)
+        crops = serving_inputs.decode_batch(image_bytes, view.size, view.resize_size)
         return outputs_of(serving_inputs.normalize(crops, view), forward, names)
 
     functions["serve_bytes"] = serve_bytes
@@ -123,7 +122,7 @@ def _signatures(inference, endpoints):
                             "description": f"{what} of a batch of images"},
         "serve_bytes": {
             "inputs": {"image_bytes": {"dtype": "string", "shape": [None]}},
-            "outputs": outputs,
+            "outputs": outputs if size else inference.output_specs(names, view.size),
             "description": "as serving_default, from encoded JPEG/PNG images of any size",
         },
     }

@@ -34,13 +34,16 @@ def expects(signature, name, expected):
 
 
 def check_images(images, signature, image_size, dtype):
-    """Fails with a message naming the input unless `images` is `[batch, S, S, 3]`."""
-    expected = (
-        f"{dtype} RGB images of shape [batch, {image_size}, {image_size}, 3] "
-        "(NHWC, pixel values 0..255)"
-    )
+    """Fails with a message naming the input unless `images` is `[batch, S, S, 3]`
+    (`[batch, H, W, 3]` when `image_size` is None)."""
+    side = "H, W" if image_size is None else f"{image_size}, {image_size}"
+    expected = f"{dtype} RGB images of shape [batch, {side}, 3] (NHWC, pixel values 0..255)"
     padded = padded_shape(images, 4)
-    ok = tf.reduce_all(tf.equal(padded[1:5], [image_size, image_size, 3, SENTINEL]))
+    if image_size is None:
+        ok = tf.reduce_all(tf.equal(padded[3:5], [3, SENTINEL]))
+        ok = tf.logical_and(ok, tf.reduce_all(padded[1:3] > 0))
+    else:
+        ok = tf.reduce_all(tf.equal(padded[1:5], [image_size, image_size, 3, SENTINEL]))
     ok = tf.logical_and(ok, padded[0] >= 0)
     message = [expects(signature, "images", expected) + "; got shape", tf.shape(images)]
     return fail_unless(ok, images, message)

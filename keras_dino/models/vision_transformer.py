@@ -183,9 +183,16 @@ class VisionTransformer(keras.Model):
     def _grid(self, images):
         check_rgb_images(images.shape)
         height, width = images.shape[1], images.shape[2]
-        if height is None or width is None:  # known when the graph runs
+        if height is None or width is None:  # known when the graph runs (TensorFlow)
             shape = ops.shape(images)
             height, width = shape[1], shape[2]
+            if height is None or width is None:  # a symbolic Keras input: never known
+                raise ValueError(
+                    "VisionTransformer needs the image height and width to be known when "
+                    f"the model is built (got shape {tuple(images.shape)}): position "
+                    "embeddings are interpolated per grid size. Give the input a static "
+                    "spatial shape."
+                )
         return self.patch_grid(height, width)
 
     def interpolate_pos_encoding(self, grid_h, grid_w):

@@ -196,10 +196,7 @@ def block_output(backbone, images, block: int = -1, normalize: bool = True,
         return ops.reshape(grid, (ops.shape(grid)[0], -1, grid.shape[-1])) if tokens else grid
     i = _block_index(block, len(backbone.blocks), "blocks")
     if kind == "vit":
-        x = backbone.prepare_tokens(images, training=False)
-        for layer in backbone.blocks[: i + 1]:
-            x = layer(x, training=False)
-        x = backbone.norm(x) if normalize else x
+        x = backbone.forward_intermediates(images, blocks=[i], norm=normalize)["blocks"][0]
         patches = x[:, backbone.num_prefix_tokens:]
         return x if tokens else _grid(patches, _grid_shape(backbone, images))
     if not backbone.built:

@@ -227,7 +227,9 @@ def export_saved_model(model, base_dir, options: ExportOptions | None = None,
     inference = inference_lib.Inference(resolved, options)
 
     archive = keras.export.ExportArchive()
-    archive.track(resolved)
+    archive.track(inference.backbone)
+    if inference.probe is not None:  # its classifier (the probe itself is never built)
+        archive.track(inference.probe.classifier)
     endpoints = _endpoints(archive, inference)
     functions, described = _signatures(inference, endpoints)
     metadata = make_metadata("saved_model", inference=inference, source=source,

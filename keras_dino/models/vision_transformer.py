@@ -304,13 +304,16 @@ class VisionTransformer(keras.Model):
         return self.forward_intermediates(images, n_last_blocks=n)["blocks"]
 
     def forward_intermediates(self, images, n_last_blocks: int = 1,
-                              return_attention: bool = False):
+                              return_attention: bool = False, *, blocks=None,
+                              norm: bool = True):
         """One inference pass: what every feature of the model is read from.
 
-        Returns a dict: `"blocks"`, the normalised tokens `(B, P + N, E)` of each of the
-        last `n_last_blocks` blocks (the last block's last, as `get_intermediate_layers`;
-        `P = num_prefix_tokens`), and with `return_attention`, `"attention"`: the last
-        block's attention `(B, heads, P + N, P + N)` (as `get_last_selfattention`). The
+        Returns a dict: `"blocks"`, the tokens `(B, P + N, E)` output by each of the last
+        `n_last_blocks` blocks (the last block's last, as `get_intermediate_layers`;
+        `P = num_prefix_tokens`), or by the blocks of the 0-based indices `blocks`, in
+        order, through the final norm unless `norm=False`; and with `return_attention`,
+        `"attention"`: the last block's attention `(B, heads, P + N, P + N)` (as
+        `get_last_selfattention`). The pass stops after the last block it needs. The
         exports trace this method, so they compute what the model computes.
 
         Example:
@@ -321,17 +324,24 @@ class VisionTransformer(keras.Model):
         >>> len(out["blocks"]), tuple(out["attention"].shape)
         (2, (1, 3, 7, 7))
         """
-        if not 0 <= n_last_blocks <= self.depth:
-            raise ValueError(f"n_last_blocks must be in [0, {self.depth}]; got {n_last_blocks}.")
+        if blocks is None:
+            if not 0 <= n_last_blocks <= self.depth:
+                raise ValueError(f"n_last_blocks must be in [0, {self.depth}]; "
+                                 f"got {n_last_blocks}.")
+            blocks = range(self.depth - n_last_blocks, self.depth)
+        blocks = sorted(blocks)
+        if blocks and not 0 <= blocks[0] <= blocks[-1] < self.depth:
+            raise ValueError(f"block indices must be in [0, {self.depth - 1}]; got {blocks}.")
+        last = self.depth - 1 if return_attention else (blocks[-1] if blocks else -1)
         x = self.prepare_tokens(images, training=False)
         result = {"blocks": []}
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks[: last + 1]):
             if return_attention and i == self.depth - 1:
                 x, result["attention"] = block(x, training=False, return_attention=True)
             else:
                 x = block(x, training=False)
-            if i >= self.depth - n_last_blocks:
-                result["blocks"].append(self.norm(x))
+            if i in blocks:
+                result["blocks"].append(self.norm(x) if norm else x)
         return result
 
     def compute_output_spec(self, images, training=None):

@@ -21,9 +21,6 @@ position embeddings in the graph (`keras_dino.layers.position_embedding`).
 """
 
 import keras
-import tensorflow as tf
-
-from keras_dino.export import serving_inputs
 
 _FORMAT_NAMES = {"saved_model": "SavedModel", "onnx": "ONNX", "litert": "LiteRT"}
 
@@ -145,6 +142,8 @@ class Inference:
 
     def outputs(self, x, features, names) -> dict:
         """The outputs `names` of images `x` (normalised) from `forward(x)`'s `features`."""
+        import tensorflow as tf
+
         start = getattr(self.backbone, "num_prefix_tokens", 1)
         out = {}
         tokens = features.get("tokens")
@@ -181,7 +180,10 @@ class Inference:
             shapes["logits"] = [None, self.probe.num_labels]
         return {name: {"dtype": "float32", "shape": shapes[name]} for name in names}
 
-    def images_spec(self, name: str = "images") -> tf.TensorSpec:
+    def images_spec(self, name: str = "images"):
+        """The `tf.TensorSpec` of the `images` input."""
+        import tensorflow as tf
+
         size = self.options.image_size
         return tf.TensorSpec([None, size, size, 3], self.options.input_dtype, name=name)
 
@@ -191,6 +193,10 @@ class Inference:
         `forward`: the model's pass (default `self.forward`; the SavedModel gives its
         endpoints); `check`: a function of the images run first (input checks).
         """
+        import tensorflow as tf
+
+        from keras_dino.export import serving_inputs
+
         names = names or self.output_names()
         attention = "cls_attention" in names
         forward = forward or (lambda x: self.forward(x, attention))

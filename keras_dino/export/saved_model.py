@@ -32,7 +32,7 @@ import tempfile
 import keras
 
 from keras_dino.export import inference as inference_lib
-from keras_dino.export import serving_inputs, tf_serving
+from keras_dino.export import tf_serving
 from keras_dino.export.metadata import METADATA_FILE, describe, make_metadata
 from keras_dino.export.options import ExportOptions
 
@@ -87,6 +87,8 @@ def _endpoints(archive, inference) -> dict:
 def _signatures(inference, endpoints):
     """`({signature name: tf.function}, {signature name: description for the metadata})`."""
     import tensorflow as tf
+
+    from keras_dino.export import serving_inputs
 
     options = inference.options
     size, dtype, view = options.image_size, options.input_dtype, options.eval_config

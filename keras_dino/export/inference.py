@@ -144,9 +144,10 @@ class Inference:
         """The outputs `names` of images `x` (normalised) from `forward(x)`'s `features`."""
         import tensorflow as tf
 
-        start = getattr(self.backbone, "num_prefix_tokens", 1)
         out = {}
         tokens = features.get("tokens")
+        # The patches follow the class token (and a ViT's registers): the model says where.
+        start = self.backbone.num_prefix_tokens if self.has_tokens else None
         for name in names:
             if name == self.embedding_key:
                 embedding = tf.cast(tokens[:, 0] if self.has_tokens else features["embedding"],

@@ -195,20 +195,13 @@ def block_output(backbone, images, block: int = -1, normalize: bool = True,
         grid = backbone.forward_features(images, training=False)[f"layer{i + 1}"]
         return ops.reshape(grid, (ops.shape(grid)[0], -1, grid.shape[-1])) if tokens else grid
     i = _block_index(block, len(backbone.blocks), "blocks")
-    if kind == "vit":
-        x = backbone.forward_intermediates(images, blocks=[i], norm=normalize)["blocks"][0]
-        patches = x[:, backbone.num_prefix_tokens:]
-        return x if tokens else _grid(patches, _grid_shape(backbone, images))
-    if not backbone.built:
-        backbone.build(tuple(images.shape))
-    embedded = backbone.patch_embed(images, training=False)
-    grid_h, grid_w = ops.shape(embedded)[1], ops.shape(embedded)[2]
-    x = ops.reshape(embedded, (ops.shape(embedded)[0], grid_h * grid_w, backbone.embed_dim))
-    x = x + ops.cast(backbone.pos_embeder(embedded), x.dtype)
-    for layer in backbone.blocks[: i + 1]:
-        x = layer(x, grid_h=grid_h, grid_w=grid_w, training=False)
-    x = backbone.norm(x) if normalize else x
-    return x if tokens else _grid(x, _grid_shape(backbone, images))
+    x = backbone.forward_intermediates(images, blocks=[i], norm=normalize)["blocks"][0]
+    if tokens:
+        return x
+    grid = _grid_shape(backbone, images)
+    # The patches are the last grid_h * grid_w tokens (after a ViT's class and register
+    # tokens; an XCiT's XCA blocks carry none).
+    return _grid(x[:, x.shape[1] - grid[0] * grid[1]:], grid)
 
 
 def feature_function(kind: str = "cls", n_last_blocks: int = 4, block: int = -1,

@@ -425,8 +425,8 @@ def test_register_tokens_export_to_every_format_at_two_sizes(register_exports, c
 
 
 @pytest.mark.tf_only
-def test_one_options_object_and_format_only_keywords(register_exports, tmp_path):
-    model = register_exports["model"]
+def test_one_options_object_and_format_only_keywords(tmp_path):
+    model = _small_vit(0)
     with pytest.raises(TypeError, match="float16 applies to the onnx and litert"):
         export.export_saved_model(model, tmp_path, float16=True)
     with pytest.raises(TypeError, match="unknown export option 'imagesize'"):

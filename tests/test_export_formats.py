@@ -438,3 +438,35 @@ def test_one_options_object_and_format_only_keywords(tmp_path):
     with pytest.raises(ValueError, match="resize_size 200 is smaller"):
         export.ExportOptions(resize_size=200)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_modules_import_each_other_without_a_cycle():
+    """Inside keras_dino.export, no module reaches itself through its imports, lazy
+    (inside functions) imports included."""
+    import ast
+
+    folder = REPO / "keras_dino" / "export"
+    imports = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "keras_dino.export":
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "keras_dino.export."):
+                found.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[2] for a in node.names
+                          if a.name.startswith("keras_dino.export.")}
+        imports[path.stem] = found - {path.stem}
+    assert {"inference", "options", "metadata", "single_file"} <= set(imports)
+
+    def reaches(start, target, seen):
+        for module in imports.get(start, ()):
+            if module == target or (module not in seen and reaches(module, target,
+                                                                   seen | {module})):
+                return True
+        return False
+
+    cycles = sorted(m for m in imports if reaches(m, m, set()))
+    assert not cycles, f"import cycles through {cycles}: {imports}"

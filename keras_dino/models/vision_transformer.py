@@ -1,5 +1,7 @@
 """The DINO Vision Transformer, numerically identical to the official model."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -108,8 +110,9 @@ class VisionTransformer(keras.Model):
                 "set both to 0 (DINO uses 0) or remat=False. Drop path is supported."
             )
         self.remat = remat
-        if isinstance(num_register_tokens, bool) or int(num_register_tokens) != num_register_tokens \
-                or num_register_tokens < 0:
+        if (isinstance(num_register_tokens, bool)
+                or not isinstance(num_register_tokens, numbers.Integral)
+                or num_register_tokens < 0):
             raise ValueError(
                 f"num_register_tokens must be a non-negative integer; got {num_register_tokens!r}."
             )

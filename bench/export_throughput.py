@@ -47,7 +47,7 @@ def _runners(paths, threads):
     import onnxruntime as ort
     import tensorflow as tf
 
-    from keras_dino.export.runtime import litert_interpreter
+    from keras_dino.export.feature_extractors import litert_interpreter
 
     served = tf.saved_model.load(paths["saved_model"]).signatures["serving_default"]
     options = ort.SessionOptions()

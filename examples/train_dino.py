@@ -102,6 +102,8 @@ flags.DEFINE_boolean("load_heads", True, "With --pretrained_weights holding DINO
 flags.DEFINE_integer("embed_dim", None, "Custom architecture: token width.")
 flags.DEFINE_integer("depth", None, "Custom architecture: number of blocks.")
 flags.DEFINE_integer("num_heads", None, "Custom architecture: attention heads.")
+flags.DEFINE_integer("num_register_tokens", 0, "ViT: register tokens (Darcet et al., "
+                     "\"Vision Transformers Need Registers\"); 0 is the official DINO model.")
 flags.DEFINE_enum("resnet_block", None, ["basic", "bottleneck"], "Custom ResNet: block type.")
 flags.DEFINE_list("resnet_layers", None, "Custom ResNet: blocks per stage, e.g. 1,1,1,1.")
 flags.DEFINE_integer("resnet_stem_width", None, "Custom ResNet: channels of the stem (64).")
@@ -213,6 +215,8 @@ def build_model():
                       if getattr(F, k) is not None}
         if not is_xcit(F.arch):  # ViT-only speed options
             vit_kwargs.update(use_fused_attention=F.fused_attention, remat=F.remat)
+            if F.num_register_tokens:
+                vit_kwargs["num_register_tokens"] = F.num_register_tokens
     arguments = dict(
         arch=F.arch,
         patch_size=F.patch_size,

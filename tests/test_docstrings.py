@@ -51,6 +51,8 @@ MODULES = sorted(
         "keras_dino.evaluation.knn",
         "keras_dino.evaluation.linear",
         "keras_dino.evaluation.video_attention",
+        "keras_dino.export.options",
+        "keras_dino.export.tf_serving",
     ]
 )
 

@@ -536,6 +536,24 @@ def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
 
 
 @pytest.mark.backends("tensorflow")
+def test_train_dino_trains_a_vit_with_register_tokens(image_folder, tmp_path):
+    """--num_register_tokens: trained, and kept by checkpoint.pth (tensor and args)."""
+    import keras_dino
+    from keras_dino.checkpoints import read_checkpoint
+
+    out = tmp_path / "out"
+    result = _run_script("train_dino.py", "--backend=tensorflow", *TINY_RUN, "--epochs=1",
+                         "--num_register_tokens=2", f"--data_path={image_folder / 'train'}",
+                         f"--output_dir={out}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = read_checkpoint(out / "checkpoint.pth")
+    assert checkpoint["args"]["vit_kwargs"]["num_register_tokens"] == 2
+    assert checkpoint["teacher"]["backbone.register_tokens"].shape == (1, 2, 32)
+    backbone = keras_dino.load_pretrained(out / "checkpoint.pth", num_heads=2)
+    assert backbone.num_register_tokens == 2 and backbone.num_prefix_tokens == 3
+
+
+@pytest.mark.backends("tensorflow")
 def test_train_dino_trains_a_custom_xcit(image_folder, tmp_path):
     """--arch=xcit_*: an XCiT student and teacher, checkpointed under the official names."""
     from keras_dino.checkpoints import read_checkpoint

@@ -323,3 +323,150 @@ def test_other_backends_explain_how_to_export(tmp_path):
         with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow"):
             export.export(vit_tiny(depth=1), tmp_path, format=fmt)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- register tokens
+
+REGISTER_SIZES = ((224, 224), (480, 320))
+
+
+def _small_vit(registers):
+    import keras
+
+    from keras_dino.models import VisionTransformer
+
+    keras.utils.set_random_seed(registers)
+    model = VisionTransformer(patch_size=16, embed_dim=48, depth=2, num_heads=3,
+                              num_register_tokens=registers)
+    model.build((None, None, None, 3))
+    if registers:  # far from their ~1e-6 initialisation, so that misplacing them shows
+        model.register_tokens.assign(
+            np.random.default_rng(1).normal(size=(1, registers, 48)).astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="module", params=[0, 4], ids=["registers0", "registers4"])
+def register_exports(request, tmp_path_factory):
+    """A small ViT with 0 or 4 register tokens, behind a linear probe (the ViT-B recipe:
+    CLS and mean patch token), exported three ways from one `ExportOptions`, and the
+    Keras model's own outputs at 224x224 and 480x320."""
+    from keras_dino.evaluation import LinearProbe
+    from keras_dino.preprocessing import normalize_images
+
+    registers = request.param
+    model = _small_vit(registers)
+    probe = LinearProbe(model, num_labels=5, n_last_blocks=1, avgpool_patchtokens=True)
+    probe.classifier.linear.kernel.assign(
+        np.random.default_rng(2).normal(size=(96, 5)).astype("float32"))
+    base = tmp_path_factory.mktemp(f"registers{registers}")
+    options = export.ExportOptions(image_size=None, include_patch_tokens=True,
+                                   include_attention=True)
+    paths = {fmt: export.export(probe, base, format=fmt, options=options)
+             for fmt in ("saved_model", "onnx")}
+    paths["litert"] = export.export(probe, base, format="litert",
+                                    options=options.replace(image_size=224))
+    reference, rng = {}, np.random.default_rng(3)
+    prefix = model.num_prefix_tokens
+    for h, w in REGISTER_SIZES:
+        pixels = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        x = normalize_images(pixels)
+        tokens = np.asarray(model.forward_features(x))
+        attn = np.asarray(model.get_last_selfattention(x))
+        reference[(h, w)] = dict(
+            pixels=pixels, cls_embedding=tokens[:, 0], patch_tokens=tokens[:, prefix:],
+            cls_attention=attn[:, :, 0, prefix:].reshape(2, 3, h // 16, w // 16),
+            logits=np.asarray(probe(x)))
+    return dict(registers=registers, paths=paths, reference=reference, model=model)
+
+
+def _register_outputs(register_exports):
+    import tensorflow as tf
+
+    served = tf.saved_model.load(register_exports["paths"]["saved_model"])
+    onnx = export.OnnxFeatureExtractor(register_exports["paths"]["onnx"])
+    litert = export.LiteRTFeatureExtractor(register_exports["paths"]["litert"])
+    got = {}
+    for size, ref in register_exports["reference"].items():
+        images = ref["pixels"]
+        out = served.signatures["serving_default"](images=tf.constant(images))
+        got["saved_model", size] = {k: v.numpy() for k, v in out.items()}
+        got["onnx", size] = onnx(images)
+        if size == (224, 224):
+            got["litert", size] = litert(images)
+    return got
+
+
+@pytest.mark.tf_only
+def test_register_tokens_export_to_every_format_at_two_sizes(register_exports, capsys):
+    """SavedModel and ONNX (any size) and LiteRT (224) give the Keras model's embedding,
+    patch tokens (registers left out), attention maps over the patch grid and the linear
+    probe's logits (its average over the patches only)."""
+    registers = register_exports["registers"]
+    reference = register_exports["reference"]
+    worst = {}
+    for (fmt, size), out in _register_outputs(register_exports).items():
+        ref = reference[size]
+        grid = (size[0] // 16, size[1] // 16)
+        assert sorted(out) == ["cls_attention", "cls_embedding", "logits", "patch_tokens"]
+        assert out["patch_tokens"].shape == (2, grid[0] * grid[1], 48), (fmt, size)
+        assert out["cls_attention"].shape == (2, 3, *grid), (fmt, size)
+        for name in out:
+            err = _err(out[name], ref[name])
+            worst[f"{fmt} {size[0]}x{size[1]} {name}"] = err
+            assert err < 1e-5 * max(1.0, float(np.abs(ref[name]).max())), (fmt, size, name, err)
+    with capsys.disabled():  # the differences, for the record
+        print(f"\nregisters={registers}: max |export - keras| per format, size and output:")
+        for key, err in worst.items():
+            print(f"  {key}: {err:.2e}")
+    meta = export.load_metadata(register_exports["paths"]["onnx"])
+    assert meta["model"]["num_register_tokens"] == registers
+    assert meta["classifier"]["avgpool_patchtokens"] is True
+    assert meta["preprocessing"]["eval_config"]["size"] == 224
+
+
+@pytest.mark.tf_only
+def test_one_options_object_and_format_only_keywords(tmp_path):
+    model = _small_vit(0)
+    with pytest.raises(TypeError, match="float16 applies to the onnx and litert"):
+        export.export_saved_model(model, tmp_path, float16=True)
+    with pytest.raises(TypeError, match="unknown export option 'imagesize'"):
+        export.export_onnx(model, tmp_path, imagesize=96)
+    with pytest.raises(TypeError, match="options must be an ExportOptions"):
+        export.export_onnx(model, tmp_path, "name")
+    options = export.ExportOptions(float16=True, resize_size=300)  # read by some formats only
+    assert options.eval_config.resize_size == 300
+    with pytest.raises(ValueError, match="resize_size 200 is smaller"):
+        export.ExportOptions(resize_size=200)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_modules_import_each_other_without_a_cycle():
+    """Inside keras_dino.export, no module reaches itself through its imports, lazy
+    (inside functions) imports included."""
+    import ast
+
+    folder = REPO / "keras_dino" / "export"
+    imports = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "keras_dino.export":
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "keras_dino.export."):
+                found.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[2] for a in node.names
+                          if a.name.startswith("keras_dino.export.")}
+        imports[path.stem] = found - {path.stem}
+    assert {"inference", "options", "metadata", "single_file"} <= set(imports)
+
+    def reaches(start, target, seen):
+        for module in imports.get(start, ()):
+            if module == target or (module not in seen and reaches(module, target,
+                                                                   seen | {module})):
+                return True
+        return False
+
+    cycles = sorted(m for m in imports if reaches(m, m, set()))
+    assert not cycles, f"import cycles through {cycles}: {imports}"

@@ -163,17 +163,25 @@ def test_non_static_spatial_shape_is_rejected():
 
 
 @pytest.mark.tf_only
-def test_non_static_spatial_shape_is_rejected_in_tf_function():
+@pytest.mark.parametrize("registers", [0, 3])
+def test_tf_function_with_dynamic_height_and_width_matches_the_eager_model(registers):
+    """Traced once with `None` height and width (as the ONNX export is), the model
+    interpolates its position embeddings in the graph and computes what it computes
+    eagerly, at the training grid (embeddings kept as they are) and at other grids."""
     import tensorflow as tf
 
-    model = _small_vit()
+    model = _small_vit(num_register_tokens=registers)
     model.build((None, None, None, 3))
-    fn = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
-    with pytest.raises(ValueError, match="static spatial shape"):
-        fn.get_concrete_function()
-    fixed = tf.function(model, input_signature=[tf.TensorSpec((None, 32, 48, 3), tf.float32)])
-    x = _images(32, 48)
-    np.testing.assert_allclose(fixed(x).numpy(), _np(model(x)), atol=1e-5)
+    spec = [tf.TensorSpec((None, None, None, 3), tf.float32)]
+    tokens = tf.function(lambda x: model.forward_features(x), input_signature=spec)
+    attention = tf.function(model.get_last_selfattention, input_signature=spec)
+    side = model.img_size
+    for h, w in ((side, side), (32, 48), (side, 16), (80, 32)):
+        x = _images(h, w)
+        np.testing.assert_allclose(tokens(x).numpy(), _np(model.forward_features(x)),
+                                   atol=2e-5)
+        np.testing.assert_allclose(attention(x).numpy(),
+                                   _np(model.get_last_selfattention(x)), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- DINOHead
@@ -412,3 +420,111 @@ def test_remat_is_configured_and_refuses_dropout_it_cannot_replay():
     assert VisionTransformer.from_config(model.get_config()).remat is True
     with pytest.raises(ValueError, match="remat=True cannot replay dropout"):
         vit_tiny(patch_size=16, depth=1, remat=True, drop_rate=0.1)
+
+
+# ---------------------------------------------------------------------------- register tokens
+
+
+def _with_registers(n=4):
+    model = _small_vit(num_register_tokens=n)
+    model.build((None, None, None, 3))
+    if n:  # registers far from their ~1e-6 initialisation, so that misplacing them shows
+        model.register_tokens.assign(
+            np.random.default_rng(5).normal(size=(1, n, 48)).astype("float32"))
+    return model
+
+
+def test_register_tokens_follow_the_class_token_without_position_embedding():
+    model, plain = _with_registers(4), _small_vit()
+    assert plain.num_register_tokens == 0 and plain.num_prefix_tokens == 1
+    plain.build((None, None, None, 3))
+    assert not [w for w in plain.weights if "register" in w.path]
+    assert model.num_prefix_tokens == 5 and tuple(model.register_tokens.shape) == (1, 4, 48)
+    x = _images(32, 48)
+    tokens = _np(model.prepare_tokens(x))
+    assert tokens.shape == (2, 5 + 6, 48)
+    pos = _np(model.interpolate_pos_encoding(2, 3))[0]
+    patches = _np(model.patch_embed(x))
+    cls = np.broadcast_to(_np(model.cls_token)[0, 0] + pos[0], (2, 48))
+    np.testing.assert_allclose(tokens[:, 0], cls, atol=1e-6)
+    np.testing.assert_array_equal(tokens[:, 1:5], np.broadcast_to(_np(model.register_tokens),
+                                                                  (2, 4, 48)))
+    np.testing.assert_allclose(tokens[:, 5:], patches + pos[1:], atol=1e-6)
+    assert tuple(model.get_last_selfattention(x).shape) == (2, 3, 11, 11)
+    blocks = model.get_intermediate_layers(x, 2)
+    np.testing.assert_array_equal(_np(blocks[-1]), _np(model.forward_features(x)))
+    np.testing.assert_array_equal(_np(model(x)), _np(blocks[-1])[:, 0])
+    with pytest.raises(ValueError, match="num_register_tokens"):
+        _small_vit(num_register_tokens=-1)
+
+
+def test_register_tokens_round_trip_through_keras_files_and_official_names(tmp_path):
+    from keras_dino.models.official_names import vision_transformer_map
+
+    model, x = _with_registers(2), _images(32, 32)
+    assert model.get_config()["num_register_tokens"] == 2
+    model.save(tmp_path / "registers.keras")
+    loaded = keras.saving.load_model(tmp_path / "registers.keras")
+    assert loaded.num_register_tokens == 2
+    np.testing.assert_array_equal(_np(loaded.forward_features(x)), _np(model.forward_features(x)))
+    # The official names (DINOv2's `register_tokens`); the config is read off the tensors.
+    state = {k: np.asarray(v) for k, v in official.state_dict_of(vision_transformer_map(model)).items()}
+    assert state["register_tokens"].shape == (1, 2, 48)
+    config = official.infer_backbone_config(state, num_heads=3)
+    assert config["num_register_tokens"] == 2
+    clone = VisionTransformer(**config)
+    official.load_state_dict(vision_transformer_map(clone), state)
+    np.testing.assert_array_equal(_np(clone.forward_features(x)), _np(model.forward_features(x)))
+    assert "num_register_tokens" not in official.infer_backbone_config(
+        {k: v for k, v in state.items() if k != "register_tokens"}, num_heads=3)
+
+
+def test_every_feature_leaves_the_register_tokens_out_of_the_patches():
+    """Patch grids, attention maps, the linear probe's average and copy detection read
+    the patches from `num_prefix_tokens`: the same numbers as slicing by hand."""
+    from keras_dino.evaluation import dense_features
+    from keras_dino.evaluation.attention_maps import cls_attention_maps
+    from keras_dino.evaluation.copy_detection import copy_detection_features, gem
+    from keras_dino.evaluation.linear import linear_features
+    from keras_dino.evaluation.video_segmentation import frame_features
+
+    model, x = _with_registers(4), _images(32, 48)
+    tokens, attn = _np(model.forward_features(x)), _np(model.get_last_selfattention(x))
+    patches = tokens[:, 5:]
+    grid = _np(dense_features.patch_features(model, x))
+    np.testing.assert_array_equal(grid, patches.reshape(2, 2, 3, 48))
+    np.testing.assert_array_equal(_np(dense_features.block_output(model, x, -1)), grid)
+    maps = cls_attention_maps(model, x[:1])
+    np.testing.assert_allclose(maps, attn[0, :, 0, 5:].reshape(3, 2, 3), atol=1e-7)
+    features = _np(linear_features(model, x, 1, avgpool_patchtokens=True))
+    expected = np.stack([tokens[:, 0], patches.mean(axis=1)], axis=-1).reshape(2, -1)
+    np.testing.assert_allclose(features, expected, atol=1e-6)
+    descriptor = _np(copy_detection_features(model, x))
+    np.testing.assert_allclose(descriptor[:, 48:], _np(gem(patches)), atol=1e-5)
+    frame, frame_grid = frame_features(model, x[0])
+    assert frame_grid == (2, 3)
+    np.testing.assert_allclose(_np(frame), patches[0], atol=1e-5)
+
+
+def test_register_tokens_round_trip_through_the_official_checkpoint(tmp_path):
+    """`checkpoint.pth` keeps them: the tensor (DINOv2's name) and `args.vit_kwargs`."""
+    import keras_dino
+    from keras_dino.checkpoints.torch_format import read_checkpoint
+    from keras_dino.training.dino import DINO
+
+    dino = DINO(arch="vit_tiny", patch_size=16, out_dim=64,
+                vit_kwargs=dict(embed_dim=48, depth=2, num_heads=3, num_register_tokens=2),
+                head_kwargs=dict(hidden_dim=32, bottleneck_dim=16), epochs=1, warmup_epochs=0)
+    dino.teacher.backbone.register_tokens.assign(
+        np.random.default_rng(0).normal(size=(1, 2, 48)).astype("float32"))
+    path = dino.save_official_checkpoint(tmp_path / "checkpoint.pth")
+    saved = read_checkpoint(path)
+    assert tuple(np.shape(saved["teacher"]["backbone.register_tokens"])) == (1, 2, 48)
+    assert saved["args"]["vit_kwargs"]["num_register_tokens"] == 2
+    x = _images(32, 48)
+    expected = _np(dino.teacher.backbone(x))
+    resumed = DINO.from_official_checkpoint(path)
+    np.testing.assert_array_equal(_np(resumed.teacher.backbone(x)), expected)
+    backbone = keras_dino.load_pretrained(path, num_heads=3)
+    assert backbone.num_register_tokens == 2
+    np.testing.assert_array_equal(_np(backbone(x)), expected)

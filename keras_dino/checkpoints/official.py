@@ -175,8 +175,9 @@ def split_backbone_and_head(state_dict: dict) -> tuple[dict, dict]:
 def infer_backbone_config(state_dict: dict, num_heads: int | None = None) -> dict:
     """`VisionTransformer` arguments read off the tensors of a backbone state dict.
 
-    Embedding width, depth, patch size, MLP ratio, qkv bias and training resolution are
-    determined by the tensors. The number of heads is not: pass it, or it is taken from
+    Embedding width, depth, patch size, MLP ratio, qkv bias, training resolution and the
+    number of register tokens (`register_tokens`, as DINOv2 names them) are determined by
+    the tensors. The number of heads is not: pass it, or it is taken from
     the official architecture of that width (3, 6, 12 heads for 192, 384, 768; 64-wide
     heads otherwise).
 
@@ -222,6 +223,8 @@ def infer_backbone_config(state_dict: dict, num_heads: int | None = None) -> dic
         num_heads=num_heads,
         qkv_bias="blocks.0.attn.qkv.bias" in state_dict,
     )
+    if "register_tokens" in state_dict:  # "Vision Transformers Need Registers" (DINOv2's name)
+        config["num_register_tokens"] = int(state_dict["register_tokens"].shape[1])
     if depth:
         config["mlp_ratio"] = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
     return config

@@ -23,10 +23,10 @@ def cls_attention_maps(backbone, image):
     image = ops.convert_to_tensor(image, "float32")
     if len(image.shape) == 3:
         image = image[None]
-    p = backbone.patch_size
-    grid_h, grid_w = image.shape[1] // p, image.shape[2] // p
+    grid_h, grid_w = backbone.patch_grid(image.shape[1], image.shape[2])
     attn = ops.convert_to_numpy(backbone.get_last_selfattention(image))
-    return attn[0, :, 0, 1:].reshape(attn.shape[1], grid_h, grid_w)
+    # The patches follow the class token (and a ViT's register tokens).
+    return attn[0, :, 0, backbone.num_prefix_tokens:].reshape(attn.shape[1], grid_h, grid_w)
 
 
 def attention_threshold_mask(maps, threshold: float = 0.6):

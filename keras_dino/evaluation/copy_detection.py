@@ -82,7 +82,8 @@ def copy_detection_features(backbone, images):
         raise ValueError(f"copy detection uses a Vision Transformer's tokens; a "
                          f"{type(backbone).__name__} has none (the official tool is ViT-only).")
     tokens = backbone.get_intermediate_layers(ops.convert_to_tensor(images, "float32"), 1)[0]
-    return ops.concatenate([tokens[:, 0], gem(tokens[:, 1:])], axis=-1)
+    patches = tokens[:, backbone.num_prefix_tokens:]
+    return ops.concatenate([tokens[:, 0], gem(patches)], axis=-1)
 
 
 class PCAWhitening:

@@ -93,10 +93,7 @@ def cls_features(backbone, images, multiscale: bool = False):
 
 def _grid_shape(backbone, images) -> tuple:
     """`(h, w)` of the patch grid of images `(B, H, W, 3)` for a ViT or XCiT."""
-    if _kind(backbone) == "vit":
-        p = backbone.patch_size
-        return images.shape[1] // p, images.shape[2] // p
-    return tuple(backbone.patch_embed.compute_output_shape(tuple(images.shape))[1:3])
+    return backbone.patch_grid(images.shape[1], images.shape[2])
 
 
 def _grid(tokens, shape):
@@ -108,13 +105,14 @@ def _patches(backbone, images):
     if _kind(backbone) == "resnet":
         return backbone.forward_features(images, training=False)[f"layer{len(backbone.stages)}"]
     tokens = backbone.forward_features(images, training=False)
-    return _grid(tokens[:, 1:], _grid_shape(backbone, images))
+    return _grid(tokens[:, backbone.num_prefix_tokens:], _grid_shape(backbone, images))
 
 
 def patch_features(backbone, images):
     """The output patch tokens as a grid `(B, h, w, E)`, after the final norm.
 
-    ViT: `forward_features(x)[:, 1:]` (what `get_intermediate_layers(x)[-1]` gives)
+    ViT: `forward_features(x)[:, num_prefix_tokens:]` (class token and registers left
+    out; what `get_intermediate_layers(x)[-1]` gives)
     reshaped row-major, `h = H // patch_size`. XCiT: the patch tokens leaving its last
     class-attention block, after the norm. ResNet: the last stage's map (stride 32).
 
@@ -202,22 +200,13 @@ def block_output(backbone, images, block: int = -1, normalize: bool = True,
         grid = backbone.forward_features(images, training=False)[f"layer{i + 1}"]
         return ops.reshape(grid, (ops.shape(grid)[0], -1, grid.shape[-1])) if tokens else grid
     i = _block_index(block, len(backbone.blocks), "blocks")
-    if kind == "vit":
-        x = backbone.prepare_tokens(images, training=False)
-        for layer in backbone.blocks[: i + 1]:
-            x = layer(x, training=False)
-        x = backbone.norm(x) if normalize else x
-        return x if tokens else _grid(x[:, 1:], _grid_shape(backbone, images))
-    if not backbone.built:
-        backbone.build(tuple(images.shape))
-    embedded = backbone.patch_embed(images, training=False)
-    grid_h, grid_w = ops.shape(embedded)[1], ops.shape(embedded)[2]
-    x = ops.reshape(embedded, (ops.shape(embedded)[0], grid_h * grid_w, backbone.embed_dim))
-    x = x + ops.cast(backbone.pos_embeder(embedded), x.dtype)
-    for layer in backbone.blocks[: i + 1]:
-        x = layer(x, grid_h=grid_h, grid_w=grid_w, training=False)
-    x = backbone.norm(x) if normalize else x
-    return x if tokens else _grid(x, _grid_shape(backbone, images))
+    x = backbone.forward_intermediates(images, blocks=[i], norm=normalize)["blocks"][0]
+    if tokens:
+        return x
+    grid = _grid_shape(backbone, images)
+    # The patches are the last grid_h * grid_w tokens (after a ViT's class and register
+    # tokens; an XCiT's XCA blocks carry none).
+    return _grid(x[:, x.shape[1] - grid[0] * grid[1]:], grid)
 
 
 def feature_function(kind: str = "cls", n_last_blocks: int = 4, block: int = -1,

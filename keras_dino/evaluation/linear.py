@@ -36,16 +36,33 @@ def linear_features(backbone, images, n_last_blocks: int = 4, avgpool_patchtoken
     """
     if not has_blocks(backbone):
         return backbone(images, training=False)
-    outputs = backbone.get_intermediate_layers(images, n_last_blocks)
-    cls = ops.concatenate([t[:, 0] for t in outputs], axis=-1)
+    blocks = backbone.get_intermediate_layers(images, n_last_blocks)
+    return features_from_blocks(blocks, backbone.num_prefix_tokens, avgpool_patchtokens)
+
+
+def features_from_blocks(blocks, num_prefix_tokens: int = 1, avgpool_patchtokens: bool = False):
+    """The official linear features from the normalised tokens of the last blocks.
+
+    `blocks`: `get_intermediate_layers(images, n)` (or `forward_intermediates`'s
+    `"blocks"`); the patch tokens start at `num_prefix_tokens` (the model's: the class
+    token and any register tokens, which the official average over patches leaves out).
+
+    Example:
+
+    >>> import numpy as np
+    >>> blocks = [np.ones((2, 5, 3), "float32")]
+    >>> tuple(features_from_blocks(blocks, 1, avgpool_patchtokens=True).shape)
+    (2, 6)
+    """
+    cls = ops.concatenate([t[:, 0] for t in blocks], axis=-1)
     if not avgpool_patchtokens:
         return cls
-    if n_last_blocks != 1:
+    if len(blocks) != 1:
         raise ValueError(
             "avgpool_patchtokens interleaves the CLS token with the mean patch token, which "
             "the official code defines for n_last_blocks=1 only."
         )
-    mean = ops.mean(outputs[-1][:, 1:], axis=1)
+    mean = ops.mean(blocks[-1][:, num_prefix_tokens:], axis=1)
     both = ops.stack([cls, mean], axis=-1)
     return ops.reshape(both, (ops.shape(cls)[0], -1))
 
@@ -180,6 +197,33 @@ class LinearProbe(keras.Model):
             self.backbone, images, self.n_last_blocks, self.avgpool_patchtokens
         )
         return self.classifier(ops.stop_gradient(features))
+
+    @property
+    def blocks_needed(self) -> int:
+        """How many last blocks `logits_from` reads (0: the backbone's output only)."""
+        return self.n_last_blocks if has_blocks(self.backbone) else 0
+
+    def logits_from(self, embedding, blocks):
+        """The logits from one backbone pass: its output `embedding` and the normalised
+        tokens of its last `blocks_needed` blocks (`forward_intermediates`), so that an
+        export computes the features and the logits from the same pass.
+
+        Example:
+
+        >>> import numpy as np
+        >>> from keras_dino.models import vit_tiny
+        >>> probe = LinearProbe(vit_tiny(16, depth=2), num_labels=3, n_last_blocks=2)
+        >>> x = np.zeros((1, 32, 32, 3), "float32")
+        >>> out = probe.backbone.forward_intermediates(x, probe.blocks_needed)
+        >>> logits = keras.ops.convert_to_numpy(probe.logits_from(None, out["blocks"]))
+        >>> bool(np.allclose(logits, keras.ops.convert_to_numpy(probe(x)), atol=1e-6))
+        True
+        """
+        if not has_blocks(self.backbone):
+            return self.classifier(embedding)
+        features = features_from_blocks(blocks, self.backbone.num_prefix_tokens,
+                                        self.avgpool_patchtokens)
+        return self.classifier(features)
 
     def compile_official(self, lr: float = 0.001, batch_size: int = 256, epochs: int = 100, **kw):
         """SGD(momentum 0.9) with the official scaled lr and per-epoch cosine; top-1/5."""

@@ -186,7 +186,7 @@ def frame_features(backbone, frame):
     x = ops.convert_to_tensor(np.asarray(frame, np.float32)[None, :grid[0] * patch,
                                                             :grid[1] * patch])
     tokens = ops.stop_gradient(backbone.get_intermediate_layers(x, n=1)[0])
-    return tokens[0, 1:], grid
+    return tokens[0, backbone.num_prefix_tokens:], grid
 
 
 def neighborhood_mask(height: int, width: int, size: int) -> np.ndarray:

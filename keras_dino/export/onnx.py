@@ -12,9 +12,10 @@ width). Needs the `export` extra: `pip install "keras-dino[export]"`.
 
 import numpy as np
 
-from keras_dino.export import files
+from keras_dino.export import single_file
+from keras_dino.export.metadata import METADATA_KEY
+from keras_dino.export.options import DEFAULT_OPSET, ExportOptions
 
-DEFAULT_OPSET = 17
 # Float32 initializers with fewer elements stay float32 (mean, std, shape constants).
 _FLOAT16_MIN_SIZE = 16
 
@@ -119,7 +120,7 @@ def add_metadata(proto, metadata) -> None:
     model = metadata["model"]
     pre = metadata["preprocessing"]
     flat = {
-        files.METADATA_KEY: json.dumps(metadata),
+        METADATA_KEY: json.dumps(metadata),
         "keras_dino_version": __version__,
         "format": metadata["format"],
         "arch": str(model.get("arch")),
@@ -141,24 +142,7 @@ def add_metadata(proto, metadata) -> None:
     proto.doc_string = pre["images"]
 
 
-def export_onnx(
-    model,
-    base_dir,
-    model_name: str = "dino",
-    version: int = 1,
-    image_size: int | None = None,
-    *,
-    input_dtype: str = "uint8",
-    l2_normalize: bool = False,
-    include_patch_tokens: bool = False,
-    include_attention: bool = False,
-    float16: bool = False,
-    opset: int = DEFAULT_OPSET,
-    overwrite: bool = False,
-    weights_source: str | None = None,
-    load_kwargs: dict | None = None,
-    verbose: bool = False,
-) -> str:
+def export_onnx(model, base_dir, options: ExportOptions | None = None, **kwargs) -> str:
     """Exports a DINO backbone (or a `LinearProbe`) as an ONNX model for ONNX Runtime.
 
     Needs the TensorFlow Keras backend and the `export` extra (onnx, onnxruntime, tf2onnx).
@@ -169,22 +153,13 @@ def export_onnx(
             `logits`), or a preset name / checkpoint path (`load_pretrained`, with
             `load_kwargs`).
         base_dir: the folder of the file `<model_name>.onnx` (and `<model_name>.onnx.json`).
-        model_name: the file's name.
-        version: recorded in the metadata.
-        image_size: `None` (default): any height and width, the position embeddings
-            resized in the graph; an integer: square `image_size` inputs only.
-        input_dtype: `"uint8"` or `"float32"`: the dtype of `images`, raw RGB values
-            0..255 either way, normalised in the graph.
-        l2_normalize: L2-normalise the embedding (`cls_embedding_l2norm`).
-        include_patch_tokens: (ViT, XCiT) also output `patch_tokens` `[batch, N, E]`.
-        include_attention: (ViT, XCiT) also output `cls_attention`
-            `[batch, heads, grid_h, grid_w]`, the SavedModel's `attention` signature.
-        float16: store the weights as float16 (half the file; the arithmetic stays float32).
-        opset: the ONNX opset.
-        overwrite: replace an existing file (otherwise `FileExistsError`).
-        weights_source: as `export_saved_model`.
-        load_kwargs: as `export_saved_model`.
-        verbose: as `export_saved_model`.
+        options: an `ExportOptions`; `**kwargs` are its fields (`model_name`, `version`,
+            `image_size`, `input_dtype`, `l2_normalize`, `include_patch_tokens`,
+            `include_attention`, `float16`, `opset`, `overwrite`, `weights_source`,
+            `load_kwargs`, `verbose`), overriding those of `options`. `image_size`
+            defaults to None here: any height and width, the position embeddings
+            interpolated in the graph; an integer: square inputs of that size only.
+            `float16` stores the weights as float16 (half the file; float32 arithmetic).
 
     Returns:
         The path of the `.onnx` file, as a string.
@@ -197,28 +172,19 @@ def export_onnx(
     extractor(uint8_images)["cls_embedding"]          # (B, 384), any H and W
     ```
     """
-    from keras_dino.export import portable
+    options = ExportOptions.for_format("onnx", options, **kwargs)
 
-    prepared = portable.prepare(
-        "onnx", model, base_dir, model_name, overwrite=overwrite, load_kwargs=load_kwargs,
-        image_size=image_size, input_dtype=input_dtype, l2_normalize=l2_normalize,
-        include_patch_tokens=include_patch_tokens, include_attention=include_attention,
-    )
-    proto = convert(prepared.function, opset)
-    name_dimensions(proto, list(prepared.outputs))
-    if float16:
-        float16_weights(proto)
-    import onnx
-    import tf2onnx
+    def convert_with_metadata(function, output_names, metadata_for):
+        proto = convert(function, options.opset)
+        name_dimensions(proto, output_names)
+        if options.float16:
+            float16_weights(proto)
+        import onnx
+        import tf2onnx
 
-    metadata = prepared.metadata(
-        model_name=model_name, version=version, weights_source=weights_source,
-        float16=float16,
-        runtime={"onnx": onnx.__version__, "tf2onnx": tf2onnx.__version__, "opset": opset},
-    )
-    add_metadata(proto, metadata)
-    files.write_atomically(prepared.path, proto.SerializeToString(), metadata)
-    if verbose:
-        files.describe_file(prepared.path)
-    return str(prepared.path)
+        metadata = metadata_for({"onnx": onnx.__version__, "tf2onnx": tf2onnx.__version__,
+                                 "opset": options.opset})
+        add_metadata(proto, metadata)
+        return proto.SerializeToString(), metadata
 
+    return single_file.export_file("onnx", model, base_dir, options, convert_with_metadata)

@@ -1,11 +1,26 @@
 """SavedModel export of DINO backbones for plain TensorFlow and TF Serving.
 
-`export_saved_model` writes a backbone (a `VisionTransformer` or a `ResNet`, the teacher of
-a trained `DINO`, a preset name or a checkpoint file) as a TensorFlow SavedModel in the TF
-Serving layout `<base_dir>/<model_name>/<version>/`, from the TensorFlow backend or from
-the JAX backend (through jax2tf). Loading the export needs neither keras nor keras_dino.
-The signatures are described in `keras_dino.export.signatures`, the metadata in
-`keras_dino.export.metadata`.
+`export_saved_model` writes a backbone (a `VisionTransformer`, `XCiT` or `ResNet`, the
+teacher of a trained `DINO`, a `LinearProbe`, a preset name or a checkpoint file) as a
+TensorFlow SavedModel in the TF Serving layout `<base_dir>/<model_name>/<version>/`, from
+the TensorFlow backend or from the JAX backend (through jax2tf). Loading the export needs
+neither keras nor keras_dino. Its signatures are those of `Inference`
+(`keras_dino.export.inference`), the graph of every format:
+
+* `serving_default`: `images` `[batch, S, S, 3]` (uint8 or float32 pixel values 0..255,
+  normalised in the graph) -> the embedding: `cls_embedding` `[batch, E]` for a Vision
+  Transformer or an XCiT (with `patch_tokens` `[batch, G*G, E]`, `cls_attention` and a
+  linear classifier's `logits` on request), `embedding` `[batch, C]` (the pooled
+  features) for a ResNet; `..._l2norm` when L2-normalised.
+* `serve_bytes`: `image_bytes` `[batch]` encoded JPEG/PNG images of any size, decoded,
+  resized and center-cropped in the graph as the official evaluation does
+  (`options.eval_config`); same outputs.
+* `attention` (Vision Transformers, XCiT): `images` -> `cls_attention`
+  `[batch, heads, G, G]`, the last block's attention of the CLS token to the patches
+  (XCiT: of its last class-attention block).
+
+The backbone's `forward_features` and `get_last_selfattention` are kept as functions of
+the SavedModel (on normalised images). The metadata is `keras_dino.export.metadata`'s.
 """
 
 import json
@@ -16,27 +31,15 @@ import tempfile
 
 import keras
 
-from keras_dino.export import layout
-from keras_dino.export.metadata import METADATA_FILE, build_metadata, describe, model_description
-
-INPUT_DTYPES = ("uint8", "float32")
-
-
-def _check_backend():
-    backend = keras.backend.backend()
-    if backend not in ("tensorflow", "jax"):
-        raise RuntimeError(
-            f"export_saved_model needs the TensorFlow or JAX Keras backend (this is '{backend}'): "
-            "Keras can only write SavedModels from torch through torch_xla. Save the weights "
-            "(`model.save_weights('backbone.weights.h5')`) and export from a process started "
-            "with KERAS_BACKEND=tensorflow."
-        )
+from keras_dino.export import inference as inference_lib
+from keras_dino.export import tf_serving
+from keras_dino.export.metadata import METADATA_FILE, describe, make_metadata
+from keras_dino.export.options import ExportOptions
 
 
-def _version_dir(base_dir, model_name, version, overwrite) -> pathlib.Path:
-    layout.check_model_name(model_name)
-    version_dir = pathlib.Path(base_dir) / model_name / str(layout.check_version(version))
-    if version_dir.exists() and not overwrite:
+def _version_dir(base_dir, options) -> pathlib.Path:
+    version_dir = pathlib.Path(base_dir) / options.model_name / str(int(options.version))
+    if version_dir.exists() and not options.overwrite:
         raise FileExistsError(
             f"{version_dir} already exists; pass overwrite=True to replace it, or export "
             "another version."
@@ -44,15 +47,102 @@ def _version_dir(base_dir, model_name, version, overwrite) -> pathlib.Path:
     return version_dir
 
 
-def _sizes(backbone, image_size, resize_size) -> tuple[int, int | None]:
-    """`(resize_size, patch grid side or None)`, checked."""
-    patch = getattr(backbone, "patch_size", None)
-    if patch and image_size % patch:
-        raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}.")
-    resize_size = int(resize_size or round(image_size * 256 / 224))
-    if resize_size < image_size:
-        raise ValueError(f"resize_size {resize_size} is smaller than image_size {image_size}.")
-    return resize_size, (image_size // patch if patch else None)
+def _unless_empty(fn, x):
+    """`fn(x)` in float32; an empty batch gives empty outputs (the backbones cannot take
+    batch 0): those of one blank image of its size, cut to none."""
+    import tensorflow as tf
+
+    def run(images, keep):
+        return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32)[:keep], fn(images))
+
+    blank = tf.zeros(tf.concat([[1], tf.shape(x)[1:]], 0), x.dtype)
+    return tf.cond(tf.shape(x)[0] > 0, lambda: run(x, tf.shape(x)[0]), lambda: run(blank, 0))
+
+
+def _endpoints(archive, inference) -> dict:
+    """The model's passes as functions of normalised images (through jax2tf under JAX):
+    the backbone's own `forward_features` and `get_last_selfattention`, and `inference`'s
+    forward, with and without the attention."""
+    import tensorflow as tf
+
+    size = inference.options.image_size
+    if size is None and keras.backend.backend() != "tensorflow":
+        raise ValueError("a SavedModel of any image size (image_size=None) needs the "
+                         "TensorFlow backend; give image_size under JAX.")
+    spec = [tf.TensorSpec([None, size, size, 3], tf.float32)]
+    # Inference only: no gradient functions (jax2tf's would be saved as unusable stubs).
+    kwargs = {"jax2tf_kwargs": {"with_gradient": False}} if keras.backend.backend() == "jax" else {}
+    backbone = inference.backbone
+    functions = {"inference": lambda x: inference.forward(x, attention=False)}
+    if inference.has_attention:
+        functions["inference_with_attention"] = lambda x: inference.forward(x, attention=True)
+    if hasattr(backbone, "forward_features") and inference.has_tokens:
+        functions["forward_features"] = lambda x: backbone.forward_features(x, training=False)
+    if inference.has_attention:
+        functions["get_last_selfattention"] = backbone.get_last_selfattention
+    return {name: archive.add_endpoint(name, fn, spec, **kwargs)
+            for name, fn in functions.items()}
+
+
+def _signatures(inference, endpoints):
+    """`({signature name: tf.function}, {signature name: description for the metadata})`."""
+    import tensorflow as tf
+
+    from keras_dino.export import serving_inputs
+
+    options = inference.options
+    size, dtype, view = options.image_size, options.input_dtype, options.eval_config
+    names = inference.output_names()
+    with_attention = "cls_attention" in names
+    forward = endpoints["inference_with_attention" if with_attention else "inference"]
+
+    def check(signature):
+        return lambda images: serving_inputs.check_images(images, signature, size, dtype)
+
+    def outputs_of(x, forward, names):
+        return inference.outputs(x, _unless_empty(forward, x), names)
+
+    functions = {"serving_default": inference.function(
+        names, forward=lambda x: _unless_empty(forward, x), check=check("serving_default"))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+                 autograph=False)
+    def serve_bytes(image_bytes):
+        crops = serving_inputs.decode_batch(image_bytes, view.size, view.resize_size)
+        return outputs_of(serving_inputs.normalize(crops, view), forward, names)
+
+    functions["serve_bytes"] = serve_bytes
+    outputs = inference.output_specs(names)
+    images_input = {"images": {"dtype": dtype, "shape": [None, size, size, 3]}}
+    what = ("CLS embedding" if inference.has_tokens else "pooled features") + (
+        " (L2-normalised)" if options.l2_normalize else "") + (
+        " and patch tokens" if options.include_patch_tokens else "") + (
+        " and the CLS attention" if with_attention else "") + (
+        " and linear-classifier logits" if inference.probe is not None else "")
+    described = {
+        "serving_default": {"inputs": images_input, "outputs": outputs,
+                            "description": f"{what} of a batch of images"},
+        "serve_bytes": {
+            "inputs": {"image_bytes": {"dtype": "string", "shape": [None]}},
+            "outputs": outputs if size else inference.output_specs(names, view.size),
+            "description": "as serving_default, from encoded JPEG/PNG images of any size",
+        },
+    }
+    if inference.has_attention:
+        attention_names = inference.output_names(attention_only=True)
+        functions["attention"] = inference.function(
+            attention_names,
+            forward=lambda x: _unless_empty(endpoints["inference_with_attention"], x),
+            check=check("attention"))
+        described["attention"] = {
+            "inputs": images_input,
+            "outputs": inference.output_specs(attention_names),
+            "description": (
+                "last block's attention of the CLS token to the patches, per head, "
+                "at patch resolution (rows of patches first)"
+            ),
+        }
+    return functions, described
 
 
 def _write(version_dir, endpoints, functions, metadata, overwrite):
@@ -94,59 +184,26 @@ def _write(version_dir, endpoints, functions, metadata, overwrite):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_saved_model(
-    model,
-    base_dir,
-    model_name: str = "dino",
-    version: int = 1,
-    image_size: int = 224,
-    *,
-    input_dtype: str = "uint8",
-    l2_normalize: bool = False,
-    include_patch_tokens: bool = False,
-    resize_size: int | None = None,
-    overwrite: bool = False,
-    models_config: bool = True,
-    serving_base_path: str | None = None,
-    weights_source: str | None = None,
-    load_kwargs: dict | None = None,
-    verbose: bool = False,
-) -> str:
-    """Exports a DINO backbone as a SavedModel for TensorFlow and TF Serving.
+def export_saved_model(model, base_dir, options: ExportOptions | None = None,
+                       **kwargs) -> str:
+    """Exports a DINO backbone (or a `LinearProbe`) as a SavedModel for TF and TF Serving.
 
     Works under the TensorFlow and the JAX Keras backends (JAX through jax2tf; the
     export then holds the model as an `XlaCallModule` op). The torch backend cannot
     export SavedModels.
 
     Args:
-        model: a backbone (`VisionTransformer`, `ResNet`), a `keras_dino.DINO` (its
-            teacher backbone is exported), a `MultiCropWrapper` (its backbone), or a preset
-            name / checkpoint path given to `keras_dino.load_pretrained` (with
-            `load_kwargs`).
+        model: a backbone (`VisionTransformer`, `XCiT`, `ResNet`), a `keras_dino.DINO`
+            (its teacher backbone is exported), a `MultiCropWrapper` (its backbone), a
+            `LinearProbe` (also `logits`), or a preset name / checkpoint path given to
+            `keras_dino.load_pretrained` (with `load_kwargs`).
         base_dir: the model base directory of TF Serving; the export goes to
             `<base_dir>/<model_name>/<version>/`.
-        model_name: the name TF Serving serves the model under.
-        version: the version directory (a non-negative integer).
-        image_size: the square input resolution `S` of the `images` inputs and of the
-            center crop of `serve_bytes`; for a ViT, a multiple of the patch size.
-        input_dtype: `"uint8"` or `"float32"`: the dtype of the `images` inputs. Either
-            way they are raw RGB pixel values in 0..255, normalised in the graph.
-        l2_normalize: L2-normalise the embedding; its output is then named
-            `cls_embedding_l2norm` (`embedding_l2norm` for a ResNet).
-        include_patch_tokens: (ViTs) also return the normalised patch tokens
-            `patch_tokens` `[batch, G*G, E]` from `serving_default` and `serve_bytes`.
-        resize_size: shorter side after the resize in `serve_bytes`; defaults to
-            `round(image_size * 256 / 224)` (256 for 224).
-        overwrite: replace an existing version directory (otherwise `FileExistsError`).
-        models_config: write or update `<base_dir>/models.config` for TF Serving's
-            `--model_config_file`.
-        serving_base_path: the `base_path` written to models.config: where the server sees
-            `<base_dir>/<model_name>` (default `/models/<model_name>`, the Docker layout).
-        weights_source: text recorded as the weights' provenance (by default derived
-            from `model`: preset URL, checkpoint path and sha256, or the in-memory model).
-        load_kwargs: arguments for `load_pretrained` when `model` is a name or a path
-            (e.g. `{"num_heads": 3}`).
-        verbose: print the export's description (`describe`).
+        options: an `ExportOptions`; `**kwargs` are its fields (`model_name`,
+            `version`, `image_size` (224), `resize_size`, `input_dtype`,
+            `l2_normalize`, `include_patch_tokens`, `include_attention`, `overwrite`,
+            `models_config`, `serving_base_path`, `weights_source`, `load_kwargs`,
+            `verbose`), overriding those of `options`.
 
     Returns:
         The version directory, `<base_dir>/<model_name>/<version>`, as a string.
@@ -165,38 +222,23 @@ def export_saved_model(
     out["cls_embedding_l2norm"]          # (1, 384)
     ```
     """
-    from keras_dino.checkpoints.pretrained import resolve_backbone
-
-    _check_backend()
-    if input_dtype not in INPUT_DTYPES:
-        raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}; got {input_dtype!r}.")
-    version_dir = _version_dir(base_dir, model_name, version, overwrite)
-    backbone, source = resolve_backbone(model, **(load_kwargs or {}))
-    resize_size, grid = _sizes(backbone, image_size, resize_size)
-    if not backbone.built:
-        backbone.build((None, image_size, image_size, 3))
-
-    import tensorflow as tf
-
-    from keras_dino.export import signatures
+    options = ExportOptions.for_format("saved_model", options, **kwargs)
+    inference_lib.check_backend("saved_model")
+    version_dir = _version_dir(base_dir, options)
+    resolved, source, _, classifier = inference_lib.resolve(model, options.load_kwargs)
+    inference = inference_lib.Inference(resolved, options)
 
     archive = keras.export.ExportArchive()
-    archive.track(backbone)
-    endpoints = signatures.add_endpoints(archive, backbone, image_size)
-    functions, described = signatures.serving_functions(
-        backbone, endpoints, image_size=image_size, input_dtype=input_dtype,
-        resize_size=resize_size, l2_normalize=l2_normalize,
-        include_patch_tokens=include_patch_tokens,
-    )
-    metadata = build_metadata(
-        model_name=model_name, version=int(version_dir.name),
-        model=model_description(backbone, weights_source or source), image_size=image_size,
-        grid=grid, input_dtype=input_dtype, resize_size=resize_size, signatures=described,
-        tensorflow_version=tf.__version__,
-    )
-    _write(version_dir, endpoints, functions, metadata, overwrite)
-    if models_config:
-        layout.write_models_config(base_dir, model_name, serving_base_path)
-    if verbose:
+    archive.track(inference.backbone)
+    if inference.probe is not None:  # its classifier (the probe itself is never built)
+        archive.track(inference.probe.classifier)
+    endpoints = _endpoints(archive, inference)
+    functions, described = _signatures(inference, endpoints)
+    metadata = make_metadata("saved_model", inference=inference, source=source,
+                             classifier=classifier, signatures=described, runtime={})
+    _write(version_dir, endpoints, functions, metadata, options.overwrite)
+    if options.models_config:
+        tf_serving.write_models_config(base_dir, options.model_name, options.serving_base_path)
+    if options.verbose:
         describe(version_dir)
     return str(version_dir)

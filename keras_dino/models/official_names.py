@@ -59,6 +59,8 @@ def vision_transformer_map(backbone) -> dict:
         "cls_token": (backbone.cls_token, "same"),
         "pos_embed": (backbone.pos_embed, "same"),
     }
+    if backbone.num_register_tokens:  # DINOv2's name
+        entries["register_tokens"] = (backbone.register_tokens, "same")
     proj = backbone.patch_embed.proj
     entries["patch_embed.proj.weight"] = (proj.kernel, "conv")
     entries["patch_embed.proj.bias"] = (proj.bias, "same")

@@ -1,5 +1,7 @@
 """The DINO Vision Transformer, numerically identical to the official model."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -39,6 +41,20 @@ class VisionTransformer(keras.Model):
             larger batches. Outputs and gradients are unchanged; the drop-path masks
             are drawn outside the recomputed part so both passes use the same ones.
             Dropout (`drop_rate`, `attn_drop_rate`) cannot be combined with it.
+        num_register_tokens: learned register tokens (Darcet et al., "Vision
+            Transformers Need Registers", 2024), the weight `register_tokens`
+            `(1, R, E)`: inserted after the class token once the position embeddings are
+            added (as DINOv2: the registers get no position embedding). Every token
+            sequence of the model is then `[CLS, R registers, patches]`;
+            `num_prefix_tokens` (1 + R) says where the patches start. 0 (default) is the
+            official DINO model.
+
+    Token layout: `forward_features`, `get_intermediate_layers` and the rows and columns
+    of `get_last_selfattention` hold `num_prefix_tokens` tokens (the class token, then the
+    registers) followed by the `H // patch_size * W // patch_size` patches, row-major.
+    Height and width may also be unknown until the graph runs (a TensorFlow function
+    traced with `None` spatial dimensions, as the ONNX export does): the position
+    embeddings are then interpolated in the graph.
 
     Example:
 
@@ -49,6 +65,9 @@ class VisionTransformer(keras.Model):
     (2, 192)
     >>> tuple(model.get_last_selfattention(images).shape)
     (2, 3, 25, 25)
+    >>> registers = vit_tiny(patch_size=16, depth=1, num_register_tokens=4)
+    >>> registers.num_prefix_tokens, tuple(registers.forward_features(images).shape)
+    (5, (2, 29, 192))
     """
 
     def __init__(
@@ -66,6 +85,7 @@ class VisionTransformer(keras.Model):
         drop_path_rate: float = 0.0,
         use_fused_attention: bool = False,
         remat: bool = False,
+        num_register_tokens: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -90,6 +110,15 @@ class VisionTransformer(keras.Model):
                 "set both to 0 (DINO uses 0) or remat=False. Drop path is supported."
             )
         self.remat = remat
+        if (isinstance(num_register_tokens, bool)
+                or not isinstance(num_register_tokens, numbers.Integral)
+                or num_register_tokens < 0):
+            raise ValueError(
+                f"num_register_tokens must be a non-negative integer; got {num_register_tokens!r}."
+            )
+        self.num_register_tokens = int(num_register_tokens)
+        # Tokens before the patches in every token sequence: the class token, the registers.
+        self.num_prefix_tokens = 1 + self.num_register_tokens
         self.num_patches = (img_size // patch_size) ** 2
         policy = self.dtype_policy
 
@@ -129,8 +158,14 @@ class VisionTransformer(keras.Model):
             shape=(1, self.num_patches + 1, self.embed_dim),
             initializer=TruncNormal(stddev=0.02),
         )
+        if self.num_register_tokens:
+            self.register_tokens = self.add_weight(
+                name="register_tokens",
+                shape=(1, self.num_register_tokens, self.embed_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1e-6),  # as DINOv2
+            )
         self.patch_embed.build((None, self.img_size, self.img_size, channels))
-        token_shape = (None, self.num_patches + 1, self.embed_dim)
+        token_shape = (None, self.num_patches + self.num_prefix_tokens, self.embed_dim)
         for block in self.blocks:
             block.build(token_shape)
         self.norm.build(token_shape)
@@ -138,19 +173,36 @@ class VisionTransformer(keras.Model):
         self.built = True
 
     # The official model's methods, channels-last.
-    def _grid(self, images):
-        height, width = images.shape[1], images.shape[2]
-        if height is None or width is None:
-            raise ValueError(
-                "VisionTransformer needs the image height and width to be known when the "
-                f"model is traced (got shape {tuple(images.shape)}): position embeddings are "
-                "interpolated per grid size. Give the input a static spatial shape."
-            )
-        check_images(images)
+    def patch_grid(self, height, width):
+        """`(rows, columns)` of the patch grid of `height x width` images (ints or tensors).
+
+        Example:
+
+        >>> vit_tiny(patch_size=16, depth=1).patch_grid(64, 96)
+        (4, 6)
+        """
         return height // self.patch_size, width // self.patch_size
 
-    def interpolate_pos_encoding(self, grid_h: int, grid_w: int):
+    def _grid(self, images):
+        check_images(images)
+        height, width = images.shape[1], images.shape[2]
+        if height is None or width is None:  # known when the graph runs (TensorFlow)
+            shape = ops.shape(images)
+            height, width = shape[1], shape[2]
+            if height is None or width is None:  # a symbolic Keras input: never known
+                raise ValueError(
+                    "VisionTransformer needs the image height and width to be known when "
+                    f"the model is built (got shape {tuple(images.shape)}): position "
+                    "embeddings are interpolated per grid size. Give the input a static "
+                    "spatial shape."
+                )
+        return self.patch_grid(height, width)
+
+    def interpolate_pos_encoding(self, grid_h, grid_w):
         """Position embeddings `(1, 1 + grid_h * grid_w, E)` for a patch grid.
+
+        For the class token and the patches (registers have none); `grid_h` and `grid_w`
+        are ints, or scalar tensors in a graph traced with a dynamic image size.
 
         Example:
 
@@ -164,7 +216,8 @@ class VisionTransformer(keras.Model):
         return interpolate_pos_encoding(pos_embed, grid_h, grid_w)
 
     def prepare_tokens(self, images, training=None):
-        """Patch tokens with the class token prepended and position embeddings added.
+        """`[CLS, registers, patches]`: position embeddings added to the class token and
+        the patches, then the register tokens inserted after the class token.
 
         Example:
 
@@ -181,6 +234,10 @@ class VisionTransformer(keras.Model):
         cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (batch, 1, self.embed_dim))
         x = ops.concatenate([cls, x], axis=1)
         x = x + ops.cast(self.interpolate_pos_encoding(grid_h, grid_w), x.dtype)
+        if self.num_register_tokens:
+            registers = ops.broadcast_to(ops.cast(self.register_tokens, x.dtype),
+                                         (batch, self.num_register_tokens, self.embed_dim))
+            x = ops.concatenate([x[:, :1], registers, x[:, 1:]], axis=1)
         return self.pos_drop(x, training=training)
 
     def _run_blocks(self, x, training=None):
@@ -203,26 +260,28 @@ class VisionTransformer(keras.Model):
         return self.norm(self._run_blocks(x, training=training))[:, 0]
 
     def forward_features(self, images, training=None):
-        """All normalised output tokens `(B, 1 + N, E)`, class token first.
+        """All normalised output tokens `(B, P + N, E)`, class token first.
 
-        Token `1 + r * grid_w + c` is the patch in row `r`, column `c`.
+        `P = num_prefix_tokens` (the class token and the registers); token
+        `P + r * grid_w + c` is the patch in row `r`, column `c`.
 
         Example:
 
         >>> import numpy as np
         >>> model = vit_tiny(patch_size=16, depth=1)
         >>> tokens = model.forward_features(np.zeros((2, 64, 96, 3), "float32"))
-        >>> tuple(tokens.shape), tuple(tokens[:, 1:].shape)  # all tokens, patch tokens
+        >>> tuple(tokens.shape), tuple(tokens[:, model.num_prefix_tokens:].shape)  # all, patches
         ((2, 25, 192), (2, 24, 192))
         """
         x = self.prepare_tokens(images, training=training)
         return self.norm(self._run_blocks(x, training=training))
 
     def get_last_selfattention(self, images):
-        """Attention weights of the last block, `(B, heads, 1 + N, 1 + N)`, in float32.
+        """Attention weights of the last block, `(B, heads, P + N, P + N)`, in float32.
 
-        Row 0 is the class token's attention: `attn[:, :, 0, 1:]` reshaped to
-        `(B, heads, H // patch_size, W // patch_size)` gives DINO's attention maps.
+        Row 0 is the class token's attention: `attn[:, :, 0, P:]` (`P =
+        num_prefix_tokens`) reshaped to `(B, heads, H // patch_size, W // patch_size)`
+        gives DINO's attention maps.
 
         Example:
 
@@ -231,16 +290,14 @@ class VisionTransformer(keras.Model):
         >>> attn = model.get_last_selfattention(np.zeros((2, 64, 96, 3), "float32"))
         >>> tuple(attn.shape)
         (2, 3, 25, 25)
-        >>> maps = keras.ops.convert_to_numpy(attn)[:, :, 0, 1:].reshape(2, 3, 4, 6)
+        >>> p = model.num_prefix_tokens
+        >>> maps = keras.ops.convert_to_numpy(attn)[:, :, 0, p:].reshape(2, 3, 4, 6)
         """
-        x = self.prepare_tokens(images, training=False)
-        for block in self.blocks[:-1]:
-            x = block(x, training=False)
-        _, attn = self.blocks[-1](x, training=False, return_attention=True)
-        return attn
+        return self.forward_intermediates(images, n_last_blocks=0, return_attention=True)[
+            "attention"]
 
     def get_intermediate_layers(self, images, n: int = 1):
-        """The normalised tokens `(B, 1 + N, E)` output by each of the last `n` blocks.
+        """The normalised tokens `(B, P + N, E)` output by each of the last `n` blocks.
 
         Returns a list of `n` tensors, the last block's last (as the official method).
 
@@ -254,13 +311,48 @@ class VisionTransformer(keras.Model):
         """
         if not 1 <= n <= self.depth:
             raise ValueError(f"n must be in [1, {self.depth}]; got {n}.")
+        return self.forward_intermediates(images, n_last_blocks=n)["blocks"]
+
+    def forward_intermediates(self, images, n_last_blocks: int = 1,
+                              return_attention: bool = False, *, blocks=None,
+                              norm: bool = True):
+        """One inference pass: what every feature of the model is read from.
+
+        Returns a dict: `"blocks"`, the tokens `(B, P + N, E)` output by each of the last
+        `n_last_blocks` blocks (the last block's last, as `get_intermediate_layers`;
+        `P = num_prefix_tokens`), or by the blocks of the 0-based indices `blocks`, in
+        order, through the final norm unless `norm=False`; and with `return_attention`,
+        `"attention"`: the last block's attention `(B, heads, P + N, P + N)` (as
+        `get_last_selfattention`). The pass stops after the last block it needs. The
+        exports trace this method, so they compute what the model computes.
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = vit_tiny(patch_size=16, depth=2)
+        >>> out = model.forward_intermediates(np.zeros((1, 32, 48, 3), "float32"), 2, True)
+        >>> len(out["blocks"]), tuple(out["attention"].shape)
+        (2, (1, 3, 7, 7))
+        """
+        if blocks is None:
+            if not 0 <= n_last_blocks <= self.depth:
+                raise ValueError(f"n_last_blocks must be in [0, {self.depth}]; "
+                                 f"got {n_last_blocks}.")
+            blocks = range(self.depth - n_last_blocks, self.depth)
+        blocks = sorted(blocks)
+        if blocks and not 0 <= blocks[0] <= blocks[-1] < self.depth:
+            raise ValueError(f"block indices must be in [0, {self.depth - 1}]; got {blocks}.")
+        last = self.depth - 1 if return_attention else (blocks[-1] if blocks else -1)
         x = self.prepare_tokens(images, training=False)
-        outputs = []
-        for i, block in enumerate(self.blocks):
-            x = block(x, training=False)
-            if i >= self.depth - n:
-                outputs.append(self.norm(x))
-        return outputs
+        result = {"blocks": []}
+        for i, block in enumerate(self.blocks[: last + 1]):
+            if return_attention and i == self.depth - 1:
+                x, result["attention"] = block(x, training=False, return_attention=True)
+            else:
+                x = block(x, training=False)
+            if i in blocks:
+                result["blocks"].append(self.norm(x) if norm else x)
+        return result
 
     def compute_output_spec(self, images, training=None):
         return keras.KerasTensor((images.shape[0], self.embed_dim), dtype=self.compute_dtype)
@@ -281,6 +373,7 @@ class VisionTransformer(keras.Model):
             "drop_path_rate": self.drop_path_rate,
             "use_fused_attention": self.use_fused_attention,
             "remat": self.remat,
+            "num_register_tokens": self.num_register_tokens,
         }
 
 

@@ -81,6 +81,7 @@ class XCiT(keras.Model):
                  tokens_norm: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = patch_size
+        self.num_prefix_tokens = 1  # the class token; the patches follow it
         self.embed_dim = embed_dim
         self.depth = depth
         self.num_heads = num_heads
@@ -124,8 +125,8 @@ class XCiT(keras.Model):
         self.pos_drop.build(tokens)
         self.built = True
 
-    def _tokens(self, images, training=None, return_attention=False):
-        """All tokens after the class-attention blocks, `(B, 1 + N, E)`, before the norm."""
+    def _patch_tokens(self, images, training=None):
+        """`(patch tokens with position encodings (B, N, E), grid_h, grid_w)`."""
         check_images(images)
         if not self.built:
             self.build(tuple(images.shape))
@@ -133,6 +134,25 @@ class XCiT(keras.Model):
         batch, grid_h, grid_w = ops.shape(grid)[0], ops.shape(grid)[1], ops.shape(grid)[2]
         x = ops.reshape(grid, (batch, grid_h * grid_w, self.embed_dim))
         x = self.pos_drop(x + ops.cast(self.pos_embeder(grid), x.dtype), training=training)
+        return x, grid_h, grid_w
+
+    def _xca_outputs(self, images, blocks, norm):
+        """The patch tokens leaving the XCA blocks `blocks` (sorted indices)."""
+        if blocks and not 0 <= blocks[0] <= blocks[-1] < len(self.blocks):
+            raise ValueError(f"block indices must be in [0, {len(self.blocks) - 1}]; "
+                             f"got {blocks}.")
+        x, grid_h, grid_w = self._patch_tokens(images, training=False)
+        outputs = []
+        for i, block in enumerate(self.blocks[: blocks[-1] + 1] if blocks else []):
+            x = block(x, grid_h=grid_h, grid_w=grid_w, training=False)
+            if i in blocks:
+                outputs.append(self.norm(x) if norm else x)
+        return outputs
+
+    def _tokens(self, images, training=None, return_attention=False):
+        """All tokens after the class-attention blocks, `(B, 1 + N, E)`, before the norm."""
+        x, grid_h, grid_w = self._patch_tokens(images, training=training)
+        batch = ops.shape(x)[0]
         for block in self.blocks:
             x = block(x, grid_h=grid_h, grid_w=grid_w, training=training)
         cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (batch, 1, self.embed_dim))
@@ -151,6 +171,50 @@ class XCiT(keras.Model):
 
     def call(self, images, training=None):
         return self.norm(self._tokens(images, training=training))[:, 0]
+
+    def patch_grid(self, height, width):
+        """`(rows, columns)` of the patch grid of `height x width` images (ints or tensors):
+        each stride-2 convolution rounds up.
+
+        Example:
+
+        >>> XCiT(patch_size=16, embed_dim=32, depth=1, num_heads=4).patch_grid(32, 40)
+        (2, 3)
+        """
+        for _ in range(len(self.patch_embed.widths)):
+            height, width = (height + 1) // 2, (width + 1) // 2
+        return height, width
+
+    def forward_intermediates(self, images, n_last_blocks: int = 1,
+                              return_attention: bool = False, *, blocks=None,
+                              norm: bool = True):
+        """One inference pass, as `VisionTransformer.forward_intermediates`.
+
+        `"blocks"`: the normalised tokens `(B, 1 + N, E)` of the last class-attention block
+        (`n_last_blocks` 0 or 1); with `return_attention`, `"attention"`: its class
+        attention `(B, heads, 1, 1 + N)`. With `blocks` (0-based indices of the XCA
+        blocks, which carry no class token: it joins in the class-attention blocks),
+        `"blocks"` holds their patch tokens `(B, N, E)` instead, through the final norm
+        unless `norm=False`, and the pass stops after the last of them.
+
+        Example:
+
+        >>> import numpy as np
+        >>> model = XCiT(patch_size=16, embed_dim=32, depth=1, num_heads=4)
+        >>> out = model.forward_intermediates(np.zeros((1, 32, 48, 3), "float32"), 1, True)
+        >>> tuple(out["blocks"][0].shape), tuple(out["attention"].shape)
+        ((1, 7, 32), (1, 4, 1, 7))
+        """
+        if blocks is not None:
+            return {"blocks": self._xca_outputs(images, sorted(blocks), norm)}
+        if n_last_blocks not in (0, 1):
+            raise ValueError("an XCiT's tokens with a class token leave its last block only: "
+                             f"n_last_blocks must be 0 or 1; got {n_last_blocks}.")
+        tokens, attn = self._tokens(images, training=False, return_attention=True)
+        result = {"blocks": [self.norm(tokens)] if n_last_blocks else []}
+        if return_attention:
+            result["attention"] = attn
+        return result
 
     def compute_output_spec(self, images, training=None):
         return keras.KerasTensor((images.shape[0], self.embed_dim), dtype=self.compute_dtype)

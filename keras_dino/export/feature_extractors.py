@@ -40,10 +40,10 @@ class _FeatureExtractor:
     kind = ""
 
     def __init__(self, path):
-        from keras_dino.export.files import load_file_metadata
+        from keras_dino.export.metadata import load_metadata
 
         self.path = str(path)
-        self.metadata = load_file_metadata(path)
+        self.metadata = load_metadata(path)
         pre = self.metadata["preprocessing"]
         self.input_dtype = np.dtype(pre["input_dtype"])
         self.image_size = self.metadata.get("image_size")

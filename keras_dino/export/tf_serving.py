@@ -1,4 +1,5 @@
-"""TF Serving's on-disk layout: `<base_dir>/<model_name>/<version>/` and `models.config`."""
+"""TF Serving's conventions: model names, versions, `<base_dir>/<model_name>/<version>/`
+and `models.config`."""
 
 import pathlib
 import re

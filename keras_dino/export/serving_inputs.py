@@ -1,4 +1,4 @@
-"""TensorFlow graph pieces of the serving signatures: input checks, decoding, normalisation.
+"""The exports' image inputs in TensorFlow: input checks, decoding, normalisation.
 
 TF Serving (and `signatures[...]` of a loaded SavedModel) feed tensors without checking
 them against the signature's shapes, so every input is checked here, in the graph, and a
@@ -6,8 +6,6 @@ bad request fails with a message that names the signature and the expected input
 """
 
 import tensorflow as tf
-
-from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 # The checks read the runtime shape through values padded with a sentinel, which Grappler
 # cannot fold from the static signature shape (it would fold tf.rank or tf.size), and the
@@ -36,26 +34,30 @@ def expects(signature, name, expected):
 
 
 def check_images(images, signature, image_size, dtype):
-    """Fails with a message naming the input unless `images` is `[batch, S, S, 3]`."""
-    expected = (
-        f"{dtype} RGB images of shape [batch, {image_size}, {image_size}, 3] "
-        "(NHWC, pixel values 0..255)"
-    )
+    """Fails with a message naming the input unless `images` is `[batch, S, S, 3]`
+    (`[batch, H, W, 3]` when `image_size` is None)."""
+    side = "H, W" if image_size is None else f"{image_size}, {image_size}"
+    expected = f"{dtype} RGB images of shape [batch, {side}, 3] (NHWC, pixel values 0..255)"
     padded = padded_shape(images, 4)
-    ok = tf.reduce_all(tf.equal(padded[1:5], [image_size, image_size, 3, SENTINEL]))
+    if image_size is None:
+        ok = tf.reduce_all(tf.equal(padded[3:5], [3, SENTINEL]))
+        ok = tf.logical_and(ok, tf.reduce_all(padded[1:3] > 0))
+    else:
+        ok = tf.reduce_all(tf.equal(padded[1:5], [image_size, image_size, 3, SENTINEL]))
     ok = tf.logical_and(ok, padded[0] >= 0)
     message = [expects(signature, "images", expected) + "; got shape", tf.shape(images)]
     return fail_unless(ok, images, message)
 
 
-def normalize(images):
-    """0..255 RGB -> the ImageNet-normalised float32 the backbones take."""
+def normalize(images, eval_config):
+    """0..255 RGB -> the normalised float32 the backbones take (`eval_config`'s mean, std)."""
     x = tf.cast(images, tf.float32) / 255.0
-    return (x - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
+    mean = tf.constant(eval_config.mean, tf.float32)
+    return (x - mean) / tf.constant(eval_config.std, tf.float32)
 
 
 def decode_and_crop(data, image_size, resize_size):
-    """One encoded JPEG/PNG -> float32 `[S, S, 3]` in 0..255, as `preprocess_images`."""
+    """One encoded JPEG/PNG -> float32 `[S, S, 3]` in 0..255, as `EvalConfig.load`."""
     is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
     is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
     data = fail_unless(tf.logical_or(is_jpeg, is_png), data, ["neither JPEG nor PNG"])

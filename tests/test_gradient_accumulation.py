@@ -133,16 +133,15 @@ def test_accumulated_golden_run_follows_the_trace(accumulated_run, trace, golden
 
 
 @pytest.mark.tf_only
-def test_accumulation_under_mirrored_strategy_with_steps_per_execution(golden_dir):
-    """2 replicas of 1 image, 2 micro-batches a step, 2 steps per compiled call: the
-    center's mean spans the replicas and the micro-batches."""
+def test_accumulation_under_mirrored_strategy(golden_dir):
+    """2 replicas of 1 image, 2 micro-batches a step: the center's mean spans the
+    replicas and the micro-batches, the gradient is all-reduced then accumulated."""
     import tensorflow as tf
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     model, _ = run_golden(
-        golden_dir, gradient_accumulation_steps=K, steps_per_execution=2, record=False,
-        scope=strategy.scope(),
+        golden_dir, gradient_accumulation_steps=K, record=False, scope=strategy.scope()
     )
     _check_final(model, golden_dir)
 
@@ -184,10 +183,12 @@ def test_accumulated_float64_replay_matches_reference(golden_dir):
 
 @pytest.mark.backends("tensorflow")
 def test_resume_from_an_accumulating_checkpoint(golden_dir, tmp_path):
-    """Epoch 1, an official checkpoint, a new model from it, epoch 2: the official end."""
+    """Epoch 1, an official checkpoint, a new model from it, epoch 2: the official end.
+    With 4 micro-batches per compiled call, across the optimizer steps' boundaries."""
     model = DINO.from_official_checkpoint(
         golden_dir / "init_checkpoint.pth", gradient_accumulation_steps=K
     )
+    model.compile(steps_per_execution=4)
     data = golden_batches(golden_dir)
     model.fit(data, batch_size=4 // K, epochs=1, shuffle=False, verbose=0)
     path = model.save_official_checkpoint(tmp_path / "checkpoint.pth")
@@ -198,6 +199,7 @@ def test_resume_from_an_accumulating_checkpoint(golden_dir, tmp_path):
     assert resumed.gradient_accumulation_steps == K
     assert resumed.hparams["batch_size_per_gpu"] == 4 // K
     assert resumed._resume_epoch == 1
+    resumed.compile(steps_per_execution=4)
     resumed.fit(data, batch_size=4 // K, shuffle=False, verbose=0)
     _check_final(resumed, golden_dir)
 

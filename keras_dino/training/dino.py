@@ -60,9 +60,10 @@ class DINO(keras.Model):
     Args:
         final_momentum_teacher: the end of the teacher momentum's cosine (1.0
             officially); equal to `momentum_teacher`, the momentum is constant.
-        batch_size: the global batch size used to scale `lr` (`lr * batch_size / 256`);
-            by default the batch size the training step sees times the number of
-            replicas.
+        batch_size: the global batch size used to scale `lr` (`lr * batch_size / 256`):
+            the effective batch of one optimizer step; by default the batch size the
+            training step sees times the number of replicas times
+            `gradient_accumulation_steps`.
         student_temp: student temperature (0.1).
         center_momentum: momentum of the center (0.9).
         vit_kwargs: overrides of a Vision Transformer backbone (e.g. `embed_dim`, `depth`,
@@ -71,12 +72,35 @@ class DINO(keras.Model):
             torchvision ResNet name; e.g. `layers`, `stem_width`, `stage_widths` for a
             small custom one).
         head_kwargs: `DINOHead` arguments (`hidden_dim`, `bottleneck_dim`, `nlayers`).
-        steps_per_epoch: fixes the schedules' iterations per epoch; by default the
-            number of steps `fit` runs per epoch.
+        steps_per_epoch: fixes the batches per epoch the schedules are built for; by
+            default the number of steps `fit` runs per epoch. The schedules make one
+            iteration of every `gradient_accumulation_steps` of them.
         photometric: a layer applied to the crops inside the compiled step before the
             networks see them, e.g. `keras_dino.data.MultiCropPhotometric()` for split
             mode, where the host sends uint8 crops and the colour jitter, grayscale, blur,
             solarisation and normalisation run on the accelerator.
+        gradient_accumulation_steps: `k` (1: off). `k` micro-batches of `b` images make
+            one optimizer step that is the official step on `k * b` images: the
+            gradient is the mean over the `k` micro-batches, clipped per parameter and
+            (while `freeze_last_layer` lasts) dropped for the last layer after that;
+            the teacher EMA, the center (the mean of the teacher outputs over the whole
+            effective batch and every replica; the loss uses the same center for the
+            `k` micro-batches) and every schedule advance once per optimizer step; `lr`
+            is scaled by the effective batch. `fit` counts micro-batches, so an epoch of
+            `N` batches is `N / k` official iterations (`N` must be a multiple of `k`),
+            and `optimizer.iterations` counts optimizer steps. The checkpoints' `args`
+            record `gradient_accumulation_steps` and, as `batch_size_per_gpu`, the
+            effective per-GPU batch (the official run this one reproduces). The
+            accumulated gradients cost one more copy of the trainable weights. Exact for
+            Vision Transformers and XCiT, whose images do not interact; BatchNorm (ResNet
+            backbones, `use_bn_in_head=True`) normalises each micro-batch with its own
+            statistics and updates its running statistics once per micro-batch, so
+            there it approximates the big batch. Under float16 loss scaling a
+            micro-batch whose gradient overflows is skipped, as a step is without
+            accumulation. The official ViT-S/16 recipe (1,024 images a step) on one GPU
+            that holds 128: `batch_size_per_gpu=128, gradient_accumulation_steps=8`
+            (`examples/train_dino.py --batch_size_per_gpu=128
+            --gradient_accumulation_steps=8`).
 
     Example:
 
@@ -84,6 +108,15 @@ class DINO(keras.Model):
     model = keras_dino.DINO(arch="vit_small", patch_size=16, epochs=100)
     model.compile()                 # the official AdamW with its schedules
     model.fit(keras_dino.data.multicrop_dataset("/data/imagenet/train", 64), epochs=100)
+    ```
+
+    The official batch of 1,024 images, as 8 micro-batches of 128 (one GPU); an epoch is
+    the official 1,251 iterations of ImageNet's 1,281,167 images, 8 batches each:
+
+    ```python
+    model = keras_dino.DINO(arch="vit_small", epochs=100, gradient_accumulation_steps=8)
+    images = keras_dino.data.multicrop_dataset("/data/imagenet/train", 128, repeat=True)
+    model.fit(images, epochs=100, steps_per_epoch=1_281_167 // 1024 * 8)
     ```
     """
 

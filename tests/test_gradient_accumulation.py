@@ -146,6 +146,16 @@ def test_accumulation_under_mirrored_strategy(golden_dir):
     _check_final(model, golden_dir)
 
 
+@pytest.mark.tf_only
+def test_accumulation_compiled_with_xla(golden_dir):
+    """jit_compile=True and 2 micro-batches per compiled call (JAX always compiles)."""
+    model, _ = run_golden(
+        golden_dir, gradient_accumulation_steps=K, steps_per_execution=2, record=False,
+        jit_compile=True,
+    )
+    _check_final(model, golden_dir)
+
+
 @pytest.mark.backends("jax")
 def test_accumulation_under_jax_data_parallel_with_steps_per_execution(golden_dir):
     import jax

@@ -10,6 +10,13 @@ and TFLOP/s from an analytic FLOP count.
     KERAS_BACKEND=jax python bench/train_throughput.py --arch=vit_small --patch_size=16 \\
         --global_crops=2 --local_crops=10 --batch=128 --out_dim=65536 --precision=bf16
     python bench/train_throughput.py --tiny      # seconds on a CPU (CI smoke test)
+
+`--gradient_accumulation_steps=k` times optimizer steps of `k` micro-batches of `--batch`
+(`step_ms_median` and `images_per_s` per optimizer step of `k * batch` images);
+`--compare_accumulation` then measures the same effective batch without accumulation
+(`--batch` times `k` images a step) in the same process and prints both: the peak
+memory of each (reset between them on TensorFlow and torch GPUs; elsewhere the second,
+larger, peak is still its own) shows what accumulation saves.
 """
 
 import argparse
@@ -48,6 +55,25 @@ def step_flops(cfg, embed, depth):
     student = cfg.global_crops * crop(cfg.global_size) + cfg.local_crops * crop(cfg.local_size)
     teacher = cfg.global_crops * crop(cfg.global_size)
     return cfg.batch * (3 * student + teacher)  # backward ~ 2x forward
+
+
+def reset_peak_memory():
+    """Starts a new peak where the backend allows it; False where it cannot (JAX, host)."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            return True
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.reset_memory_stats("GPU:0")
+            return True
+    return False
 
 
 def peak_memory_bytes():
@@ -100,8 +126,9 @@ def build(cfg):
         head_kwargs=dict(hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim),
         local_crops_number=cfg.local_crops,
         epochs=100,
-        steps_per_epoch=1000,
-        batch_size=cfg.batch,
+        steps_per_epoch=1000 * cfg.gradient_accumulation_steps,
+        batch_size=cfg.batch * cfg.gradient_accumulation_steps,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
     )
     model.compile(jit_compile=True)
     return model, vit
@@ -172,36 +199,43 @@ def compiled_step(model, crops):
     return run
 
 
-def measure(cfg):
+def measure(cfg, peak_reset=False):
     import keras
 
+    k = cfg.gradient_accumulation_steps
     model, vit = build(cfg)
     crops = synthetic_crops(cfg)
-    model.schedules.base_lr = model.hparams["lr"] * cfg.batch / 256.0
+    model.schedules.base_lr = model.hparams["lr"] * cfg.batch * k / 256.0
     run = compiled_step(model, crops)
     start = time.perf_counter()
     run(1)
     compile_s = time.perf_counter() - start
+    if k > 1:
+        run(k - 1)  # to the first optimizer step's boundary
     times = []
     for _ in range(cfg.steps):
         start = time.perf_counter()
-        loss = run(1)
+        loss = run(k)  # one optimizer step
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    flops = step_flops(cfg, vit["embed_dim"], vit["depth"])
+    flops = step_flops(cfg, vit["embed_dim"], vit["depth"]) * k
     memory, memory_kind = peak_memory_bytes()
+    if not peak_reset and memory_kind != "host RSS":
+        memory_kind += " (peak of the process so far)"
     return {
         "backend": keras.backend.backend(),
         "arch": cfg.arch,
         "patch_size": cfg.patch_size,
         "crops": f"{cfg.global_crops}x{cfg.global_size}+{cfg.local_crops}x{cfg.local_size}",
         "batch": cfg.batch,
+        "gradient_accumulation_steps": k,
+        "effective_batch": cfg.batch * k,
         "out_dim": cfg.out_dim,
         "precision": cfg.precision,
         "fused_attention": cfg.fused_attention,
         "remat": cfg.remat,
         "uint8_photometric": cfg.uint8_photometric,
-        "images_per_s": round(cfg.batch / step_s, 2),
+        "images_per_s": round(cfg.batch * k / step_s, 2),
         "step_ms_median": round(1000 * step_s, 2),
         "steps_timed": cfg.steps,
         "compile_s": round(compile_s, 2),
@@ -233,6 +267,10 @@ def main(argv=None):
                         help="recompute the student's blocks in the backward pass (memory for "
                         "compute); tflops still counts the model's FLOPs only")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                        help="micro-batches of --batch per optimizer step")
+    parser.add_argument("--compare_accumulation", action="store_true",
+                        help="also measure the effective batch without accumulation first")
     parser.add_argument("--uint8_photometric", action="store_true",
                         help="feed uint8 crops through keras_dino.data.MultiCropPhotometric "
                         "inside the step (split mode)")
@@ -243,7 +281,21 @@ def main(argv=None):
         cfg.patch_size, cfg.global_size, cfg.local_size = 8, 32, 16
         cfg.local_crops, cfg.batch, cfg.out_dim = 2, 4, 256
         cfg.hidden_dim, cfg.bottleneck_dim, cfg.precision, cfg.steps = 64, 32, "fp32", 20
-    print(json.dumps(measure(cfg)), flush=True)
+    if cfg.compare_accumulation and cfg.gradient_accumulation_steps > 1:
+        import copy
+
+        import keras
+
+        # The smaller peak first: where it cannot be reset (JAX, host RSS) the second
+        # configuration's peak is still its own, the larger one.
+        print(json.dumps(measure(cfg, reset_peak_memory())), flush=True)
+        keras.backend.clear_session()
+        plain = copy.copy(cfg)
+        plain.batch *= cfg.gradient_accumulation_steps
+        plain.gradient_accumulation_steps = 1
+        print(json.dumps(measure(plain, reset_peak_memory())), flush=True)
+        return
+    print(json.dumps(measure(cfg, reset_peak_memory())), flush=True)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,11 @@ flags.DEFINE_boolean("fused_attention", False, "Attention through keras.ops."
                      "dot_product_attention (flash/cuDNN kernels on GPUs).")
 flags.DEFINE_boolean("remat", False, "Recompute the student's blocks in the backward pass: "
                      "less memory (larger batches for ViT-S/8, ViT-B/16), ~1/3 more compute.")
+flags.DEFINE_integer("gradient_accumulation_steps", 1, "Micro-batches of --batch_size_per_gpu "
+                     "per optimizer step: the official step on this many times the batch "
+                     "(e.g. the official ViT-S/16 batch of 1024 on one GPU: "
+                     "--batch_size_per_gpu=128 --gradient_accumulation_steps=8).",
+                     lower_bound=1)
 flags.DEFINE_integer("steps_per_execution", 1, "Steps per compiled call (TF and JAX).")
 flags.DEFINE_boolean("jit_compile", None, "XLA-compile the step (default: Keras' choice).")
 # --- distribution (docs/distributed.md) ---
@@ -240,6 +245,7 @@ def build_model():
         drop_path_rate=F.drop_path_rate,
         local_crops_number=F.local_crops_number,
         final_momentum_teacher=F.final_momentum_teacher,
+        gradient_accumulation_steps=F.gradient_accumulation_steps,
         vit_kwargs=vit_kwargs,
         resnet_kwargs=resnet_kwargs,
         head_kwargs=dict(hidden_dim=F.head_hidden_dim, bottleneck_dim=F.head_bottleneck_dim),
@@ -323,8 +329,12 @@ def run():
     if chief:
         os.makedirs(F.output_dir, exist_ok=True)
     # The official rule: the global batch is batch_size_per_gpu on every replica, and
-    # DINO scales the learning rate by it (lr * global_batch / 256) inside the step.
+    # DINO scales the learning rate by it (lr * global_batch / 256) inside the step;
+    # with accumulation, by the effective batch of an optimizer step.
     global_batch = F.batch_size_per_gpu * launch.replicas
+    accumulation = F.gradient_accumulation_steps
+    # An epoch must be whole optimizer steps: the data repeats, the epoch is counted.
+    counted_epochs = launch.distributed or accumulation > 1
     augmentation = augmentation_recipe()
     data_path = _data_path(F.data_path)
     tell(f"keras_dino {keras_dino.__version__} on {keras.backend.backend()}; data: {data_path}")
@@ -341,7 +351,7 @@ def run():
             batched_crops=F.batched_crops,
             seed=F.seed,
             input_context=input_context,
-            repeat=launch.distributed,
+            repeat=counted_epochs,
             num_parallel_calls=F.num_workers if F.num_workers > 0 else -1,  # -1: AUTOTUNE
             return_info=True,
         )
@@ -351,6 +361,15 @@ def run():
     dataset = launch.dataset(make_dataset)
     num_pipelines, info = pipelines[0]
     steps_per_epoch = F.steps_per_epoch
+    if accumulation > 1 and not launch.distributed and not steps_per_epoch:
+        # The official epoch: the full effective batches of the images, k batches each.
+        if info.num_images < global_batch * accumulation:
+            raise app.UsageError(
+                f"{info.num_images} images make no full effective batch of "
+                f"{global_batch * accumulation}: lower --batch_size_per_gpu or "
+                "--gradient_accumulation_steps."
+            )
+        steps_per_epoch = info.num_images // (global_batch * accumulation) * accumulation
     if launch.distributed and not steps_per_epoch:
         total = _num_source_images(data_path)
         if not total:
@@ -359,12 +378,17 @@ def run():
                 "training."
             )
         try:
-            steps_per_epoch = launch.steps_per_epoch(total, global_batch, num_pipelines)
+            steps_per_epoch = accumulation * launch.steps_per_epoch(
+                total, global_batch * accumulation, num_pipelines
+            )
         except ValueError as error:
             raise app.UsageError(f"{error} (--batch_size_per_gpu)") from None
+    effective = global_batch * accumulation
+    batches = (f"global batch {global_batch}" if accumulation == 1 else
+               f"effective batch {effective} ({accumulation} micro-batches of {global_batch})")
     tell(f"{info.num_images} images, {info.num_skipped} skipped (this worker's shard of "
-         f"{num_pipelines}); global batch {global_batch} on {launch.replicas} replica(s): lr "
-         f"{F.lr} * {global_batch}/256; {info.num_crops} crops per image")
+         f"{num_pipelines}); {batches} on {launch.replicas} replica(s): lr "
+         f"{F.lr} * {effective}/256; {info.num_crops} crops per image")
     if F.photometric_on_device:
         tell("split mode: the input pipeline sends uint8 crops; the photometric half runs "
              "inside the compiled training step")

@@ -30,6 +30,18 @@ def test_train_throughput_tiny(extra):
     assert abs(row["images_per_s"] - 4000.0 / row["step_ms_median"]) / row["images_per_s"] < 0.01
 
 
+@pytest.mark.backends("jax")
+def test_train_throughput_tiny_accumulation():
+    """2 micro-batches of 4 per optimizer step, then the same 8 images as one batch."""
+    accumulated, plain = _run(["bench/train_throughput.py", "--tiny",
+                               "--gradient_accumulation_steps=2", "--compare_accumulation"], "jax")
+    assert (accumulated["batch"], accumulated["gradient_accumulation_steps"]) == (4, 2)
+    assert (plain["batch"], plain["gradient_accumulation_steps"]) == (8, 1)
+    for row in (accumulated, plain):
+        assert row["effective_batch"] == 8 and row["peak_memory_gib"] > 0
+        assert abs(row["images_per_s"] - 8000.0 / row["step_ms_median"]) / row["images_per_s"] < 0.01
+
+
 @pytest.mark.tf_only
 def test_export_throughput_tiny():
     """SavedModel, ONNX and LiteRT of one backbone: one row per (format, batch), a summary."""

@@ -476,6 +476,34 @@ def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
             record, expected)
 
 
+@pytest.mark.backends("tensorflow")
+def test_train_dino_gradient_accumulation(image_folder, tmp_path):
+    """--gradient_accumulation_steps=2 with batches of 4: the official run on batches of 8.
+
+    32 images make 4 optimizer steps an epoch (8 batches): the epoch logs carry the
+    momentum of the steps 3 and 7 of 8, and checkpoint.pth records the effective batch.
+    """
+    out = tmp_path / "out"
+    base, final, total = 0.5, 0.9, 8
+    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
+                         f"--momentum_teacher={base}", f"--final_momentum_teacher={final}",
+                         "--batch_size_per_gpu=4", "--gradient_accumulation_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "effective batch 8 (2 micro-batches of 4)" in result.stdout
+    epochs = [r for r in _log(out) if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    for record, step in zip(epochs, (3, 7)):
+        expected = final + 0.5 * (base - final) * (1 + math.cos(math.pi * step / total))
+        assert math.isclose(record["train_momentum"], expected, rel_tol=1e-5), (
+            record, expected)
+    from keras_dino.checkpoints import read_checkpoint
+
+    checkpoint = read_checkpoint(out / "checkpoint.pth")
+    args = dict(checkpoint["args"])
+    assert (args["batch_size_per_gpu"], args["gradient_accumulation_steps"]) == (8, 2)
+    assert int(checkpoint["epoch"]) == 2
+
+
 def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
     result = _run_script("train_dino.py", "--final_momentum_teacher=98")
     assert result.returncode == 1, result.stderr[-2000:]

@@ -83,7 +83,13 @@ def _model_kwargs(cls, args: dict, overrides: dict) -> dict:
         merged.get("resnet_kwargs"),
     )
     if args.get("batch_size_per_gpu") is not None:
-        kwargs["batch_size"] = int(args["batch_size_per_gpu"]) * int(args.get("world_size", 1))
+        # The effective batch of one optimizer step (the official batch), which scales the
+        # learning rate; the model's own `batch_size_per_gpu` is the micro-batch of the
+        # accumulation this run uses.
+        per_gpu = int(args["batch_size_per_gpu"])
+        kwargs["batch_size"] = per_gpu * int(args.get("world_size", 1))
+        accumulation = int(merged.get("gradient_accumulation_steps") or 1)
+        kwargs["batch_size_per_gpu"] = per_gpu // accumulation if not per_gpu % accumulation else None
     kwargs.update(overrides)
     return kwargs
 
@@ -246,9 +252,13 @@ def official_checkpoint_dict(model) -> dict:
     args.update({k: hp[k] for k in type(model).OFFICIAL_DEFAULTS})
     args.update({k: tuple(v) for k, v in model.data_settings.items()})
     args.update({k: hp[k] for k in type(model).EXTRA_RECORDED})
+    # `batch_size_per_gpu` is the official one: the per-GPU batch of one optimizer step,
+    # `gradient_accumulation_steps` micro-batches of the model's `batch_size_per_gpu`.
     if hp["batch_size"]:
         args["batch_size_per_gpu"] = int(hp["batch_size"]) // int(args["world_size"])
-    elif args["batch_size_per_gpu"] is None and iterations:
+    elif args["batch_size_per_gpu"] is not None:
+        args["batch_size_per_gpu"] = int(args["batch_size_per_gpu"]) * model.gradient_accumulation_steps
+    elif iterations:
         # The global batch the step scaled the learning rate by (lr * batch / 256).
         args["batch_size_per_gpu"] = int(round(model.schedules.base_lr * 256 / hp["lr"]))
     for key in ("vit_kwargs", "resnet_kwargs", "head_kwargs"):

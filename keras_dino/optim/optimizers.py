@@ -6,6 +6,10 @@ iteration (and is not frozen at trace time on JAX), decay skipped exactly for bi
 gradient, and a head layer that is frozen for the first epochs with no update at all
 (no moments, no decay, no step count). All of it happens in `update_step`, which every
 backend calls once per variable with the already all-reduced gradient.
+
+Gradient accumulation lives there too, because clipping, freezing and the per-parameter
+step counts must act on the accumulated gradient: Keras' own `gradient_accumulation_steps`
+counts `iterations` per micro-batch and clips before its accumulators, so it is not used.
 """
 
 import math
@@ -14,6 +18,20 @@ import keras
 from keras import ops
 
 from keras_dino.optim.schedules import DINOSchedules
+
+
+def check_accumulation_steps(value) -> int:
+    """`gradient_accumulation_steps` as an int >= 1 (None is 1), or a `ValueError`.
+
+    >>> check_accumulation_steps(None), check_accumulation_steps(8)
+    (1, 8)
+    """
+    steps = 1 if value is None else value
+    if isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
+        raise ValueError(
+            f"gradient_accumulation_steps must be a whole number >= 1; got {value!r}."
+        )
+    return int(steps)
 
 
 class _ScheduleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
@@ -34,18 +52,73 @@ class DINOOptimizer(keras.optimizers.Optimizer):
         schedules: the run's `DINOSchedules` (learning rate, weight decay, freezing).
         clip_grad: per-parameter gradient norm limit (0 disables it), applied as the
             official `clip_gradients`: `g *= clip / (||g|| + 1e-6)` when that is < 1.
+        gradient_accumulation_steps: `k`; the optimizer steps once every `k` calls of
+            `apply`, with the mean of their (all-reduced) gradients, clipped and frozen
+            as one official gradient. `iterations` counts those optimizer steps, so the
+            schedules advance once per `k` calls. Masked arithmetic, no branching: the
+            update is computed at every call and kept at the `k`-th.
 
     Call `configure(variables, decay=..., official_ndim=..., freezable=...)` before the
     optimizer is built; `keras_dino.DINO.compile` does it.
     """
 
-    def __init__(self, schedules: DINOSchedules | None = None, clip_grad: float = 3.0, **kwargs):
+    def __init__(
+        self,
+        schedules: DINOSchedules | None = None,
+        clip_grad: float = 3.0,
+        gradient_accumulation_steps: int | None = 1,
+        **kwargs,
+    ):
         schedules = schedules or DINOSchedules()
         kwargs.setdefault("learning_rate", _ScheduleLearningRate(schedules))
+        # Keras' own accumulation stays off (see the module docstring).
         super().__init__(**kwargs)
         self.schedules = schedules
         self.clip_grad = float(clip_grad or 0.0)
+        self.accumulation_steps = check_accumulation_steps(gradient_accumulation_steps)
         self._flags = {}
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        if self.accumulation_steps > 1:
+            self.accumulated_gradients = self.add_optimizer_variables(
+                variables, "accumulated_gradient"
+            )
+            # Calls of `apply` since the last optimizer step (0 .. k-1). Assigned in the
+            # replica context under tf.distribute, with the same value on every replica.
+            self.micro_step = self.add_variable(
+                (), initializer="zeros", dtype="float32", aggregation="only_first_replica",
+                name="micro_step",
+            )
+
+    def apply(self, grads, trainable_variables=None):
+        if self.accumulation_steps == 1:
+            return super().apply(grads, trainable_variables)
+        if not self.built:
+            self.build(trainable_variables)
+        iterations = ops.convert_to_tensor(self.iterations)
+        micro = ops.convert_to_tensor(self.micro_step)
+        boundary = self._is_boundary(micro)
+        # New tensors, computed before `apply` changes the variables (in place on torch).
+        next_iterations = ops.where(boundary, iterations + 1, iterations)
+        next_micro = ops.where(boundary, ops.zeros_like(micro), micro + 1.0)
+        super().apply(grads, trainable_variables)  # counts one iteration: corrected here
+        self.iterations.assign(next_iterations)
+        self.micro_step.assign(next_micro)
+
+    def _is_boundary(self, micro=None):
+        micro = ops.convert_to_tensor(self.micro_step) if micro is None else micro
+        return ops.greater_equal(micro, float(self.accumulation_steps - 1))
+
+    def _accumulate(self, grad, variable):
+        """`(mean of the k gradients, whether this call steps)`; resets at the step."""
+        acc = self.accumulated_gradients[self._get_variable_index(variable)]
+        total = ops.convert_to_tensor(acc) + grad
+        boundary = self._is_boundary()
+        self.assign(acc, ops.where(boundary, ops.zeros_like(total), total))
+        return total / float(self.accumulation_steps), boundary
 
     def configure(self, variables, decay, official_ndim, freezable):
         """Per-variable flags: weight decay, the official tensor rank, frozen-at-start."""
@@ -77,7 +150,11 @@ class DINOOptimizer(keras.optimizers.Optimizer):
         lr = ops.cast(learning_rate, variable.dtype)
         wd = ops.cast(self.schedules.wd(step), variable.dtype) if decay else None
         active = self.schedules.last_layer_trains(step) if freezable else True
-        grad = self._clip(ops.cast(gradient, variable.dtype))
+        grad = ops.cast(gradient, variable.dtype)
+        if self.accumulation_steps > 1:
+            grad, boundary = self._accumulate(grad, variable)
+            active = boundary if active is True else ops.logical_and(active, boundary)
+        grad = self._clip(grad)
         self._apply(grad, variable, lr, wd, ndim, active)
 
     def _apply(self, grad, variable, lr, wd, ndim, active):
@@ -86,7 +163,11 @@ class DINOOptimizer(keras.optimizers.Optimizer):
     def get_config(self):
         config = super().get_config()
         config.pop("learning_rate", None)
-        return {**config, "clip_grad": self.clip_grad}
+        return {
+            **config,
+            "clip_grad": self.clip_grad,
+            "gradient_accumulation_steps": self.accumulation_steps,
+        }
 
 
 class AdamW(DINOOptimizer):

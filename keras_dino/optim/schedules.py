@@ -150,10 +150,28 @@ class DINOSchedules:
         return self.epoch(step) >= float(self.freeze_last_layer)
 
 
+def check_epoch_of_whole_steps(steps_per_epoch: int, gradient_accumulation_steps: int) -> int:
+    """Optimizer steps per epoch of `steps_per_epoch` batches, `k` batches a step.
+
+    >>> check_epoch_of_whole_steps(6, 2)
+    3
+    """
+    steps, k = int(steps_per_epoch), int(gradient_accumulation_steps)
+    if steps % k:
+        raise ValueError(
+            f"an epoch of {steps} batches is not a whole number of optimizer steps with "
+            f"gradient_accumulation_steps={k}: make the steps per epoch a multiple of {k} "
+            f"(e.g. steps_per_epoch={max(steps // k, 1) * k})."
+        )
+    return steps // k
+
+
 class ScheduleSetup(keras.callbacks.Callback):
     """Fixes a `DINO`'s schedules' steps per epoch from `fit`, and its resume point.
 
-    `DINO.fit` adds it first among the callbacks; it is not meant to be added by hand.
+    `fit` counts batches; with gradient accumulation the schedules count optimizer steps,
+    one every `gradient_accumulation_steps` batches. `DINO.fit` adds this callback first
+    among the callbacks; it is not meant to be added by hand.
     """
 
     def on_train_begin(self, logs=None):
@@ -164,6 +182,7 @@ class ScheduleSetup(keras.callbacks.Callback):
                 "DINO needs the number of steps per epoch for its schedules, and fit could "
                 "not tell it (an infinite or unsized dataset): pass steps_per_epoch= to fit."
             )
-        model.schedules.steps_per_epoch = int(steps)
+        iterations = check_epoch_of_whole_steps(steps, model.gradient_accumulation_steps)
+        model.schedules.steps_per_epoch = iterations
         if model._resume_epoch and int(ops.convert_to_numpy(model.optimizer.iterations)) == 0:
-            model.optimizer.iterations.assign(model._resume_epoch * int(steps))
+            model.optimizer.iterations.assign(model._resume_epoch * iterations)

@@ -151,13 +151,21 @@ class _Recorder(keras.callbacks.Callback):
 
 
 def run_golden(
-    golden_dir, steps_per_execution=1, record=True, dtype_policy=None, scope=None, **compile_kw
+    golden_dir,
+    steps_per_execution=1,
+    record=True,
+    dtype_policy=None,
+    scope=None,
+    gradient_accumulation_steps=1,
+    **compile_kw,
 ):
     """Trains from `init_checkpoint` on the golden crops for 2 epochs of 3 steps.
 
     `dtype_policy="float64"` runs the same algorithm in double precision (TF and torch),
     which measures how far the official float32 reference is from exact arithmetic.
     `scope` (e.g. `strategy.scope()`) is entered while the model is built and trained.
+    `gradient_accumulation_steps=k` feeds the same images as `k` times as many batches of
+    `4 / k` (the recorder then sees every micro-batch): the same 3 official steps an epoch.
     """
     import contextlib
 
@@ -169,13 +177,18 @@ def run_golden(
         keras.config.set_dtype_policy(dtype_policy)
     try:
         with scope if scope is not None else contextlib.nullcontext():
-            model = DINO.from_official_checkpoint(golden_dir / "init_checkpoint.pth")
+            overrides = {}
+            if gradient_accumulation_steps != 1:
+                overrides["gradient_accumulation_steps"] = gradient_accumulation_steps
+            model = DINO.from_official_checkpoint(
+                golden_dir / "init_checkpoint.pth", **overrides
+            )
             model.compile(steps_per_execution=steps_per_execution, **compile_kw)
             recorder = _Recorder()
             callbacks = [recorder] if record else []
             model.fit(
                 golden_batches(golden_dir),
-                batch_size=4,
+                batch_size=4 // gradient_accumulation_steps,
                 shuffle=False,
                 verbose=0,
                 callbacks=callbacks,

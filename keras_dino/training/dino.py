@@ -15,8 +15,12 @@ from keras_dino.models.official_names import (
     multicrop_variable_map,
     parameter_groups,
 )
-from keras_dino.optim.optimizers import OPTIMIZERS, DINOOptimizer
-from keras_dino.optim.schedules import DINOSchedules, ScheduleSetup
+from keras_dino.optim.optimizers import OPTIMIZERS, DINOOptimizer, check_accumulation_steps
+from keras_dino.optim.schedules import (
+    DINOSchedules,
+    ScheduleSetup,
+    check_epoch_of_whole_steps,
+)
 from keras_dino.training.hparams import (
     DATA_DEFAULTS,
     EXTRA_RECORDED,
@@ -61,9 +65,10 @@ class DINO(keras.Model):
     Args:
         final_momentum_teacher: the end of the teacher momentum's cosine (1.0
             officially); equal to `momentum_teacher`, the momentum is constant.
-        batch_size: the global batch size used to scale `lr` (`lr * batch_size / 256`);
-            by default the batch size the training step sees times the number of
-            replicas.
+        batch_size: the global batch size used to scale `lr` (`lr * batch_size / 256`):
+            the effective batch of one optimizer step; by default the batch size the
+            training step sees times the number of replicas times
+            `gradient_accumulation_steps`.
         student_temp: student temperature (0.1).
         center_momentum: momentum of the center (0.9).
         vit_kwargs: overrides of a Vision Transformer backbone (e.g. `embed_dim`, `depth`,
@@ -72,12 +77,35 @@ class DINO(keras.Model):
             torchvision ResNet name; e.g. `layers`, `stem_width`, `stage_widths` for a
             small custom one).
         head_kwargs: `DINOHead` arguments (`hidden_dim`, `bottleneck_dim`, `nlayers`).
-        steps_per_epoch: fixes the schedules' iterations per epoch; by default the
-            number of steps `fit` runs per epoch.
+        steps_per_epoch: fixes the batches per epoch the schedules are built for; by
+            default the number of steps `fit` runs per epoch. The schedules make one
+            iteration of every `gradient_accumulation_steps` of them.
         photometric: a layer applied to the crops inside the compiled step before the
             networks see them, e.g. `keras_dino.data.MultiCropPhotometric()` for split
             mode, where the host sends uint8 crops and the colour jitter, grayscale, blur,
             solarisation and normalisation run on the accelerator.
+        gradient_accumulation_steps: `k` (1: off). `k` micro-batches of `b` images make
+            one optimizer step that is the official step on `k * b` images: the
+            gradient is the mean over the `k` micro-batches, clipped per parameter and
+            (while `freeze_last_layer` lasts) dropped for the last layer after that;
+            the teacher EMA, the center (the mean of the teacher outputs over the whole
+            effective batch and every replica; the loss uses the same center for the
+            `k` micro-batches) and every schedule advance once per optimizer step; `lr`
+            is scaled by the effective batch. `fit` counts micro-batches, so an epoch of
+            `N` batches is `N / k` official iterations (`N` must be a multiple of `k`),
+            and `optimizer.iterations` counts optimizer steps. The checkpoints' `args`
+            record `gradient_accumulation_steps` and, as `batch_size_per_gpu`, the
+            effective per-GPU batch (the official run this one reproduces). The
+            accumulated gradients cost one more copy of the trainable weights. Exact for
+            Vision Transformers and XCiT, whose images do not interact; BatchNorm (ResNet
+            backbones, `use_bn_in_head=True`) normalises each micro-batch with its own
+            statistics and updates its running statistics once per micro-batch, so
+            there it approximates the big batch. Under float16 loss scaling a
+            micro-batch whose gradient overflows is skipped, as a step is without
+            accumulation. The official ViT-S/16 recipe (1,024 images a step) on one GPU
+            that holds 128: `batch_size_per_gpu=128, gradient_accumulation_steps=8`
+            (`examples/train_dino.py --batch_size_per_gpu=128
+            --gradient_accumulation_steps=8`).
 
     Example:
 
@@ -85,6 +113,15 @@ class DINO(keras.Model):
     model = keras_dino.DINO(arch="vit_small", patch_size=16, epochs=100)
     model.compile()                 # the official AdamW with its schedules
     model.fit(keras_dino.data.multicrop_dataset("/data/imagenet/train", 64), epochs=100)
+    ```
+
+    The official batch of 1,024 images, as 8 micro-batches of 128 (one GPU); an epoch is
+    the official 1,251 iterations of ImageNet's 1,281,167 images, 8 batches each:
+
+    ```python
+    model = keras_dino.DINO(arch="vit_small", epochs=100, gradient_accumulation_steps=8)
+    images = keras_dino.data.multicrop_dataset("/data/imagenet/train", 128, repeat=True)
+    model.fit(images, epochs=100, steps_per_epoch=1_281_167 // 1024 * 8)
     ```
     """
 
@@ -124,6 +161,7 @@ class DINO(keras.Model):
         head_kwargs: dict | None = None,
         steps_per_epoch: int | None = None,
         photometric=None,
+        gradient_accumulation_steps: int = 1,
         **kwargs,
     ):
         refuse_data_arguments(kwargs)
@@ -136,6 +174,9 @@ class DINO(keras.Model):
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got '{optimizer}'.")
         if warmup_teacher_temp_epochs > epochs:
             raise ValueError("warmup_teacher_temp_epochs cannot exceed epochs.")
+        accumulation = check_accumulation_steps(gradient_accumulation_steps)
+        if steps_per_epoch:
+            check_epoch_of_whole_steps(steps_per_epoch, accumulation)
         self.hparams = dict(
             arch=arch, patch_size=patch_size, out_dim=out_dim, norm_last_layer=norm_last_layer,
             momentum_teacher=momentum_teacher, use_bn_in_head=use_bn_in_head,
@@ -150,6 +191,7 @@ class DINO(keras.Model):
             student_temp=student_temp, center_momentum=center_momentum,
             vit_kwargs=dict(vit_kwargs or {}), resnet_kwargs=dict(resnet_kwargs or {}),
             head_kwargs=dict(head_kwargs or {}), steps_per_epoch=steps_per_epoch,
+            gradient_accumulation_steps=accumulation,
         )
         if isinstance(photometric, dict):
             photometric = keras.saving.deserialize_keras_object(photometric)
@@ -157,6 +199,7 @@ class DINO(keras.Model):
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.steps_per_epoch = steps_per_epoch
+        self.gradient_accumulation_steps = accumulation
         self.epochs = epochs
         self.schedules = DINOSchedules(
             base_lr=lr,
@@ -171,7 +214,7 @@ class DINO(keras.Model):
             teacher_temp=teacher_temp,
             warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
             freeze_last_layer=freeze_last_layer,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=steps_per_epoch // accumulation if steps_per_epoch else None,
         )
         # The crop settings of the data this model trains on (see `fit`).
         self.data_settings = dict(DATA_DEFAULTS)
@@ -200,6 +243,16 @@ class DINO(keras.Model):
         self.center = self.add_weight(
             shape=(1, out_dim), initializer="zeros", trainable=False, name="center"
         )
+        if accumulation > 1:
+            # The teacher outputs of the micro-batches since the last optimizer step: their
+            # sum (all-reduced) and their number of rows, for the center's batch mean.
+            self._center_sum = self.add_weight(
+                shape=(1, out_dim), initializer="zeros", trainable=False,
+                name="center_accumulator",
+            )
+            self._center_rows = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, name="center_rows_accumulator"
+            )
         self.student_map = multicrop_variable_map(self.student)
         self.teacher_map = multicrop_variable_map(self.teacher)
         # The teacher starts as a copy of the student, BatchNorm statistics included
@@ -237,7 +290,11 @@ class DINO(keras.Model):
     def make_optimizer(self, name: str | None = None) -> DINOOptimizer:
         """The official optimizer (`adamw`, `sgd` or `lars`) driven by this run's schedules."""
         name = name or self.hparams["optimizer"]
-        return OPTIMIZERS[name](self.schedules, clip_grad=self.hparams["clip_grad"])
+        return OPTIMIZERS[name](
+            self.schedules,
+            clip_grad=self.hparams["clip_grad"],
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+        )
 
     def compile(self, optimizer=None, **kwargs):
         """Compiles with the official optimizer unless another is given.
@@ -255,6 +312,7 @@ class DINO(keras.Model):
             optimizer = current if isinstance(current, DINOOptimizer) else self.make_optimizer()
         elif isinstance(optimizer, str):
             optimizer = self.make_optimizer(optimizer)
+        self._check_accumulating_optimizer(optimizer)
         super().compile(optimizer=optimizer, **kwargs)
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if isinstance(inner, DINOOptimizer) and not inner.built:
@@ -269,6 +327,22 @@ class DINO(keras.Model):
         the teacher EMA and the checkpoint's optimizer indices all read it.
         """
         return parameter_groups(self.student, self.trainable_variables)
+    def _check_accumulating_optimizer(self, optimizer):
+        k = self.gradient_accumulation_steps
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        if isinstance(inner, DINOOptimizer):
+            if inner.accumulation_steps != k:
+                raise ValueError(
+                    f"this DINO accumulates gradients over {k} micro-batches but the "
+                    f"optimizer given to compile over {inner.accumulation_steps}: build it "
+                    f"with model.make_optimizer() or gradient_accumulation_steps={k}."
+                )
+        elif k > 1:
+            raise ValueError(
+                f"gradient_accumulation_steps={k} needs a keras_dino optimizer (it "
+                "accumulates, clips and freezes as the official step); got "
+                f"{type(inner).__name__}: compile with optimizer=None or model.make_optimizer()."
+            )
 
     def _configure_optimizer(self, optimizer):
         groups = self.parameter_groups()
@@ -330,7 +404,9 @@ class DINO(keras.Model):
                     "the batch size is not static, so the learning rate cannot be scaled by "
                     "it: batch with drop_remainder=True or pass DINO(batch_size=...)."
                 )
-            global_batch = per_replica * distribute.num_replicas()
+            global_batch = (
+                per_replica * distribute.num_replicas() * self.gradient_accumulation_steps
+            )
         self.schedules.base_lr = self.hparams["lr"] * global_batch / 256.0
 
     def _forward(self, crops, step):
@@ -356,25 +432,46 @@ class DINO(keras.Model):
         )
         return loss, teacher_output
 
-    def _after_update(self, loss, teacher_output, step, ncrops):
+    def _after_update(self, loss, teacher_output, step, ncrops, iterations_before=None):
         # Outside the differentiated function, so the loss's program stays the official
         # arithmetic; the center is still the one the loss used.
+        # `iterations_before`: the optimizer's step count before this step's `apply`; with
+        # gradient accumulation, the EMA and the center move only when it changed.
         entropy = teacher_entropy(
             teacher_output, self.center, self.schedules.teacher_temperature(step), ncrops
         )
         momentum = self.schedules.momentum(step)
         student_weight = self.schedules.one_minus_momentum(step)
+        stepped = None
+        if self.gradient_accumulation_steps > 1:
+            inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+            stepped = ops.not_equal(ops.convert_to_tensor(inner.iterations), iterations_before)
+
+        def keep_unless_stepped(variable, new):
+            if stepped is None:
+                return new
+            return ops.where(stepped, new, ops.convert_to_tensor(variable))
+
         updates = []
         for s, t in self._ema_pairs:
             m = ops.cast(momentum, t.dtype)
             w = ops.cast(student_weight, t.dtype)
-            updates.append((t, t * m + w * ops.cast(s, t.dtype)))
+            updates.append((t, keep_unless_stepped(t, t * m + w * ops.cast(s, t.dtype))))
         total, count = batch_center(teacher_output)
         total = distribute.cross_replica_sum(total)
-        mean = total / float(count * distribute.num_replicas())
+        rows = float(count * distribute.num_replicas())
+        if stepped is not None:
+            # The mean over every micro-batch of the optimizer step (the effective batch).
+            total = ops.convert_to_tensor(self._center_sum) + ops.cast(total, self.center.dtype)
+            rows = ops.convert_to_tensor(self._center_rows) + rows
+            updates.append((self._center_sum, ops.where(stepped, ops.zeros_like(total), total)))
+            updates.append((self._center_rows, ops.where(stepped, ops.zeros_like(rows), rows)))
+        mean = total / rows
         cm = self.center_momentum
         mean = ops.cast(mean, self.center.dtype)
-        updates.append((self.center, self.center * cm + mean * (1.0 - cm)))
+        updates.append(
+            (self.center, keep_unless_stepped(self.center, self.center * cm + mean * (1.0 - cm)))
+        )
         distribute.assign_all(updates)
         self._loss_tracker.update_state(loss)
         self._entropy_tracker.update_state(entropy)

@@ -32,8 +32,14 @@ OFFICIAL_DEFAULTS = dict(
 # them (checkpoint `args`) from the `data_settings` given to `fit`, defaults otherwise.
 DATA_DEFAULTS = dict(global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4))
 # keras_dino's hyper-parameters beyond the official ones, recorded in the checkpoints'
-# `args` too (the official code hard-codes the last two).
-EXTRA_RECORDED = ("final_momentum_teacher", "center_momentum", "student_temp")
+# `args` too (the official code hard-codes the center's and the student's; it has no
+# gradient accumulation: its `batch_size_per_gpu` is recorded as the effective batch).
+EXTRA_RECORDED = (
+    "final_momentum_teacher",
+    "center_momentum",
+    "student_temp",
+    "gradient_accumulation_steps",
+)
 
 
 def check_momentum(name: str, value) -> float:

@@ -11,20 +11,27 @@ from keras import ops
 from keras_dino import distribute
 
 
+def _read(variable):
+    """The value of `variable` now, not a view of it: TensorFlow hands the variable itself
+    to `ops`, and torch assigns in place."""
+    return ops.copy(ops.convert_to_tensor(variable))
+
+
 def tensorflow_step(model, data):
     """One step under TensorFlow (eager, `tf.function` or a `tf.distribute` replica)."""
     import tensorflow as tf
 
     crops = model._crops(data)
     model._set_base_lr(crops)
-    step = ops.cast(model.optimizer.iterations, "float32")
+    before = _read(model.optimizer.iterations)
+    step = ops.cast(before, "float32")
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
         loss, teacher_output = model._forward(crops, step)
         scaled = model.optimizer.scale_loss(loss / distribute.num_replicas())
     grads = tape.gradient(scaled, variables)
     model.optimizer.apply(grads, variables)
-    logs = model._after_update(loss, teacher_output, step, len(crops))
+    logs = model._after_update(loss, teacher_output, step, len(crops), before)
     if distribute.in_multi_worker_mode():
         # Keras reduces the logs of a multi-worker step with
         # strategy.reduce("MEAN", value, axis=0), which fails for scalars
@@ -39,7 +46,8 @@ def torch_step(model, data):
 
     crops = model._crops(data)
     model._set_base_lr(crops)
-    step = ops.cast(model.optimizer.iterations, "float32")
+    before = _read(model.optimizer.iterations)
+    step = ops.cast(before, "float32")
     variables = model.trainable_variables
     model.zero_grad()
     loss, teacher_output = model._forward(crops, step)
@@ -47,7 +55,7 @@ def torch_step(model, data):
     grads = [v.value.grad for v in variables]
     with torch.no_grad():
         model.optimizer.apply(grads, variables)
-        return model._after_update(loss.detach(), teacher_output, step, len(crops))
+        return model._after_update(loss.detach(), teacher_output, step, len(crops), before)
 
 
 def _current(scope, variable, fallback):
@@ -71,18 +79,19 @@ def jax_step(model, state, data):
             + optimizer_map
         )
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            step = ops.cast(model.optimizer.iterations, "float32")
+            before = _read(model.optimizer.iterations)
+            step = ops.cast(before, "float32")
             loss, teacher_output = model._forward(crops, step)
             scaled = model.optimizer.scale_loss(loss)
         updated = [
             _current(scope, v, old)
             for v, old in zip(model.non_trainable_variables, non_trainable_values)
         ]
-        return scaled, (loss, teacher_output, step, updated)
+        return scaled, (loss, teacher_output, step, before, updated)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, aux), grads = grad_fn(trainable, non_trainable)
-    loss, teacher_output, step, non_trainable = aux
+    loss, teacher_output, step, before, non_trainable = aux
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, grads, trainable
     )
@@ -94,7 +103,7 @@ def jax_step(model, state, data):
     ]
     mapping = [pair for variables, values in groups for pair in zip(variables, values)]
     with keras.StatelessScope(state_mapping=mapping) as scope:
-        logs = model._after_update(loss, teacher_output, step, len(crops))
+        logs = model._after_update(loss, teacher_output, step, len(crops), before)
     non_trainable = [
         _current(scope, v, old) for v, old in zip(model.non_trainable_variables, non_trainable)
     ]

@@ -397,6 +397,12 @@ def run():
         model = build_model()
         model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile
                       if F.jit_compile is not None else "auto")
+    # What ran, for the checkpoints' args (float16 only where it was really used).
+    model.set_run_settings(
+        use_fp16=policy == "mixed_float16", data_path=F.data_path, output_dir=F.output_dir,
+        saveckp_freq=F.saveckp_freq, seed=F.seed, num_workers=F.num_workers,
+        world_size=launch.replicas,
+    )
     knn_data = knn_splits() if F.knn_train_path and F.knn_test_path else None
     callbacks = [launch.backup_callback(os.path.join(F.output_dir, "backup"))]
     if F.knn_every and knn_data and not launch.multi_process:

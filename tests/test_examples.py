@@ -663,3 +663,21 @@ def test_train_dino_on_a_cpu_says_it_trains_in_float32(image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("--use_fp16: no GPU here, so training runs in float32") == 1
     assert [r["epoch"] for r in _log(out) if "epoch" in r] == [0]
+
+
+@pytest.mark.backends("tensorflow")
+def test_train_dino_checkpoint_args_record_the_run(image_folder, tmp_path):
+    """checkpoint.pth's args say what ran: seed, precision, batch, data, output, crops."""
+    from keras_dino.checkpoints import read_checkpoint
+
+    out, data = tmp_path / "out", image_folder / "train"
+    result = _train_dino(f"--data_path={data}", f"--output_dir={out}", "--seed=7",
+                         "--use_fp16=false", "--batch_size_per_gpu=3", "--epochs=1",
+                         "--saveckp_freq=5", "--global_crops_scale=0.3,1.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    args = dict(read_checkpoint(out / "checkpoint.pth")["args"])
+    assert args["seed"] == 7 and args["use_fp16"] is False
+    assert args["batch_size_per_gpu"] == 3 and args["world_size"] == 1
+    assert args["data_path"] == str(data) and args["output_dir"] == str(out)
+    assert args["saveckp_freq"] == 5 and tuple(args["global_crops_scale"]) == (0.3, 1.0)
+    assert args["arch"] == "tiny" and args["patch_size"] == 8 and args["epochs"] == 1

@@ -20,20 +20,6 @@ from keras_dino.checkpoints.torch_reader import read_checkpoint
 from keras_dino.checkpoints.torch_writer import write_torch_checkpoint
 from keras_dino.models.backbones import backbone_config
 
-# Official main_dino.py arguments that are not DINO hyper-parameters, with defaults.
-_OTHER_OFFICIAL_ARGS = dict(
-    use_fp16=False,
-    data_path="/path/to/imagenet/train/",
-    output_dir=".",
-    saveckp_freq=20,
-    seed=0,
-    num_workers=10,
-    dist_url="env://",
-    local_rank=0,
-    rank=0,
-    gpu=0,
-    world_size=1,
-)
 # Per-optimizer: official name of each slot variable, and the param-group defaults.
 _SLOTS = {
     "adamw": {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"},
@@ -133,6 +119,7 @@ def load_official_checkpoint(path, cls, **overrides):
     data = {k: args[k] for k in cls.DATA_DEFAULTS if k in args}
     if data:
         model.set_data_settings(data)
+    model.set_run_settings(**{k: args[k] for k in cls.RUN_DEFAULTS if k in args})
     official.load_state_dict(model.student_map, _strip_module(checkpoint["student"]), "student")
     official.load_state_dict(model.teacher_map, _strip_module(checkpoint["teacher"]), "teacher")
     center = np.asarray(checkpoint["dino_loss"]["center"], np.float32)
@@ -248,7 +235,7 @@ def official_checkpoint_dict(model) -> dict:
         ),
     ]
     hp = model.hparams
-    args = dict(_OTHER_OFFICIAL_ARGS)
+    args = dict(model.run_settings)
     args.update({k: hp[k] for k in type(model).OFFICIAL_DEFAULTS})
     args.update({k: tuple(v) for k, v in model.data_settings.items()})
     args.update({k: hp[k] for k in type(model).EXTRA_RECORDED})

@@ -25,9 +25,11 @@ from keras_dino.training.hparams import (
     DATA_DEFAULTS,
     EXTRA_RECORDED,
     OFFICIAL_DEFAULTS,
+    RUN_DEFAULTS,
     check_momentum,
     data_settings_values,
     refuse_data_arguments,
+    run_settings_values,
 )
 from keras_dino.training.inputs import check_training_input, crops_of
 from keras_dino.training.steps import STEPS
@@ -127,6 +129,7 @@ class DINO(keras.Model):
 
     OFFICIAL_DEFAULTS = OFFICIAL_DEFAULTS
     DATA_DEFAULTS = DATA_DEFAULTS
+    RUN_DEFAULTS = RUN_DEFAULTS
     EXTRA_RECORDED = EXTRA_RECORDED
 
     def __init__(
@@ -218,6 +221,7 @@ class DINO(keras.Model):
         )
         # The crop settings of the data this model trains on (see `fit`).
         self.data_settings = dict(DATA_DEFAULTS)
+        self.run_settings = dict(RUN_DEFAULTS)
         head_config = dict(self.hparams["head_kwargs"])
         head_config.update(out_dim=out_dim, use_bn=use_bn_in_head)
         backbone_args = dict(
@@ -377,6 +381,23 @@ class DINO(keras.Model):
         """Sets the center's momentum, recorded by `get_config` and checkpoints."""
         value = check_momentum("center_momentum", center_momentum)
         self.hparams["center_momentum"] = self.center_momentum = value
+
+    def set_run_settings(self, **settings):
+        """Records how the run was made, for the checkpoints' `args`, as `main_dino.py`.
+
+        The official run arguments that are not hyper-parameters of the model:
+        `use_fp16`, `data_path`, `output_dir`, `saveckp_freq`, `seed`, `num_workers`,
+        `world_size` (and `dist_url`, `local_rank`, `rank`, `gpu`). They are recorded,
+        not acted on: seed and mixed precision are set where the run is set up.
+
+        Example:
+
+        >>> model = DINO(arch="vit_tiny", out_dim=64, vit_kwargs=dict(depth=1))
+        >>> model.set_run_settings(seed=7, use_fp16=False, data_path="photos/")
+        >>> model.run_settings["seed"], model.run_settings["data_path"]
+        (7, 'photos/')
+        """
+        self.run_settings.update(run_settings_values(settings))
 
     def set_data_settings(self, data_settings):
         """Records the crop settings of the training data (checkpoint `args`).
@@ -588,16 +609,19 @@ class DINO(keras.Model):
         if self.photometric is not None:
             config["photometric"] = keras.saving.serialize_keras_object(self.photometric)
         config["data_settings"] = {k: list(v) for k, v in self.data_settings.items()}
+        config["run_settings"] = dict(self.run_settings)
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         data_settings = dict(config.pop("data_settings", None) or {})
+        run_settings = dict(config.pop("run_settings", None) or {})
         for key in DATA_DEFAULTS:  # in the config of keras_dino 0.1 models
             if key in config:
                 data_settings[key] = config.pop(key)
         model = cls(**config)
         if data_settings:
             model.set_data_settings(data_settings)
+        model.set_run_settings(**run_settings)
         return model

@@ -31,6 +31,22 @@ OFFICIAL_DEFAULTS = dict(
 # Official main_dino.py arguments that belong to the data, not to the model: DINO records
 # them (checkpoint `args`) from the `data_settings` given to `fit`, defaults otherwise.
 DATA_DEFAULTS = dict(global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4))
+# Official main_dino.py arguments that describe the run rather than the model (where the
+# data came from, the seed, mixed precision, the output, the processes): DINO records
+# them in the checkpoints' `args` from `set_run_settings`, these defaults otherwise.
+RUN_DEFAULTS = dict(
+    use_fp16=False,
+    data_path="/path/to/imagenet/train/",
+    output_dir=".",
+    saveckp_freq=20,
+    seed=0,
+    num_workers=10,
+    dist_url="env://",
+    local_rank=0,
+    rank=0,
+    gpu=0,
+    world_size=1,
+)
 # keras_dino's hyper-parameters beyond the official ones, recorded in the checkpoints'
 # `args` too (the official code hard-codes the center's and the student's; it has no
 # gradient accumulation: its `batch_size_per_gpu` is recorded as the effective batch).
@@ -92,3 +108,31 @@ def data_settings_values(data_settings, local_crops_number: int) -> dict:
             f"local_crops_number={local_crops_number}."
         )
     return {k: tuple(float(x) for x in v) for k, v in values.items()}
+
+
+def run_settings_values(values: dict) -> dict:
+    """`values` checked against `RUN_DEFAULTS` (names and types), or a `TypeError`.
+
+    Example:
+
+    >>> run_settings_values({"seed": 7, "use_fp16": False})
+    {'seed': 7, 'use_fp16': False}
+    """
+    unknown = sorted(set(values) - set(RUN_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"unknown run settings {unknown}: the official main_dino.py run arguments are "
+            f"{sorted(RUN_DEFAULTS)} (model hyper-parameters are DINO's own arguments)."
+        )
+    out = {}
+    for key, value in values.items():
+        kind = type(RUN_DEFAULTS[key])
+        if kind is bool:
+            out[key] = bool(value)
+        elif kind is int:
+            if isinstance(value, bool) or int(value) != value:
+                raise TypeError(f"{key} must be an integer; got {value!r}.")
+            out[key] = int(value)
+        else:
+            out[key] = str(value)
+    return out

@@ -101,20 +101,31 @@ def head_reductions(in_dim, hidden_dim, bottleneck_dim, nlayers=3):
     return out + [bottleneck_dim, LIBRARY_FUNCTION, bottleneck_dim, bottleneck_dim]
 
 
-def bicubic_tolerance(source_side, scale=1.0, programs=1):
-    """Bound on a torch-style bicubic resize of a `source_side` grid, relative to `scale`.
+def _resize_tolerance(source_size, taps, slope_sum, weight_sum, coefficient_ops, scale):
+    # one program's float32 coefficients: the source coordinate `(i + 0.5) / s - 0.5` is
+    # rounded 3 times at magnitudes up to `source_size` (|dt| <= 3 u source_size), which
+    # moves an output by at most slope_sum |dt| times the grid's scale, and each of the
+    # `taps` coefficients adds `coefficient_ops` roundings; the other axis multiplies by
+    # weight_sum = sum|W|; 2 axes. Both programs round the taps**2-term weighted sum.
+    coefficient = slope_sum * 3 * source_size + taps * coefficient_ops
+    official = UNIT_ROUNDOFF * 2 * weight_sum * coefficient
+    return (official + float(sum_tolerance(taps * taps, weight_sum**2, 2))) * float(scale)
 
-    The official code computes its resize coefficients in float32 from the source
-    coordinate `(i + 0.5) / s - 0.5` (3 roundings of numbers up to `source_side`, so off by
-    at most 3 u source_side); keras_dino computes them in float64. A coordinate error dt
-    moves an output by at most sum|W'| dt <= 4.2 dt times the grid's scale (cubic kernel,
-    a = -0.75), each of the 4 coefficients' polynomial adds 6 rounding errors, the other
-    axis multiplies by sum|W| <= 1.25, there are 2 axes, and the 16-term weighted sum adds
-    its own rounding (sum_tolerance with sum|W|^2 <= 1.6). Worst case, not probabilistic.
+
+def bicubic_tolerance(source_side, scale=1.0):
+    """Bound on a torch bicubic resize of a `source_side` grid against keras_dino's, whose
+    coefficients are float64, relative to the grid's largest magnitude `scale`.
+
+    Cubic convolution kernel (a = -0.75): sum|W'| <= 4.2, sum|W| <= 1.25, 4 taps whose
+    polynomials take 6 roundings each. Worst case for the coefficients, not probabilistic.
     """
-    coefficient = 4.2 * 3 * source_side + 4 * 6
-    per_program = UNIT_ROUNDOFF * 2 * 1.25 * coefficient + float(sum_tolerance(16, 1.6, 1))
-    return programs * per_program * float(scale)
+    return _resize_tolerance(source_side, 4, 4.2, 1.25, 6, scale)
+
+
+def bilinear_tolerance(source_size, scale=1.0):
+    """As `bicubic_tolerance`, for torch's bilinear resize (2 taps, sum|W'| = 2,
+    sum|W| = 1, one rounding per coefficient), `source_size` the longer input side."""
+    return _resize_tolerance(source_size, 2, 2.0, 1.0, 1, scale)
 
 
 def max_deviation(actual, expected):

@@ -28,7 +28,7 @@ from keras_dino.evaluation.retrieval import global_descriptor
 from keras_dino.models import ResNet, VisionTransformer, XCiT, vit_tiny
 from keras_dino.preprocessing import EvalConfig
 from keras_dino.testing.parity import vit_bound, xcit_bound
-from keras_dino.testing.tolerance import assert_within
+from keras_dino.testing.tolerance import assert_within, network_tolerance, vit_reductions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -205,6 +205,15 @@ def folder(tmp_path):
     return root
 
 
+def _batched_bound(model, reference):
+    """Features of the same model on the same 32x32 images, computed in other batches (the
+    shards, compiled or not): kernels block the sums differently per batch size, so these
+    are two float32 programs, bounded by the ViT's reductions over 1 + 2 x 2 tokens."""
+    reductions = vit_reductions(model.depth, model.embed_dim, 5, model.patch_size,
+                                model.num_heads, model.mlp_ratio)
+    return network_tolerance(reductions, np.abs(reference).max())
+
+
 def _model_features(model, root, names):
     config = EvalConfig(32, 32)
     x = np.stack([config.load(os.path.join(root, str(n))) for n in names])
@@ -225,7 +234,7 @@ def test_shards_hold_the_models_features_and_resume(vit, folder, tmp_path):
         assert shard["grid_shape"].tolist() == [2, 2]
     data = read_feature_shards(out)
     want = _model_features(vit, folder, data["files"])
-    np.testing.assert_allclose(data["features"], want, atol=1e-4)
+    assert_within(data["features"], want, _batched_bound(vit, want), "shards")
     with open(os.path.join(out, "manifest.json")) as f:
         assert json.load(f)["complete"] is True
 
@@ -237,7 +246,9 @@ def test_shards_hold_the_models_features_and_resume(vit, folder, tmp_path):
     again = write_feature_shards(vit, folder, out, **args)
     assert (again["shards_written"], again["shards_reused"]) == (1, 1)
     assert not os.path.exists(os.path.join(out, "features-00001.npz.partial"))
-    np.testing.assert_allclose(read_feature_shards(out)["features"], data["features"], atol=1e-6)
+    # (atol 1e-6 before: 0.4-0.75 of it measured on each backend)
+    assert_within(read_feature_shards(out)["features"], data["features"],
+                  _batched_bound(vit, data["features"]), "resumed shards")
     # A shard cut short (a copy that stopped) is not taken as complete.
     with open(os.path.join(out, "features-00000.npz"), "r+b") as f:
         f.truncate(100)
@@ -296,8 +307,9 @@ def test_extract_features_tool_writes_the_models_features(fixtures_dir, folder, 
     assert (last["num_images"], last["num_skipped"], last["num_shards"]) == (6, 1, 3)
     assert last["grid_shape"] == [2, 2]
     data = read_feature_shards(out)
-    want = _model_features(_official_vit(fixtures_dir), folder, data["files"])
-    np.testing.assert_allclose(data["features"], want, atol=1e-4)
+    model = _official_vit(fixtures_dir)
+    want = _model_features(model, folder, data["files"])
+    assert_within(data["features"], want, _batched_bound(model, want), "tool's shards")
     tool.run(values)  # a rerun reuses every shard
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (last["shards_written"], last["shards_reused"]) == (0, 3)

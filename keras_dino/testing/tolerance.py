@@ -64,10 +64,12 @@ def network_tolerance(reductions, scale=1.0, programs=2, lam=LAMBDA):
     `reductions` lists the lengths of the reductions (and `LIBRARY_FUNCTION` per library
     function) one output element depends on in sequence; their errors add in quadrature:
     `programs * lam * u * sqrt(sum(reductions)) * scale`. `[widest] * depth` bounds a
-    network of `depth` reductions none longer than `widest`.
+    network of `depth` reductions none longer than `widest`. `scale` may be an array (a
+    bound relative to each value).
     """
     total = float(sum(reductions))
-    return programs * lam * UNIT_ROUNDOFF * math.sqrt(total) * float(scale)
+    relative = programs * lam * UNIT_ROUNDOFF * math.sqrt(total)
+    return relative * np.asarray(scale, np.float64) if np.ndim(scale) else relative * float(scale)
 
 
 def vit_reductions(depth, embed_dim, num_tokens, patch_size, num_heads, mlp_ratio=4.0,

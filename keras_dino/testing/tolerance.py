@@ -103,12 +103,16 @@ def head_reductions(in_dim, hidden_dim, bottleneck_dim, nlayers=3):
     return out + [bottleneck_dim, LIBRARY_FUNCTION, bottleneck_dim, bottleneck_dim]
 
 
-def _resize_tolerance(source_size, taps, slope_sum, weight_sum, coefficient_ops, scale):
-    # one program's float32 coefficients: the source coordinate `(i + 0.5) / s - 0.5` is
-    # rounded 3 times at magnitudes up to `source_size` (|dt| <= 3 u source_size), which
-    # moves an output by at most slope_sum |dt| times the grid's scale, and each of the
-    # `taps` coefficients adds `coefficient_ops` roundings; the other axis multiplies by
-    # weight_sum = sum|W|; 2 axes. Both programs round the taps**2-term weighted sum.
+def resize_tolerance(source_size, taps, slope_sum, weight_sum, coefficient_ops, scale=1.0):
+    """Bound on a separable resize computed by two programs, at least one of which rounds
+    its coefficients in float32, relative to the input's largest magnitude `scale`.
+
+    The source coordinate `(i + 0.5) / s - 0.5` is rounded 3 times at magnitudes up to
+    `source_size` (|dt| <= 3 u source_size), which moves an output by at most
+    `slope_sum` = sum|W'| times |dt| times `scale`; each of the `taps` coefficients adds
+    `coefficient_ops` roundings; the other axis multiplies by `weight_sum` = sum|W|; 2
+    axes. Both programs round the taps**2-term weighted sum (`sum_tolerance`).
+    """
     coefficient = slope_sum * 3 * source_size + taps * coefficient_ops
     official = UNIT_ROUNDOFF * 2 * weight_sum * coefficient
     return (official + float(sum_tolerance(taps * taps, weight_sum**2, 2))) * float(scale)
@@ -121,13 +125,13 @@ def bicubic_tolerance(source_side, scale=1.0):
     Cubic convolution kernel (a = -0.75): sum|W'| <= 4.2, sum|W| <= 1.25, 4 taps whose
     polynomials take 6 roundings each. Worst case for the coefficients, not probabilistic.
     """
-    return _resize_tolerance(source_side, 4, 4.2, 1.25, 6, scale)
+    return resize_tolerance(source_side, 4, 4.2, 1.25, 6, scale)
 
 
 def bilinear_tolerance(source_size, scale=1.0):
     """As `bicubic_tolerance`, for torch's bilinear resize (2 taps, sum|W'| = 2,
     sum|W| = 1, one rounding per coefficient), `source_size` the longer input side."""
-    return _resize_tolerance(source_size, 2, 2.0, 1.0, 1, scale)
+    return resize_tolerance(source_size, 2, 2.0, 1.0, 1, scale)
 
 
 def max_deviation(actual, expected):

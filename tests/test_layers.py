@@ -22,6 +22,7 @@ from keras_dino.layers import (
     interpolate_pos_encoding,
 )
 from keras_dino.layers.activations import gelu_exact
+from keras_dino.testing.tolerance import UNIT_ROUNDOFF, assert_within, matmul_tolerance
 
 RNG = np.random.default_rng(0)
 
@@ -80,6 +81,10 @@ def _round_trip(layer, x, **call_kwargs):
 def test_gelu_is_the_exact_erf_form():
     x = np.linspace(-4.0, 4.0, 81).astype("float32")
     y = _np(gelu_exact(x))
+    # One float32 program against float64: erf within 4 ulps (2u|x| after the 0.5 x
+    # factor), the roundings of x / sqrt(2) moved through erf' (<= 0.6 u x^2) and of the
+    # three products (3u|x|): u (5|x| + 0.6 x^2) = 1.8e-6 at |x| = 4, so 2e-6 (measured
+    # 5.6e-7 on torch, 2.0e-7 on jax and TensorFlow); the tanh form is 4e-4 away.
     np.testing.assert_allclose(y, _erf_gelu(x.astype(np.float64)), atol=2e-6)
     # The tanh approximation (Keras' default) is measurably different on these points.
     assert np.abs(_tanh_gelu(x.astype(np.float64)) - _erf_gelu(x.astype(np.float64))).max() > 4e-4
@@ -257,11 +262,12 @@ def test_patch_embedding_is_a_row_major_patch_projection():
     assert tuple(layer.compute_output_shape((None, 32, 48, 3))) == (None, 6, e)
     patches = x.reshape(2, 2, p, 3, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 6, p * p * 3)
     kernel = _np(layer.proj.kernel).reshape(p * p * 3, e)  # (p, p, C, E)
-    # The reference is summed in float64; the layer sums 768 float32 products of
-    # magnitude ~0.2, so it may differ in the sixth significant digit (BLAS kernels and
-    # summation order differ between CPUs): rtol 1e-5 is float32's accumulation error.
+    # The reference is summed in float64; the layer sums 768 float32 products in any order
+    # (BLAS kernel, CPU): one program's error, matmul_tolerance(programs=1), elementwise
+    # 6 * sqrt(768) * 2**-24 * (|patches| @ |kernel|), plus the bias addition's rounding.
     expected = patches.astype("float64") @ kernel.astype("float64") + _np(layer.proj.bias)
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    bound = matmul_tolerance(patches, kernel, programs=1) + UNIT_ROUNDOFF * np.abs(expected)
+    assert_within(y, expected, bound, "patch embedding")
     _round_trip(layer, x)
 
 
@@ -310,6 +316,7 @@ def test_mlp_uses_exact_gelu():
     layer.fc2.kernel.assign(eye)
     np.testing.assert_array_equal(_np(layer.fc1.bias), 0.0)
     y = _np(layer(x))
+    # identity layers around the GELU: its bound (test_gelu_is_the_exact_erf_form)
     np.testing.assert_allclose(y, _erf_gelu(x.astype(np.float64)), atol=2e-6)
     assert np.abs(y - _tanh_gelu(x.astype(np.float64))).max() > 4e-4
     clone = _round_trip(layer, x)

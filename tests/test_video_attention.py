@@ -40,6 +40,7 @@ from keras_dino.evaluation.video_attention import (  # noqa: E402
     video_fps,
     write_video,
 )
+from keras_dino.testing.tolerance import assert_within, resize_tolerance  # noqa: E402
 
 PHOTOS = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg")
 SIZE = (96, 64)  # width, height of the test video: whole 8- and 16-pixel patches
@@ -152,7 +153,13 @@ def test_resize_is_torchvisions_resize_of_the_float_frame(photos):
     mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
     theirs = ((t - mean) / std)[0, :, :96, :144].permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(ours, theirs, atol=2e-2)
+    # Two float32 programs of the same antialiased kernel: 640 -> 149 columns spreads each
+    # output over 2 x ceil(640 / 149) + 1 = 11 taps, whose weights take a kernel value, a
+    # normalising sum and a division (12 roundings), with sum|W'| at most bilinear's 2:
+    # resize_tolerance(640, 11, 2, 1, 12) = 4.8e-4 of the largest |pixel| (atol 2e-2
+    # before, while the two agree to 1.1e-6; a resize without antialiasing is 1.4 away)
+    bound = resize_tolerance(640, 11, 2.0, 1.0, 12, np.abs(theirs).max())
+    assert_within(ours, theirs, bound, "antialiased resize")
     assert np.abs(ours - theirs).mean() < 2e-3
     # Two values: height and width.
     assert frame_input(image, 16, resize=(64, 100)).shape == (64, 96, 3)

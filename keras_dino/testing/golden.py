@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from keras_dino.checkpoints import official
+from keras_dino.testing.tolerance import LAMBDA, UNIT_ROUNDOFF
 
 # ----------------------------------------------------------------------- tolerances
 # Two float32 programs of the same algorithm (the official torch run, and ours on any
@@ -53,8 +54,6 @@ from keras_dino.checkpoints import official
 #   ignores a shift of every key), so both programs feed AdamW pure rounding noise there
 #   and it moves by up to AdamW's largest steps: it is bounded separately
 #   (`test_key_bias_is_null_space`) and left out here (`KEY_BIAS`).
-UNIT_ROUNDOFF = 2.0**-24
-LAMBDA = 6.0
 GOLDEN_STEPS = 6
 LONGEST_REDUCTION = 1024
 GRADIENT_NOISE = LAMBDA * math.sqrt(LONGEST_REDUCTION) * UNIT_ROUNDOFF

@@ -3,8 +3,11 @@
 Per family, on the official fixtures: the state dict is detected by its keys, its
 configuration read off the tensors, the backbone built and loaded (its outputs are the
 official ones) and written back to the same tensors. A file of one family asked for as
-another names both.
+another names both. The family switch lives in the converters only.
 """
+
+import ast
+import pathlib
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ from keras_dino.checkpoints.weights import resolve_weights
 from keras_dino.errors import ArchitectureMismatchError, UnknownPresetOrFileError
 from keras_dino.models import build_backbone
 from keras_dino.models.official_names import backbone_variable_map
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # file (under shared/fixtures), family, config read off it, hints, official outputs, key.
 CASES = {
@@ -164,3 +169,48 @@ def test_resolve_weights_is_the_one_preset_or_file_resolver(tmp_path, monkeypatc
     with pytest.raises(UnknownPresetOrFileError, match="'dino_vitl16' is neither a preset nor "
                                                        "an existing file; did you mean"):
         resolve_weights("dino_vitl16")
+
+
+# --------------------------------------------------------------- where the switch lives
+
+# What a family switch is made of: the families' detectors, config readers, name tables
+# and classes. Outside `converters/` (and the tensor readers of `official.py`), the
+# checkpoint modules ask the registry instead.
+FAMILY_NAMES = {
+    "is_resnet", "is_xcit", "is_resnet_state", "is_xcit_state", "infer_resnet_config",
+    "infer_xcit_config", "infer_backbone_config", "RESNETS", "XCITS", "ResNet", "XCiT",
+    "resnet_name",
+}
+# (`models.backbones.backbone_config`, which builds a network from its `arch` name, is no
+# switch of a checkpoint module; its `is_resnet`/`is_xcit` are.)
+FAMILY_MODULES = {"keras_dino.models.resnet", "keras_dino.models.xcit"}
+
+
+def _family_references(path):
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in FAMILY_NAMES:
+            found.append(f"{node.id} (line {node.lineno})")
+        elif isinstance(node, ast.Attribute) and node.attr in FAMILY_NAMES:
+            found.append(f".{node.attr} (line {node.lineno})")
+        elif isinstance(node, ast.ImportFrom):
+            if node.module in FAMILY_MODULES:
+                found.append(f"import from {node.module} (line {node.lineno})")
+            found += [f"import {a.name} (line {node.lineno})" for a in node.names
+                      if a.name in FAMILY_NAMES]
+        elif isinstance(node, ast.Import):
+            found += [f"import {a.name} (line {node.lineno})" for a in node.names
+                      if a.name in FAMILY_MODULES]
+    return found
+
+
+def test_the_family_switch_lives_in_the_converters_only():
+    folder = REPO / "keras_dino" / "checkpoints"
+    modules = sorted(p for p in folder.glob("*.py") if p.name != "official.py")
+    assert {"pretrained.py", "warm_start.py"} <= {p.name for p in modules}
+    offenders = {p.name: refs for p in modules if (refs := _family_references(p))}
+    assert offenders == {}, offenders
+    # ... and each converter holds its own family's pieces (the test above is not vacuous).
+    assert _family_references(folder / "converters" / "resnet.py")
+    assert _family_references(folder / "converters" / "xcit.py")

@@ -169,6 +169,8 @@ def test_resolve_weights_is_the_one_preset_or_file_resolver(tmp_path, monkeypatc
     with pytest.raises(UnknownPresetOrFileError, match="'dino_vitl16' is neither a preset nor "
                                                        "an existing file; did you mean"):
         resolve_weights("dino_vitl16")
+    with pytest.raises(UnknownPresetOrFileError, match="neither a preset nor an existing file"):
+        resolve_weights(tmp_path)  # a folder is no checkpoint
 
 
 # --------------------------------------------------------------- where the switch lives

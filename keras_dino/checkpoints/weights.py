@@ -132,8 +132,8 @@ def resolve_weights(name_or_path, file: str = "backbone", download: bool = True)
 
     A preset's `file` (`backbone`, `full_checkpoint` or `linear`) is downloaded once into
     the Keras cache (with `download=False` the path is that of the cached copy, which may
-    not exist yet). Anything else must be an existing file (or folder); a name that is
-    neither raises `UnknownPresetOrFileError` with the closest preset names.
+    not exist yet). Anything else must be an existing file; a name that is neither
+    raises `UnknownPresetOrFileError` with the closest preset names.
 
     Example:
 
@@ -151,7 +151,7 @@ def resolve_weights(name_or_path, file: str = "backbone", download: bool = True)
         else:
             path = str(_cache_dir() / preset_url(name, file=file).rsplit("/", 1)[1])
         return Weights(path, PRESETS[name], file)
-    if not os.path.exists(name):
+    if not os.path.isfile(name):
         raise UnknownPresetOrFileError(
             unknown_preset_message(name, "neither a preset nor an existing file"))
     return Weights(name, None, file)

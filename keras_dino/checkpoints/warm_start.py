@@ -18,10 +18,9 @@ import os
 
 import numpy as np
 
-from keras_dino.checkpoints import official
-from keras_dino.models.backbones import is_resnet, is_xcit
+from keras_dino.checkpoints import converters, official
+from keras_dino.checkpoints.weights import resolve_weights
 from keras_dino.models.official_names import backbone_variable_map, head_variable_map
-from keras_dino.models.vision_transformer import ARCHITECTURES
 
 logger = logging.getLogger("keras_dino")
 
@@ -72,21 +71,13 @@ def read_warm_start(weights, checkpoint_key: str | None = None) -> WarmStart:
     start.has_head                                    # False: the heads start fresh
     ```
     """
-    from keras_dino.checkpoints.pretrained import PRESETS, _fetch, read_state
-    from keras_dino.errors import UnknownPresetOrFileError
-    from keras_dino.models.presets import unknown_preset_message
+    from keras_dino.checkpoints.torch_format import read_checkpoint
 
     source = os.fspath(weights)
-    if source in PRESETS:
-        path = _fetch(source, with_head=False)
-    elif os.path.exists(source):
-        path = source
-    else:
-        raise UnknownPresetOrFileError(
-            unknown_preset_message(source, "neither a preset nor an existing file"))
+    path = resolve_weights(source).path
     if path.endswith(".keras"):
         return _keras_warm_start(path)
-    checkpoint = read_state(path)
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(checkpoint).__name__}).")
     if "student" in checkpoint and "teacher" in checkpoint:
@@ -129,87 +120,6 @@ def _keras_warm_start(path) -> WarmStart:
     return WarmStart(path, official.state_dict_of(backbone_variable_map(model)))
 
 
-def _architecture(start: WarmStart, kwargs: dict) -> dict:
-    """The backbone arguments of the new run: the file's, unless the caller names them."""
-    state = start.student
-    if official.is_resnet_state(state):
-        config = official.infer_resnet_config(state)
-        arch = kwargs.get("arch") or start.args.get("arch") or "resnet"
-        if not is_resnet(arch, kwargs.get("resnet_kwargs")):
-            raise ValueError(
-                f"{start.source} holds a ResNet backbone, but arch='{arch}' is not a ResNet."
-            )
-        out = {"arch": arch, "resnet_kwargs": {**config, **(kwargs.get("resnet_kwargs") or {})}}
-        if "patch_size" in kwargs:
-            out["patch_size"] = kwargs["patch_size"]
-        return out
-    if official.is_xcit_state(state):
-        return _xcit_architecture(start, kwargs)
-    heads = (kwargs.get("vit_kwargs") or {}).get("num_heads")
-    arch = kwargs.get("arch") or start.args.get("arch")
-    if arch and is_resnet(arch, kwargs.get("resnet_kwargs")):
-        raise ValueError(
-            f"{start.source} holds a Vision Transformer backbone, but arch='{arch}' is a ResNet."
-        )
-    if arch and is_xcit(arch):
-        raise ValueError(
-            f"{start.source} holds a Vision Transformer backbone, but arch='{arch}' is an XCiT."
-        )
-    if heads is None and arch in ARCHITECTURES:
-        heads = ARCHITECTURES[arch]["num_heads"]
-    if heads is None:
-        heads = (start.args.get("vit_kwargs") or {}).get("num_heads")
-    config = official.infer_backbone_config(state, num_heads=heads)
-    if arch in ARCHITECTURES:
-        expected = ARCHITECTURES[arch]
-        if (config["embed_dim"], config["depth"]) != (expected["embed_dim"], expected["depth"]):
-            raise ValueError(
-                f"{start.source} holds a Vision Transformer of width {config['embed_dim']} and "
-                f"depth {config['depth']}, not a {arch} (width {expected['embed_dim']}, depth "
-                f"{expected['depth']})."
-            )
-    patch_size = kwargs.get("patch_size", config["patch_size"])
-    if patch_size != config["patch_size"]:
-        raise ValueError(
-            f"patch_size={patch_size} was asked for, but {start.source} has patches of "
-            f"{config['patch_size']} pixels."
-        )
-    if arch is None:
-        arch = next(
-            (name for name, c in ARCHITECTURES.items()
-             if (c["embed_dim"], c["depth"], c["num_heads"])
-             == (config["embed_dim"], config["depth"], config["num_heads"])),
-            "vit_custom",
-        )
-    vit_kwargs = {k: config[k] for k in ("embed_dim", "depth", "num_heads", "img_size",
-                                         "mlp_ratio", "qkv_bias") if k in config}
-    vit_kwargs.update(kwargs.get("vit_kwargs") or {})
-    return {"arch": arch, "patch_size": patch_size, "vit_kwargs": vit_kwargs}
-
-
-def _xcit_architecture(start: WarmStart, kwargs: dict) -> dict:
-    """XCiT: the file's shape as `vit_kwargs` of an `xcit*` arch (checked when official)."""
-    from keras_dino.models.xcit import XCITS
-
-    config = official.infer_xcit_config(start.student)
-    arch = kwargs.get("arch") or start.args.get("arch") or "xcit_custom"
-    if not is_xcit(arch):
-        raise ValueError(f"{start.source} holds an XCiT backbone, but arch='{arch}' is not one.")
-    if arch in XCITS:
-        expected = XCITS[arch]
-        keys = ("patch_size", "embed_dim", "depth", "num_heads")
-        if any(config[k] != expected[k] for k in keys):
-            raise ValueError(f"{start.source} holds an XCiT of patch {config['patch_size']}, "
-                             f"width {config['embed_dim']}, depth {config['depth']}, not a {arch}.")
-    if kwargs.get("patch_size", config["patch_size"]) != config["patch_size"]:
-        raise ValueError(f"patch_size={kwargs['patch_size']} was asked for, but {start.source} "
-                         f"has patches of {config['patch_size']} pixels.")
-    vit_kwargs = {k: config[k] for k in ("embed_dim", "depth", "num_heads", "cls_attn_layers",
-                                         "mlp_ratio", "qkv_bias")}
-    vit_kwargs.update(kwargs.get("vit_kwargs") or {})
-    return {"arch": arch, "patch_size": config["patch_size"], "vit_kwargs": vit_kwargs}
-
-
 def _head_arguments(start: WarmStart, kwargs: dict) -> dict:
     """The file's head shape, for arguments the caller left out."""
     if not start.has_head:
@@ -233,7 +143,9 @@ def dino_from_pretrained(cls, weights, checkpoint_key: str | None = None,
     start = read_warm_start(weights, checkpoint_key)
     if not load_heads:
         start.student_head = start.teacher_head = start.center = None
-    arguments = {**kwargs, **_architecture(start, kwargs)}
+    # The file's architecture, unless the arguments name one (then it must fit).
+    architecture = converters.dino_arguments(start.student, kwargs, start.args, start.source)
+    arguments = {**kwargs, **architecture}
     arguments = {**_head_arguments(start, kwargs), **arguments}
     model = cls(**arguments)
     pairs = (

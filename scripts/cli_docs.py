@@ -1,5 +1,8 @@
 """Writes the flag tables of docs/cli.md from the tools' source in `keras_dino/tools/`.
 
+One section per `keras-dino` command (the `TOOLS` table of keras_dino/cli.py), naming the
+`examples/` script that runs the same tool.
+
 The flags are read from the tools' source (`flags.DEFINE_*` calls, found with `ast`),
 without importing anything, so the reference cannot drift from the code:
 tests/test_docs.py checks that docs/cli.md is what this script writes.
@@ -82,6 +85,16 @@ def _backbone_defaults(common):
     raise LookupError(f"keras_dino/tools/common.py has no {BACKBONE_DEFINER}")
 
 
+def commands():
+    """`{keras-dino command: keras_dino/tools/ module}`, read from keras_dino/cli.py's TOOLS."""
+    tree = ast.parse((REPO / "keras_dino" / "cli.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "TOOLS" for t in node.targets):
+            return {name: module for name, (module, _) in ast.literal_eval(node.value).items()}
+    raise LookupError("keras_dino/cli.py has no TOOLS table")
+
+
 def tool_scripts():
     """`{examples/ script name: keras_dino/tools/ module}`, read from the scripts' imports."""
     scripts = {}
@@ -112,10 +125,13 @@ def generated() -> str:
            "The evaluation, feature and export tools load their backbone with these flags "
            "(`keras_dino/tools/common.py`); each tool's section gives its defaults.", ""]
     out += _table(_flags(_define_calls(definer), constants)) + [""]
-    for script, module in tool_scripts().items():
+    scripts = {module: script for script, module in tool_scripts().items()}
+    for command, module in commands().items():
         tree = ast.parse((TOOLS / f"{module}.py").read_text(encoding="utf-8"))
         summary = (ast.get_docstring(tree) or "").split("\n\n")[0]
-        out += [f"## {script}", "", " ".join(summary.split()), ""]
+        out += [f"## keras-dino {command}", "", " ".join(summary.split()), ""]
+        if module in scripts:
+            out += [f"In a clone of the repository: `python examples/{scripts[module]}`.", ""]
         backbone = _backbone_call(tree)
         if backbone is not None:
             given = {**defaults, **backbone}

@@ -1,92 +1,18 @@
 """Self-attention maps of the CLS token: the official visualize_attention.py, in Keras.
 
-The official flags keep their names and defaults (`--image_size=480,480`, absl style).
-The image is resized to `--image_size` (two values: height and width; one: the shorter
-side), cut to whole patches and normalised; the last block's attention of the CLS token
-to every patch is written per head to `<output_dir>/attn-head<i>.png`, next to the
-image (`img.png`) and an overlay of every head (`attn-overlay.png`). With `--threshold`,
-`mask_th<threshold>_head<i>.png` show, per head, the smallest set of patches that holds
-that fraction of the attention. Without `--image_path`, the first image of the embedded
-CIFAR-10 test split is used (the official tool downloads one; this one works offline).
-
-The official ViT-S/8 at 480x480, with the masks of the paper:
-
-    python examples/visualize_attention.py --pretrained_weights=dino_vits8 \\
-        --image_path=cat.jpg --threshold=0.6 --output_dir=out/attention
+The same as `keras-dino visualize-attention`: the code lives in `keras_dino/tools/visualize_attention.py`, whose
+docstring (`--help`) explains the flags. Run from a clone, this script uses the clone's
+keras_dino.
 """
 
 import os
 import sys
 
-from common import (
-    backbone_load_kwargs,
-    define_backbone_flags,
-    load_backbone,
-    run_tool,
-    say,
-    select_backend,
-)
-
-select_backend(sys.argv)
-
-from absl import app, flags  # noqa: E402
-
-
-def define_flags(flag_values=flags.FLAGS):
-    """Defines the tool's flags in `flag_values` (the official arguments first)."""
-    fv = dict(flag_values=flag_values)
-    define_backbone_flags(flag_values, patch_size=8, presets="dino_vits8")
-    # --- the official visualize_attention.py arguments (names and defaults) ---
-    flags.DEFINE_string("image_path", None, "The image to look at (default: the first image of "
-                        "the embedded CIFAR-10 test split).", **fv)
-    flags.DEFINE_list("image_size", [480, 480], "Resize to height,width (or one value: the "
-                      "shorter side).", **fv)
-    flags.DEFINE_string("output_dir", ".", "Where the images are written.", **fv)
-    flags.DEFINE_float("threshold", None, "Also draw, per head, the patches that hold this "
-                       "fraction of the attention mass (e.g. 0.6).", **fv)
-    # --- additions ---
-
-
-def read_image(path):
-    """uint8 RGB `(H, W, 3)` of an image file (format told by its content)."""
-    import tensorflow as tf
-
-    from keras_dino.data.sources import decode_image, list_image_files
-    from keras_dino.datasets import cifar10_mini
-
-    if path is None:
-        path = list_image_files(cifar10_mini("test")).files[0]
-        say(f"no --image_path: using {path}")
-    elif not os.path.isfile(path):
-        raise app.UsageError(f"--image_path={path} is not a file.")
-    return decode_image(tf.io.read_file(path)).numpy(), path
-
-
-def run(F):
-    """Writes the attention images of the flags; returns the written paths."""
-    from keras_dino.evaluation import (
-        attention_input,
-        cls_attention_maps,
-        save_attention_images,
-        save_threshold_masks,
-    )
-
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
-    image, path = read_image(F.image_path)
-    patch = backbone.patch_size
-    x, shown = attention_input(image, [int(v) for v in F.image_size], patch)
-    maps = cls_attention_maps(backbone, x)
-    paths = save_attention_images(shown, maps, F.output_dir, patch, threshold=F.threshold)
-    if F.threshold is not None:
-        paths += save_threshold_masks(shown, maps, F.output_dir, patch, F.threshold)
-    for written in paths:
-        say(f"{written} saved.")
-    heads, grid_h, grid_w = maps.shape
-    say(f"{heads} heads, CLS attention of the last block over {grid_h}x{grid_w} patches of "
-        f"{path} at {shown.shape[0]}x{shown.shape[1]}: {len(paths)} images in {F.output_dir}")
-    return paths
-
-
 if __name__ == "__main__":
-    run_tool(define_flags, run)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from keras_dino.tools.common import select_backend
+
+    select_backend(sys.argv)  # before anything imports Keras
+    from keras_dino.tools.visualize_attention import main
+
+    main()

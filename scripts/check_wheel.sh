@@ -3,7 +3,8 @@
 # installed into a fresh virtual environment that cannot see this checkout, imports, ships
 # the embedded data set, loads the fixture checkpoint with numbers equal to the official
 # ones, keeps TensorFlow out of `import keras_dino` under JAX and torch, and runs the
-# examples. The sdist carries the tests, examples, Bazel files and the license.
+# examples and the `keras-dino` command. The sdist carries the tests, examples, Bazel files
+# and the license.
 #
 # The venv reuses the heavy dependencies of the current Python (--system-site-packages:
 # tensorflow, keras, jax, torch) and installs the wheel itself with --no-deps, so the check
@@ -222,4 +223,14 @@ if "${VPY}" -c "import matplotlib" 2>/dev/null; then
 else
   echo "train_dino.py run: SKIPPED (matplotlib is not installed: pip install 'keras-dino[examples]')"
 fi
+step "the keras-dino command of the wheel (pyproject's console script)"
+"${TMP}/venv/bin/keras-dino" --help > "${TMP}/cli.txt" 2>&1 \
+  || { cat "${TMP}/cli.txt"; fail "keras-dino --help"; }
+grep -q "^  eval-knn " "${TMP}/cli.txt" || { cat "${TMP}/cli.txt"; fail "keras-dino --help lists no eval-knn"; }
+rc=0
+"${TMP}/venv/bin/keras-dino" eval-knn --help > "${TMP}/cli.txt" 2>&1 || rc=$?
+if [[ "${rc}" -gt 1 ]] || ! grep -q -- "--pretrained_weights:" "${TMP}/cli.txt"; then
+  tail -30 "${TMP}/cli.txt"; fail "keras-dino eval-knn --help (exit ${rc})"
+fi
+echo "keras-dino --help, keras-dino eval-knn --help: ok"
 step "all packaging checks passed"

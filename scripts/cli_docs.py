@@ -1,4 +1,7 @@
-"""Writes the flag tables of docs/cli.md from the `examples/*.py` tools.
+"""Writes the flag tables of docs/cli.md from the tools' source in `keras_dino/tools/`.
+
+One section per `keras-dino` command (the `TOOLS` table of keras_dino/cli.py), naming the
+`examples/` script that runs the same tool.
 
 The flags are read from the tools' source (`flags.DEFINE_*` calls, found with `ast`),
 without importing anything, so the reference cannot drift from the code:
@@ -13,6 +16,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+TOOLS = REPO / "keras_dino" / "tools"
 CLI_MD = REPO / "docs" / "cli.md"
 START, END = "<!-- cli:start -->", "<!-- cli:end -->"
 BACKBONE_DEFINER = "define_backbone_flags"
@@ -78,7 +82,29 @@ def _backbone_defaults(common):
             names = [a.arg for a in node.args.args]
             defaults = [ast.literal_eval(d) for d in node.args.defaults]
             return dict(zip(names[len(names) - len(defaults):], defaults)), node
-    raise LookupError(f"examples/common.py has no {BACKBONE_DEFINER}")
+    raise LookupError(f"keras_dino/tools/common.py has no {BACKBONE_DEFINER}")
+
+
+def commands():
+    """`{keras-dino command: keras_dino/tools/ module}`, read from keras_dino/cli.py's TOOLS."""
+    tree = ast.parse((REPO / "keras_dino" / "cli.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "TOOLS" for t in node.targets):
+            return {name: module for name, (module, _) in ast.literal_eval(node.value).items()}
+    raise LookupError("keras_dino/cli.py has no TOOLS table")
+
+
+def tool_scripts():
+    """`{examples/ script name: keras_dino/tools/ module}`, read from the scripts' imports."""
+    scripts = {}
+    for path in sorted(EXAMPLES.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("keras_dino.tools.")
+                    and node.module != "keras_dino.tools.common"):
+                scripts[path.name] = node.module.rpartition(".")[2]
+    return scripts
 
 
 def _table(rows):
@@ -92,19 +118,20 @@ def _table(rows):
 
 def generated() -> str:
     """The markdown between the markers of docs/cli.md."""
-    common = ast.parse((EXAMPLES / "common.py").read_text(encoding="utf-8"))
+    common = ast.parse((TOOLS / "common.py").read_text(encoding="utf-8"))
     defaults, definer = _backbone_defaults(common)
     constants = dict(defaults)
     out = ["## Backbone flags", "",
            "The evaluation, feature and export tools load their backbone with these flags "
-           "(`examples/common.py`); each tool's section gives its defaults.", ""]
+           "(`keras_dino/tools/common.py`); each tool's section gives its defaults.", ""]
     out += _table(_flags(_define_calls(definer), constants)) + [""]
-    for path in sorted(EXAMPLES.glob("*.py")):
-        if path.name == "common.py":
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+    scripts = {module: script for script, module in tool_scripts().items()}
+    for command, module in commands().items():
+        tree = ast.parse((TOOLS / f"{module}.py").read_text(encoding="utf-8"))
         summary = (ast.get_docstring(tree) or "").split("\n\n")[0]
-        out += [f"## {path.name}", "", " ".join(summary.split()), ""]
+        out += [f"## keras-dino {command}", "", " ".join(summary.split()), ""]
+        if module in scripts:
+            out += [f"In a clone of the repository: `python examples/{scripts[module]}`.", ""]
         backbone = _backbone_call(tree)
         if backbone is not None:
             given = {**defaults, **backbone}

@@ -10,12 +10,11 @@ every head scores 50).
 
 import json
 import os
-import sys
 
 import keras
 import numpy as np
 import pytest
-from conftest import IMAGES, REPO
+from conftest import IMAGES
 
 from keras_dino.evaluation import (
     attention_segmentation_masks,
@@ -276,11 +275,8 @@ def test_bad_datasets_are_named(tmp_path, vit):
 
 
 def _tool():
-    sys.path.insert(0, os.path.join(REPO, "examples"))
-    try:
-        import eval_attention_segmentation
-    finally:
-        sys.path.pop(0)
+    from keras_dino.tools import eval_attention_segmentation
+
     return eval_attention_segmentation
 
 

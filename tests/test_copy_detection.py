@@ -7,7 +7,6 @@ folder built from embedded CIFAR-10 images, whose queries are exact or flipped c
 
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -113,11 +112,8 @@ def copydays(tmp_path_factory):
 
 
 def _tool():
-    sys.path.insert(0, os.path.join(REPO, "examples"))
-    try:
-        import eval_copy_detection
-    finally:
-        sys.path.pop(0)
+    from keras_dino.tools import eval_copy_detection
+
     return eval_copy_detection
 
 

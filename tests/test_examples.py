@@ -26,7 +26,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SHARED = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))
 IMAGES = SHARED / "images"
-sys.path.insert(0, str(EXAMPLES))  # the scripts import their `common` module
 
 # The official argparse defaults (facebookresearch/dino), for the arguments that apply
 # (the torch.distributed ones, --dist_url and --local_rank, do not; nor does --use_cuda).
@@ -98,11 +97,13 @@ def _script_defaults(script):
     result = _run_script(script, "--helpxml")
     assert "<AllFlags>" in result.stdout, result.stderr[-2000:]
     root = ET.fromstring(result.stdout)
+    module = "keras_dino.tools." + TOOL_MODULES.get(script[:-3], script[:-3])
     return {
         flag.findtext("name"): _typed(flag)
         for flag in root.iter("flag")
-        # The tool's own flags and the shared ones it defines through common.py.
-        if flag.findtext("file", "").endswith((script, "common", "common.py"))
+        # The tool's own flags (keras_dino/tools/<module>.py) and the shared ones it
+        # defines through keras_dino/tools/common.py.
+        if flag.findtext("file", "") in (module, "keras_dino.tools.common")
     }
 
 
@@ -164,12 +165,13 @@ def test_stray_positional_argument_is_a_usage_error(script):
 
 def test_no_argparse_in_examples():
     """Every tool parses its command line with absl, as the official-flag tools do."""
-    users = [p.name for p in EXAMPLES.glob("*.py") if "import argparse" in p.read_text()]
+    scripts = [*EXAMPLES.glob("*.py"), *(REPO / "keras_dino" / "tools").glob("*.py")]
+    users = [p.name for p in scripts if "import argparse" in p.read_text()]
     assert not users, f"argparse in {users}"
 
 
 def test_deprecated_hyphenated_flags_are_renamed_with_a_message():
-    from common import translate_deprecated
+    from keras_dino.tools.common import translate_deprecated
 
     export = _load("export_saved_model")
     told = []
@@ -244,15 +246,17 @@ def test_serving_client_flags():
 # --- end to end -------------------------------------------------------------------------
 
 
+# examples/<script>.py runs keras_dino/tools/<module>.py.
+TOOL_MODULES = {"train_dino": "train", "export_saved_model": "export"}
+
+
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The `keras_dino.tools` module of examples/<name>.py."""
+    return importlib.import_module(f"keras_dino.tools.{TOOL_MODULES.get(name, name)}")
 
 
 def run_tool(name, **flag_values):
-    """Runs examples/<name>.py in this process, with its own flags; returns `run`'s result."""
+    """Runs the tool of examples/<name>.py in this process, with its own flags; returns `run`'s result."""
     from absl import flags
 
     module = _load(name)
@@ -268,9 +272,8 @@ def _log(folder):
 
 
 def test_eval_data_paths():
-    from common import eval_split_paths, resolve_data_path
-
     from keras_dino.datasets import cifar10_mini
+    from keras_dino.tools.common import eval_split_paths, resolve_data_path
 
     assert eval_split_paths("embedded") == (str(cifar10_mini("train")), str(cifar10_mini("test")))
     assert eval_split_paths("/data/imagenet") == ("/data/imagenet/train", "/data/imagenet/val")
@@ -640,7 +643,7 @@ def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tm
 
 
 def test_use_fp16_falls_back_to_float32_without_a_gpu():
-    from common import has_gpu, mixed_precision_policy
+    from keras_dino.tools.common import has_gpu, mixed_precision_policy
 
     # The official default stays --use_fp16=true; only a GPU gets float16.
     assert mixed_precision_policy(True, False, gpu=True) == ("mixed_float16", None)
@@ -653,7 +656,7 @@ def test_use_fp16_falls_back_to_float32_without_a_gpu():
 
 @pytest.mark.backends("tensorflow")
 def test_train_dino_on_a_cpu_says_it_trains_in_float32(image_folder, tmp_path):
-    from common import has_gpu
+    from keras_dino.tools.common import has_gpu
 
     if has_gpu():
         pytest.skip("this machine has a GPU: --use_fp16 trains in float16 there")

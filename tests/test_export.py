@@ -10,7 +10,6 @@ JAX export (jax2tf) in the JAX process; the torch process checks the error.
 """
 
 import base64
-import importlib.util
 import json
 import os
 import pathlib
@@ -55,12 +54,9 @@ def _l2(x):
 
 
 def _serving_client():
-    spec = importlib.util.spec_from_file_location(
-        "serving_client", REPO / "examples" / "serving_client.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from keras_dino.tools import serving_client
+
+    return serving_client
 
 
 def _pixels():

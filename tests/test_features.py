@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -282,11 +281,9 @@ def test_list_files_vector_features_and_multiscale_rules(vit, folder, tmp_path):
 
 # --- the tools ---------------------------------------------------------------------------
 def _tool(name):
-    sys.path.insert(0, os.path.join(REPO, "examples"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
+    import importlib
+
+    return importlib.import_module(f"keras_dino.tools.{name}")
 
 
 @pytest.mark.slow

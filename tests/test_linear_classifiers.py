@@ -170,7 +170,6 @@ def test_imagenet_class_names_ship_with_the_package():
 def test_classify_tool_prints_the_top_classes(zoo_dir, capsys):
     import json
     import os
-    import sys
 
     from absl import flags
 
@@ -178,11 +177,8 @@ def test_classify_tool_prints_the_top_classes(zoo_dir, capsys):
     from keras_dino.preprocessing import EvalConfig
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, os.path.join(repo, "examples"))
-    try:
-        import classify
-    finally:
-        sys.path.pop(0)
+    from keras_dino.tools import classify
+
     image = os.path.join(repo, "keras_dino", "datasets", "cifar10_mini", "test")
     image = sorted(os.path.join(d, f) for d, _, fs in os.walk(image) for f in fs)[0]
     values = flags.FlagValues()

@@ -226,10 +226,35 @@ def test_import_does_not_load_tensorflow(backend):
     pytest.importorskip(backend)
     code = (
         "import sys, keras_dino\n"
+        "keras_dino.DINO  # the first public name imports the Keras part of the library\n"
+        "assert 'keras_dino.training.dino' in sys.modules\n"
         "leaked = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')\n"
         "assert not leaked, leaked[:5]\n"
     )
     env = dict(os.environ, KERAS_BACKEND=backend)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_import_leaves_the_backend_to_choose():
+    """`import keras_dino` imports no Keras: `keras-dino --backend=jax` sets KERAS_BACKEND
+    after `keras_dino.cli` is imported, and Keras reads it when it is first imported."""
+    pytest.importorskip("jax")
+    code = (
+        "import os, sys, keras_dino, keras_dino.cli, keras_dino.tools.common\n"
+        "assert 'keras' not in sys.modules, 'keras imported with keras_dino'\n"
+        "os.environ['KERAS_BACKEND'] = 'jax'\n"
+        "model = keras_dino.vit_tiny(patch_size=16)\n"
+        "import keras\n"
+        "assert keras.backend.backend() == 'jax', keras.backend.backend()\n"
+        "assert keras_dino.checkpoints.read_checkpoint  # submodules, as before\n"
+        "from keras_dino import *  # every name of __all__ resolves\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,

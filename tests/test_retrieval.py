@@ -9,7 +9,6 @@ built from embedded CIFAR-10 images, where queries are copies of database images
 import os
 import pickle
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -162,12 +161,9 @@ def revisited(tmp_path_factory):
 @pytest.mark.slow  # one backend suffices: the numerics are tested per backend
 @pytest.mark.parametrize("multiscale", (False, True))
 def test_retrieval_tool_finds_the_copies(revisited, tmp_path, multiscale, capsys):
-    sys.path.insert(0, os.path.join(REPO, "examples"))
-    try:
-        import eval_image_retrieval
-    finally:
-        sys.path.pop(0)
     from absl import flags
+
+    from keras_dino.tools import eval_image_retrieval
 
     values = flags.FlagValues()
     eval_image_retrieval.define_flags(values)

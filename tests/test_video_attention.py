@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import IMAGES, REPO
+from conftest import IMAGES
 from PIL import Image
 
 cv2 = pytest.importorskip("cv2")
@@ -249,11 +249,8 @@ def test_missing_opencv_says_what_to_install(monkeypatch, tmp_path):
 
 
 def _tool():
-    sys.path.insert(0, str(REPO / "examples"))
-    try:
-        import video_generation
-    finally:
-        sys.path.pop(0)
+    from keras_dino.tools import video_generation
+
     return video_generation
 
 

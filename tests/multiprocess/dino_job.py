@@ -1,6 +1,7 @@
 """One process of a small, deterministic DINO run, for tests/test_multiprocess.py.
 
-The distribution comes from `examples/train_dino.py` itself (its flags `--strategy`,
+The distribution comes from `examples/train_dino.py` itself (`keras_dino.tools.train`: its
+flags `--strategy`,
 `--collective_timeout`, `--distribution`, `--jax_multiprocess`, `--coordinator_address`,
 `--num_processes`, `--process_id`, `--output_dir`, `--epochs`, and its chief-only
 checkpoints and logs); only the data differ: fixed crops of a few embedded CIFAR-10
@@ -170,7 +171,8 @@ def main(argv):
     del argv
     import keras
     import numpy as np
-    import train_dino
+
+    from keras_dino.tools import train as train_dino
 
     F = train_dino.F
     keras.config.disable_traceback_filtering()  # full tracebacks in the test's report
@@ -210,9 +212,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.path[:0] = [str(REPO / "examples"), str(REPO)]
-    import train_dino  # noqa: E402, F401  (selects the backend from --backend, defines the flags)
+    sys.path[:0] = [str(REPO)]
+    # Selects the backend from --backend and defines the flags of examples/train_dino.py.
     from absl import app, flags  # noqa: E402
+
+    import keras_dino.tools.train  # noqa: E402, F401
 
     flags.DEFINE_string("results", None, "Where this process writes its final weights (.npz).")
     flags.DEFINE_integer("kill_at_epoch", None, "SIGKILL this process after this epoch.")

@@ -1,4 +1,8 @@
-"""Helpers shared by the example scripts: backend selection, logging, distribution."""
+"""Helpers shared by the command-line tools: backend selection, flags, logging, loading.
+
+Nothing here imports Keras at module level: a tool chooses its backend from `--backend`
+(`select_backend`) before Keras is imported.
+"""
 
 import os
 import sys
@@ -12,7 +16,6 @@ def select_backend(argv):
         elif arg == "--backend" and i + 1 < len(argv):
             os.environ["KERAS_BACKEND"] = argv[i + 1]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # Python loggers of the frameworks: their start-up and export chatter goes to the log file.
@@ -72,11 +75,40 @@ def append_log(output_dir, record):
     write(output_dir, record)
 
 
-def run_tool(define_flags, run):
+def show_as_main(doc):
+    """Makes `--help` describe the running tool, whichever way it was started.
+
+    absl's `--help` prints the docstring of `__main__` and the key flags of the module
+    named by `sys.argv[0]`. A tool's flags are defined in its `keras_dino.tools` module
+    and in this one (`define_backbone_flags`): they become key flags of the command, so
+    `--help` lists all of them, the model flags included, and the docstring is the tool's.
+    """
+    from absl import flags
+
+    main_module = sys.modules.get("__main__")
+    if doc and main_module is not None:
+        main_module.__doc__ = doc
+    flag_values = flags.FLAGS
+    for module, module_flags in flag_values.flags_by_module_dict().items():
+        if module.startswith("keras_dino.tools"):
+            for flag in module_flags:
+                flag_values.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def run_absl(main, doc, argv=None):
+    """`absl.app.run(main, argv)` with the tool's `doc` and flags shown by `--help`."""
+    from absl import app
+
+    show_as_main(doc)
+    app.run(main, argv=argv)
+
+
+def run_tool(define_flags, run, doc=None):
     """The absl entry point of a tool: defines its flags, parses them and calls `run`.
 
     The tools take flags only; a stray positional argument (a typo such as a missing
-    `--`) is a usage error rather than something silently ignored.
+    `--`) is a usage error rather than something silently ignored. `doc` (the tool's
+    docstring) heads `--help`.
     """
     from absl import app, flags
 
@@ -86,7 +118,7 @@ def run_tool(define_flags, run):
         run(flags.FLAGS)
 
     define_flags()
-    app.run(main)
+    run_absl(main, doc)
 
 
 def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arch="vit_small"):

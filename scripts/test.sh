@@ -16,7 +16,7 @@ ruff check keras_dino tests examples bench
 run() {
   local backend="$1"
   shift
-  KERAS_BACKEND="${backend}" python -m pytest -q -p no:cacheprovider "$@"
+  KERAS_BACKEND="${backend}" python -m pytest -q -p no:cacheprovider --durations=15 "$@"
 }
 
 status=0

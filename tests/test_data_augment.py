@@ -16,6 +16,7 @@ from PIL import Image
 
 from keras_dino.data import DataAugmentationDINO, PhotometricConfig, ops
 from keras_dino.data.augment import apply_photometric, sample_photometric_params
+from keras_dino.testing.tolerance import sum_tolerance
 
 pytestmark = pytest.mark.tf_only
 
@@ -250,9 +251,15 @@ def test_host_photometric_per_op_reference():
     x = rng.random((24, 24, 3)).astype(np.float32)
     xt = tf.constant(x)
     gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    # Values in [0, 1] from 1-5 float32 ops (a 3-term luma): a few ulps (1.2e-7 each at 1);
+    # 1e-6 is 8 ulps.
     np.testing.assert_allclose(ops.adjust_brightness(xt, 1.3), np.clip(1.3 * x, 0, 1), atol=1e-6)
+    # Contrast adds 0.3 x the mean of 576 grey values, which numpy and TF sum in different
+    # orders: sum_tolerance(576) of their sum, / 576 (2.6e-6 at mean 0.5), plus the 8 ulps.
+    mean_err = float(sum_tolerance(gray.size, gray.sum())) / gray.size
     np.testing.assert_allclose(
-        ops.adjust_contrast(xt, 0.7), np.clip(0.7 * x + 0.3 * gray.mean(), 0, 1), atol=1e-6
+        ops.adjust_contrast(xt, 0.7), np.clip(0.7 * x + 0.3 * gray.mean(), 0, 1),
+        atol=0.3 * mean_err + 1e-6,
     )
     np.testing.assert_allclose(
         ops.adjust_saturation(xt, 1.2), np.clip(1.2 * x - 0.2 * gray[..., None], 0, 1), atol=1e-6
@@ -268,9 +275,12 @@ def test_host_photometric_per_op_reference():
     pad = np.pad(x, ((6, 6), (6, 6), (0, 0)), mode="edge")
     rows = sum(k[j] * pad[j:j + 24] for j in range(13))
     ref = sum(k[j] * rows[:, j:j + 24] for j in range(13))
+    # Against float64: per pass sum_tolerance(13, programs=1) (1.3e-6 on [0, 1] values) and
+    # the float32 kernel's exp (4 ulps) and normalisation (a 13-term sum): ~6e-6 for 2 passes.
     np.testing.assert_allclose(ops.gaussian_blur(xt, sigma), ref, atol=1e-5)
     # Hue: rotating by 1/3 of the circle permutes pure primaries.
     red = tf.constant([[[1.0, 0.0, 0.0]]])
+    # The hue is computed in sixths, up to 6 + 5: a few ulps of 11 (9.5e-7 each) per channel.
     np.testing.assert_allclose(ops.adjust_hue(red, 1 / 3), [[[0.0, 1.0, 0.0]]], atol=1e-5)
 
 
@@ -295,6 +305,8 @@ def test_jitter_order_is_the_drawn_permutation():
         want = x
         for k in perm:
             want = fns[k](want)
+        # The same TF ops in the same order on the same input (blends with factor 1 and
+        # grey weight 0 are exact): equal but for a fused multiply-add, 1e-6 is 8 ulps at 1.
         np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
         outs[perm] = got
     # The order matters (24 distinct results).
@@ -388,6 +400,9 @@ def test_output_probabilities_on_constant_color(small_aug):
     solar = np.where(color >= 128, 1 - c, c)
     for v, x in enumerate(outs):
         rgb = _unnormalize(x).reshape(n, -1, 3)
+        # 1e-4 separates float32 round-off of the ops (~1e-6 in [0, 1], x std 0.225 and back)
+        # from a real change: a uint8 colour step is 3.9e-3, a jitter factor is 1 with
+        # probability 0.
         assert np.ptp(rgb, axis=1).max() < 1e-4  # still constant
         rgb = rgb[:, 0]
         gray = np.ptp(rgb, axis=1) < 1e-4
@@ -428,6 +443,8 @@ def test_blur_probability_per_view_from_outputs():
         raw = _unnormalize(x)
         c01 = c / 255.0
         solar = np.where(np.round(c01 * 255) >= 128, 1 - c01, c01)
+        # 1e-4: float32 round-off (~1e-6) vs a blur of radius >= 1 on random uint8 pixels,
+        # which moves some pixel by many 1/255 steps.
         same = np.abs(raw - c01).max(axis=(1, 2, 3)) < 1e-4
         same |= np.abs(raw - solar).max(axis=(1, 2, 3)) < 1e-4
         blurred = ~same
@@ -445,6 +462,7 @@ def test_call_shapes_dtypes_ranges_and_seeds(small_aug):
     for c in crops:
         assert c.dtype == tf.float32
         x = c.numpy()
+        # (x - mean) / std of [0, 1] values: 2 roundings at |x| <= 2.7 (2.4e-7 per ulp).
         assert (x >= lo - 1e-5).all() and (x <= hi + 1e-5).all()
         assert x.std() > 0
     again = aug(image, seed=[1, 2])
@@ -463,6 +481,8 @@ def test_call_shapes_dtypes_ranges_and_seeds(small_aug):
     for k in range(8):
         for a, b in zip(small_aug.photometric(small, seed=[5, k]),
                         plain.photometric(small, seed=[5, k])):
+            # XLA fuses and reorders: the <= 256-pixel contrast mean, two 13-tap blur passes
+            # (sum_tolerance(13) each), exp and hue's ulps of 6: ~1e-5 in [0, 1], / std 0.225.
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
     # Unseeded calls draw fresh randomness.
     x1 = aug.crop_and_flip(image)[2].numpy()

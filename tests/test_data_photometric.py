@@ -138,6 +138,8 @@ def test_apply_matches_reference_semantics():
         diff = np.abs(got[i] - want)
         if p["solarize"][i]:
             diff = np.minimum(diff, np.abs(1 - got[i] - want))
+        # The chain below (2e-5) plus a 400-pixel contrast mean (sum_tolerance(400): 7e-6
+        # of it) and two 13-tap blur passes against float64 (~6e-6): ~4e-5; 2e-4 is 5x that.
         assert diff.max() < 2e-4, (i, diff.max(), {k: p[k][i] for k in p})
 
 
@@ -153,6 +155,8 @@ def test_every_jitter_order_is_applied_in_order():
     }
     got = np_(apply(np.repeat(x[:1], 24, 0), p))
     for i in range(24):
+        # 4 chained ops, two hue algorithms (ours in sixths, the reference's HSV round trip):
+        # ulps of values up to 6 (4.8e-7) times the chroma, x factors <= 1.35: a few 1e-6.
         np.testing.assert_allclose(got[i], ref_photometric(x[0], p, i), atol=2e-5)
     assert len({np.round(g, 4).tobytes() for g in got}) == 24
 
@@ -209,6 +213,8 @@ def test_output_probabilities_per_view():
     for v, x in enumerate(outs):
         assert x.dtype == np.float32
         rgb = (x * STD + MEAN).reshape(n, -1, 3)
+        # 1e-4 separates float32 round-off of the ops (~1e-6 in [0, 1]) from a real change:
+        # a uint8 colour step is 3.9e-3, a jitter factor is 1 with probability 0.
         assert np.ptp(rgb, axis=1).max() < 1e-4
         rgb = rgb[:, 0]
         gray = np.ptp(rgb, axis=1) < 1e-4
@@ -235,6 +241,7 @@ def test_blur_probability_per_view():
     plain = [np_(o) * STD + MEAN for o in run(layer, crops, training=False)]
     for v, (x, x0) in enumerate(zip(outs, plain)):
         solar = np.where(x0 * 255 >= 127.5, 1 - x0, x0)
+        # 1e-4: float32 round-off (~1e-6) vs a blur of radius >= 1 on random uint8 pixels.
         same = (np.abs(x - x0).max(axis=(1, 2, 3)) < 1e-4) | (
             np.abs(x - solar).max(axis=(1, 2, 3)) < 1e-4
         )
@@ -252,13 +259,17 @@ def test_shapes_ranges_inference_and_seeds():
     for o, c in zip(out, crops):
         o = np_(o)
         assert o.shape == c.shape and o.dtype == np.float32
+        # (x - mean) / std of [0, 1] values: 2 roundings at |x| <= 2.7 (2.4e-7 per ulp).
         assert (o >= lo - 1e-5).all() and (o <= hi + 1e-5).all()
     # Inference: normalisation only.
     for o, c in zip(run(layer, crops, training=False), crops):
+        # 3 float32 roundings at |x| <= 2.7 against float64: 1e-5 is 40 ulps (2.4e-7).
         np.testing.assert_allclose(np_(o), (c / 255.0 - MEAN) / STD, atol=1e-5)
     # Same seed, same draws; the generator advances between calls.
     again = run(MultiCropPhotometric(seed=7), crops)
     for a, b in zip(out, again):
+        # The same program with the same draws, same machine: the backends' CPU reductions
+        # are deterministic, so identical bits; 1e-6 is 4 ulps at |x| <= 2.7.
         np.testing.assert_allclose(np_(a), np_(b), atol=1e-6)
     later = run(layer, crops)
     assert any(np.abs(np_(a) - np_(b)).max() > 1e-3 for a, b in zip(out, later))

@@ -21,9 +21,13 @@ def test_teacher_entropy_of_uniform_and_of_a_peaked_teacher():
     k = 16
     uniform = np.zeros((4, k), "float32")
     center = np.zeros((1, k), "float32")
+    # q = 1/16 exactly; 16 float32 logs (4 ulps each) summed and averaged: a few ulps of
+    # log(16) = 2.77 (2.4e-7 each); 1e-5 is 40 ulps.
     assert float(teacher_entropy(uniform, center, 0.04)) == pytest.approx(math.log(k), abs=1e-5)
     peaked = np.zeros((4, k), "float32")
     peaked[:, 3] = 1.0  # a margin of 1 / 0.04 = 25 nats: one prototype takes everything
+    # Analytically 15 * e^-25 * 26 = 5.4e-9 (float32 rounds the top q to 1, log 1 = 0);
+    # 1e-5 is far above that and any round-off, far below log(16).
     assert float(teacher_entropy(peaked, center, 0.04)) < 1e-8 * 1e3
 
 
@@ -40,9 +44,15 @@ def test_loss_is_exactly_teacher_entropy_plus_kl():
     pairs = [(i, v) for i in range(2) for v in range(ncrops) if i != v]
     h = np.mean([-(q[i] * np.log(q[i])).sum(-1).mean() for i, _ in pairs])
     kl_np = np.mean([(q[i] * (np.log(q[i]) - np.log(p[v]))).sum(-1).mean() for i, v in pairs])
+    # Two float32 programs: logits (t - c) / 0.07 reach 34, a few of whose ulps (3.8e-6
+    # each) move q and H by a few 1e-6 relative (5e-7 measured); 1e-5 relative.
     assert entropy == pytest.approx(h, rel=1e-5)
+    # kl = loss - entropy: both errors above; rel 1e-4 leaves room for cancellation when
+    # the KL is much smaller than the loss (here it is not), abs 1e-6 for a KL near 0.
     assert kl == pytest.approx(kl_np, rel=1e-4, abs=1e-6)
+    # The loss *is* dino_loss on the same inputs (identical bits); rel 1e-6 is 8 ulps.
     assert loss == pytest.approx(float(dino_loss(student, teacher, center, 0.07, 0.1)), rel=1e-6)
+    # kl = float32(loss - entropy): one rounding, u relative (6e-8).
     assert loss == pytest.approx(entropy + kl, rel=1e-6)
 
 
@@ -51,7 +61,10 @@ def test_fit_logs_teacher_entropy_and_kl_that_add_up_to_the_loss():
     history = model.fit(tiny_crops(), batch_size=4, epochs=2, verbose=0).history
     for epoch in range(2):
         entropy, kl, loss = (history[key][epoch] for key in ("teacher_entropy", "kl", "loss"))
+        # A float32 entropy <= log(32) = 3.47, a few ulps (2.4e-7) over at most: 1e-5.
         assert 0.0 <= entropy <= math.log(32) + 1e-5
+        # Epoch means of the three per-batch values, each kept in float32 by Keras'
+        # metrics: a few roundings at magnitude ~ log(32) per batch, ~1e-6; 1e-5.
         assert loss == pytest.approx(entropy + kl, rel=1e-5, abs=1e-5)
 
 
@@ -73,6 +86,8 @@ def test_knn_evaluation_logs_the_accuracy_of_the_teacher_backbone():
     test_f, test_y = extract_features(model.backbone, test, verbose=0)
     top1, top5 = knn_classifier(train_f, train_y, test_f, test_y, k=5)
     assert monitor.history[-1][1:] == (top1, top5)
+    # The same accuracy from counts over 8 images, only passed through float32 in the
+    # logs: approx's rel 1e-6 is 16 times float32's rounding.
     assert history.history["knn_top1"][-1] == pytest.approx(top1)
     with pytest.raises(ValueError, match="every_n_epochs"):
         dino_callbacks.KNNEvaluation(train, test, every_n_epochs=0)

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from test_dino_training import tiny_crops
+from test_dino_training import tiny_dino as shared_tiny_dino
 
 from keras_dino.checkpoints import official, read_checkpoint
 from keras_dino.testing import golden
@@ -199,29 +201,11 @@ def test_resume_from_an_accumulating_checkpoint(golden_dir, tmp_path):
 
 # ---------------------------------------------------------------- small, every backend
 def tiny_dino(**overrides):
-    config = dict(
-        arch="tiny_test",
-        vit_kwargs=dict(embed_dim=16, depth=1, num_heads=2),
-        head_kwargs=dict(hidden_dim=16, bottleneck_dim=8),
-        patch_size=8,
-        out_dim=32,
-        epochs=2,
-        warmup_epochs=1,
-        lr=0.05,
-        drop_path_rate=0.0,
-        momentum_teacher=0.9,
-        local_crops_number=2,
-        freeze_last_layer=0,
-    )
-    config.update(overrides)
-    return DINO(**config)
-
-
-def tiny_crops(n=8, seed=0):
-    rng = np.random.default_rng(seed)
-    crops = [rng.normal(size=(n, 16, 16, 3)).astype("float32") for _ in range(2)]
-    crops += [rng.normal(size=(n, 8, 8, 3)).astype("float32") for _ in range(2)]
-    return tuple(crops)
+    """The shared tiny DINO on this file's schedule: 2 epochs, no frozen last layer, a
+    constant teacher temperature."""
+    schedule = dict(epochs=2, freeze_last_layer=0, warmup_teacher_temp_epochs=0,
+                    teacher_temp=0.04)
+    return shared_tiny_dino(**{**schedule, **overrides})
 
 
 def test_one_step_accumulation_is_the_plain_model():

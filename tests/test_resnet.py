@@ -168,7 +168,11 @@ def test_batch_norm_across_tf_replicas_uses_the_global_batch(synchronized):
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(8, 3, 2)) * [1.0, 3.0] + [0.0, 5.0]).astype("float32")
     x[4:] += 2.0  # the halves differ, so per-replica statistics would not match
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # The all-reduce through one device, not collective ops: collective instance keys of
+    # the strategies that earlier tests of this process made can collide with this
+    # strategy's ("Shape mismatch in the collective instance"); the sum is the same.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         bn = BatchNorm(momentum=0.5, synchronized=synchronized)
         bn.build(x.shape)

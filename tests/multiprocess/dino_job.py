@@ -172,6 +172,7 @@ def main(argv):
     import keras
     import numpy as np
 
+    from keras_dino import callbacks as keras_dino_callbacks
     from keras_dino.tools import train as train_dino
 
     F = train_dino.F
@@ -191,7 +192,7 @@ def main(argv):
     backup = os.path.join(F.output_dir, "backup")
     callbacks = [
         launch.backup_callback(backup),
-        train_dino.OfficialLog(model, F.output_dir, 0, launch.chief).callback,
+        keras_dino_callbacks.OfficialLog(F.output_dir, 0, chief=launch.chief),
     ]
     if F.kill_at_epoch is not None:
         callbacks.append(_kill_callback(F.kill_at_epoch, backup))

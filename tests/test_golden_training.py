@@ -74,20 +74,10 @@ def test_center_every_step(golden_run, trace):
         assert dev.excess < 1, (t, dev)
 
 
-def _initial(golden_dir):
-    init = np.load(golden_dir / "init_checkpoint.npz")
-    return {
-        ("student", key.split("/module.", 1)[1]) if key.startswith("student/")
-        else ("teacher", key.split("/", 1)[1]): init[key]
-        for key in init.files
-        if key.startswith(("student/", "teacher/"))
-    }
-
-
 def test_parameters_every_step(golden_run, trace, golden_dir):
     _, steps = golden_run
     names = json.loads(str(trace["param_names"]))
-    initial = _initial(golden_dir)
+    initial = golden.initial_parameters(golden_dir)
     for t, step in enumerate(steps):
         for who in ("student", "teacher"):
             params = step[who]

@@ -66,16 +66,6 @@ def _check_final(model, golden_dir):
     return worst, deviations[worst].excess
 
 
-def _initial(golden_dir):
-    init = np.load(golden_dir / "init_checkpoint.npz")
-    return {
-        ("student", key.split("/module.", 1)[1]) if key.startswith("student/")
-        else ("teacher", key.split("/", 1)[1]): init[key]
-        for key in init.files
-        if key.startswith(("student/", "teacher/"))
-    }
-
-
 @pytest.mark.backends("tensorflow", "jax", "torch")
 def test_accumulated_golden_run_ends_at_the_official_checkpoint(accumulated_run, golden_dir):
     model, _ = accumulated_run
@@ -90,7 +80,7 @@ def test_accumulated_golden_run_follows_the_trace(accumulated_run, trace, golden
     assert len(steps) == 6 * K  # fit counts micro-batches
     init = read_checkpoint(golden_dir / "init_checkpoint.pth")
     names = [k.split("/", 1)[1] for k in trace.files if k.startswith("teacher_param/")]
-    initial = _initial(golden_dir)
+    initial = golden.initial_parameters(golden_dir)
     previous_center = np.asarray(init["dino_loss"]["center"])
     previous_teacher = {n: np.asarray(init["teacher"][n]) for n in names}
     for i, step in enumerate(steps):

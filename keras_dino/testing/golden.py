@@ -197,6 +197,18 @@ def run_golden(
     return model, recorder.steps
 
 
+def initial_parameters(golden_dir) -> dict:
+    """`{("student" | "teacher", trace name): array}` of the run's initial checkpoint, keyed
+    as `trace.npz` names its parameters (no `module.` prefix)."""
+    init = np.load(pathlib.Path(golden_dir) / "init_checkpoint.npz")
+    return {
+        ("student", key.split("/module.", 1)[1]) if key.startswith("student/")
+        else ("teacher", key.split("/", 1)[1]): init[key]
+        for key in init.files
+        if key.startswith(("student/", "teacher/"))
+    }
+
+
 def flat_checkpoint(model) -> dict:
     """The model's official `checkpoint.pth` content as `{npz key: array}`."""
     from keras_dino.checkpoints.dino_checkpoint import official_checkpoint_dict

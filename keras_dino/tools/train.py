@@ -457,6 +457,8 @@ def run():
     summary = {"epochs": F.epochs}
     if knn_data:
         summary.update(knn_report(reported.backbone, knn_data))
+    if knn is not None and knn.history and knn.history[0][0] < 0:
+        summary["knn_top1_start"] = round(knn.history[0][1], 2)  # the weights it started from
     if knn is not None and knn.best is not None:
         epoch, top1 = knn.best
         when = f"epoch {epoch + 1}" if epoch >= 0 else "epoch 0, the starting weights"

@@ -134,6 +134,8 @@ class DINOOptimizer(keras.optimizers.Optimizer):
         for v, fixed, scale in zip(variables, frozen, lr_scale, strict=True):
             if fixed or float(scale) != 1.0:
                 self._guards[self._var_key(v)] = (bool(fixed), float(scale))
+            else:  # configured again: the defaults, nothing stored
+                self._guards.pop(self._var_key(v), None)
 
     def lr_scale_of(self, variable) -> float:
         """The learning-rate multiplier of `variable` (1.0 unless `configure` set one)."""

@@ -212,3 +212,25 @@ def test_knn_evaluation_keeps_the_starting_weights_when_training_only_loses(tmp_
         np.testing.assert_array_equal(np.asarray(best["teacher"][name]), value, err_msg=name)
     assert not np.array_equal(all_weights(model)["teacher"]["backbone.pos_embed"],
                               start["backbone.pos_embed"])
+
+
+def test_xcit_layers_run_through_its_blocks_then_its_class_attention_blocks():
+    from keras_dino.models import DINOHead, MultiCropWrapper
+    from keras_dino.models.official_names import parameter_groups
+    from keras_dino.models.xcit import XCiT
+
+    net = MultiCropWrapper(XCiT(patch_size=8, embed_dim=32, depth=1, num_heads=4),
+                           DINOHead(out_dim=64, in_dim=32))
+    groups = parameter_groups(net, freeze_blocks=2, layer_decay=0.5)
+    assert groups.depth == 3  # 1 block + 2 class-attention blocks
+    layers = groups.layers
+    assert layers["backbone.cls_token"] == layers["backbone.pos_embeder.token_projection.weight"] == 0
+    assert layers["backbone.blocks.0.attn.temperature"] == 1
+    assert layers["backbone.cls_attn_blocks.0.norm1.weight"] == 2
+    assert layers["backbone.cls_attn_blocks.1.norm1.weight"] == 3
+    assert groups.lr_scales["backbone.patch_embed.proj.0.0.weight"] == 0.125
+    assert groups.lr_scales["backbone.norm.weight"] == groups.lr_scales["head.mlp.0.weight"] == 1.0
+    frozen = set(groups.frozen)
+    assert "backbone.cls_attn_blocks.0.attn.qkv.weight" in frozen
+    assert not any(n.startswith(("backbone.cls_attn_blocks.1.", "backbone.norm", "head."))
+                   for n in frozen)

@@ -234,3 +234,26 @@ def test_xcit_layers_run_through_its_blocks_then_its_class_attention_blocks():
     assert "backbone.cls_attn_blocks.0.attn.qkv.weight" in frozen
     assert not any(n.startswith(("backbone.cls_attn_blocks.1.", "backbone.norm", "head."))
                    for n in frozen)
+
+
+def test_a_resumed_train_run_knows_the_best_it_kept(tmp_path):
+    import json
+
+    from keras_dino.tools.train import best_of_interrupted_run
+
+    lines = [
+        {"train_knn_top1": 55.0, "epoch": 0},  # an earlier, finished run in the same folder
+        {"summary": {"epochs": 1}},
+        {"knn_start": {"epoch": -1, "knn_top1": 40.7, "knn_top5": 85.0}},
+        {"train_loss": 5.0, "train_knn_top1": 37.4, "epoch": 0},
+        {"train_loss": 4.9, "train_knn_top1": 38.2, "epoch": 1},
+    ]
+    (tmp_path / "log.txt").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert best_of_interrupted_run(tmp_path) is None  # no checkpoint_best.pth: a new run
+    (tmp_path / "checkpoint_best.pth").write_bytes(b"")
+    assert best_of_interrupted_run(tmp_path) is None  # no backup/: a new run
+    (tmp_path / "backup").mkdir()
+    assert best_of_interrupted_run(tmp_path) == (-1, 40.7)
+    with open(tmp_path / "log.txt", "a") as log:
+        log.write(json.dumps({"train_knn_top1": 41.5, "epoch": 2}) + "\n")
+    assert best_of_interrupted_run(tmp_path) == (2, 41.5)

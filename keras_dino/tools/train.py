@@ -430,8 +430,10 @@ def run():
         best_path = os.path.join(F.output_dir, BEST_CHECKPOINT)
         knn = KNNEvaluation(*knn_data, every_n_epochs=F.knn_every, k=F.knn_k,
                             save_best=best_path,
-                            initial_best=_best_of_interrupted_run(backup_dir, best_path))
+                            initial_best=best_of_interrupted_run(F.output_dir))
         callbacks.append(knn)
+        if chief:
+            callbacks.append(_start_log_callback()(knn, F.output_dir))
     callbacks.append(OfficialLog(F.output_dir, F.saveckp_freq, chief=chief))
     with launch.fail_fast():
         history = model.fit(
@@ -473,19 +475,50 @@ def run():
 BEST_CHECKPOINT = "checkpoint_best.pth"
 
 
-def _best_of_interrupted_run(backup_dir, best_path):
-    """`(epoch, knn_top1)` that `best_path` holds when this run resumes an interrupted one
-    (its backup is there): the best k-NN line of log.txt since its last summary."""
-    if not (os.path.isdir(backup_dir) and os.path.exists(best_path)):
+def _start_log_callback():
+    import keras
+
+    class StartLog(keras.callbacks.Callback):
+        """Appends the k-NN of the starting weights to log.txt (`{"knn_start": ...}`, no
+        top-level `epoch`: not an epoch record) once `KNNEvaluation` has measured it."""
+
+        def __init__(self, knn, output_dir):
+            super().__init__()
+            self.knn, self.output_dir, self.done = knn, output_dir, False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            # The first epoch only: KNNEvaluation (before this callback) has just
+            # evaluated the start, unless it resumes a run that had.
+            if self.done:
+                return
+            self.done = True
+            if self.knn.history and self.knn.history[0][0] == epoch - 1:
+                start, top1, top5 = self.knn.history[0]
+                append_log(self.output_dir, {"knn_start": {"epoch": start, "knn_top1": top1,
+                                                           "knn_top5": top5}})
+
+    return StartLog
+
+
+def best_of_interrupted_run(output_dir):
+    """`(epoch, knn_top1)` that `<output_dir>/checkpoint_best.pth` holds when this run
+    resumes an interrupted one (its `backup/` is there): the best k-NN line of log.txt
+    since its last summary; None for a new run."""
+    if not (os.path.isdir(os.path.join(output_dir, "backup"))
+            and os.path.exists(os.path.join(output_dir, BEST_CHECKPOINT))):
         return None
     best = None
     try:
-        with open(os.path.join(F.output_dir, "log.txt")) as log:
+        with open(os.path.join(output_dir, "log.txt")) as log:
             for line in log:
                 record = json.loads(line)
                 if "summary" in record:
                     best = None
-                elif "train_knn_top1" in record and (
+                    continue
+                if "knn_start" in record:  # the weights the run started from
+                    record = {"epoch": record["knn_start"]["epoch"],
+                              "train_knn_top1": record["knn_start"]["knn_top1"]}
+                if "train_knn_top1" in record and (
                         best is None or record["train_knn_top1"] > best[1]):
                     best = (int(record["epoch"]), float(record["train_knn_top1"]))
     except (OSError, ValueError):

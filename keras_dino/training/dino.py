@@ -12,6 +12,7 @@ from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
 from keras_dino.models.official_names import (
     ParameterGroups,
+    check_guards,
     multicrop_variable_map,
     parameter_groups,
 )
@@ -108,6 +109,20 @@ class DINO(keras.Model):
             that holds 128: `batch_size_per_gpu=128, gradient_accumulation_steps=8`
             (`examples/train_dino.py --batch_size_per_gpu=128
             --gradient_accumulation_steps=8`).
+        freeze_blocks: `N` (0: off). Continuing from trained weights, the embedding (a
+            transformer's patch embedding, class token, position embedding and register
+            tokens; a ResNet's stem) and the first `N` blocks (a ResNet's first `N`
+            stages) of the student stay fixed: not updated, not weight-decayed; the
+            teacher does not average them either, so its copies keep their starting
+            values bit for bit. BatchNorm running statistics (ResNets) are buffers, not
+            parameters: they keep following the batches in training mode, as with
+            `requires_grad=False` in PyTorch. At most the backbone's number of blocks
+            (stages); the last norm and the head always train.
+        layer_decay: `r` (1.0: off). Layer-wise learning-rate decay, as in BEiT and
+            DINOv2 fine-tuning: of a backbone of `L` blocks (stages), block `i`
+            (1-based) learns at `r ** (L - i)` of the learning rate, the embedding at
+            `r ** L`, the last block, the last norm and the head at the full rate;
+            AdamW's decoupled weight decay scales with it. See `parameter_groups()`.
 
     Example:
 
@@ -165,6 +180,8 @@ class DINO(keras.Model):
         steps_per_epoch: int | None = None,
         photometric=None,
         gradient_accumulation_steps: int = 1,
+        freeze_blocks: int = 0,
+        layer_decay: float = 1.0,
         **kwargs,
     ):
         refuse_data_arguments(kwargs)
@@ -178,6 +195,7 @@ class DINO(keras.Model):
         if warmup_teacher_temp_epochs > epochs:
             raise ValueError("warmup_teacher_temp_epochs cannot exceed epochs.")
         accumulation = check_accumulation_steps(gradient_accumulation_steps)
+        freeze_blocks, layer_decay = check_guards(freeze_blocks, layer_decay)
         if steps_per_epoch:
             check_epoch_of_whole_steps(steps_per_epoch, accumulation)
         self.hparams = dict(
@@ -194,7 +212,8 @@ class DINO(keras.Model):
             student_temp=student_temp, center_momentum=center_momentum,
             vit_kwargs=dict(vit_kwargs or {}), resnet_kwargs=dict(resnet_kwargs or {}),
             head_kwargs=dict(head_kwargs or {}), steps_per_epoch=steps_per_epoch,
-            gradient_accumulation_steps=accumulation,
+            gradient_accumulation_steps=accumulation, freeze_blocks=freeze_blocks,
+            layer_decay=layer_decay,
         )
         if isinstance(photometric, dict):
             photometric = keras.saving.deserialize_keras_object(photometric)
@@ -265,10 +284,14 @@ class DINO(keras.Model):
         for name, (variable, _) in self.teacher_map.items():
             variable.assign(ops.copy(ops.convert_to_tensor(self.student_map[name][0])))
         # The EMA follows the parameters only; the teacher's BatchNorm statistics come
-        # from its own forward passes in training mode, as in the official code.
+        # from its own forward passes in training mode, as in the official code. The
+        # teacher's copies of frozen parameters (`freeze_blocks`) keep their values.
+        groups = self.parameter_groups()
+        frozen = set(groups.frozen)
         self._ema_pairs = [
             (self.student_map[name][0], self.teacher_map[name][0])
-            for name in self.parameter_groups().averaged
+            for name in groups.averaged
+            if name not in frozen
         ]
         # Epoch means of the two parts of the loss (`dino_loss_terms`), to watch collapse.
         self._entropy_tracker = keras.metrics.Mean(name="teacher_entropy")
@@ -327,10 +350,14 @@ class DINO(keras.Model):
         """The student's parameters as the official optimizer groups them.
 
         Which variables are weight-decayed, which form the last layer that
-        `freeze_last_layer` freezes, and which the teacher averages: the optimizer set-up,
-        the teacher EMA and the checkpoint's optimizer indices all read it.
+        `freeze_last_layer` freezes, which the teacher averages, which `freeze_blocks`
+        fixes and the learning-rate multiplier of each (`layer_decay`): the optimizer
+        set-up, the teacher EMA and the checkpoint's optimizer indices all read it.
         """
-        return parameter_groups(self.student, self.trainable_variables)
+        return parameter_groups(
+            self.student, self.trainable_variables,
+            freeze_blocks=self.hparams["freeze_blocks"], layer_decay=self.hparams["layer_decay"],
+        )
     def _check_accumulating_optimizer(self, optimizer):
         k = self.gradient_accumulation_steps
         inner = getattr(optimizer, "inner_optimizer", optimizer)
@@ -352,18 +379,24 @@ class DINO(keras.Model):
         groups = self.parameter_groups()
         regularized, last_layer = set(groups.regularized), set(groups.last_layer)
         variables = self.trainable_variables
-        decay, ndim, freezable = [], [], []
+        frozen_names = set(groups.frozen)
+        decay, ndim, freezable, frozen, lr_scale = [], [], [], [], []
         for v in variables:
             name = groups.name_of(v)
             if name is None:  # not a student parameter: the official rule on its path
                 decay.append(not (v.path.endswith(".bias") or len(v.shape) == 1))
                 ndim.append(len(v.shape))
                 freezable.append(False)
+                frozen.append(False)
+                lr_scale.append(1.0)
                 continue
             decay.append(name in regularized)
             ndim.append(groups.ranks[name])
             freezable.append(name in last_layer)
-        optimizer.configure(variables, decay=decay, official_ndim=ndim, freezable=freezable)
+            frozen.append(name in frozen_names)
+            lr_scale.append(groups.lr_scales[name])
+        optimizer.configure(variables, decay=decay, official_ndim=ndim, freezable=freezable,
+                            frozen=frozen, lr_scale=lr_scale)
 
     # ------------------------------------------------------------------ settings
     def set_teacher_momentum(self, momentum_teacher=None, final_momentum_teacher=None):

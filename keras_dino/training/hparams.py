@@ -49,12 +49,15 @@ RUN_DEFAULTS = dict(
 )
 # keras_dino's hyper-parameters beyond the official ones, recorded in the checkpoints'
 # `args` too (the official code hard-codes the center's and the student's; it has no
-# gradient accumulation: its `batch_size_per_gpu` is recorded as the effective batch).
+# gradient accumulation: its `batch_size_per_gpu` is recorded as the effective batch; nor
+# the guards for continuing from trained weights, `freeze_blocks` and `layer_decay`).
 EXTRA_RECORDED = (
     "final_momentum_teacher",
     "center_momentum",
     "student_temp",
     "gradient_accumulation_steps",
+    "freeze_blocks",
+    "layer_decay",
 )
 
 

@@ -23,9 +23,8 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
     run_tool,
     say,
     select_backend,
@@ -70,8 +69,7 @@ def run(F):
         say("no --pretrained_weights: the official DINO ViT-S/16 trained on Google "
             "Landmarks v2.")
         weights = GOOGLE_LANDMARKS_PRESET
-    backbone = load_backbone(weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    backbone = backbone_from_flags(F, weights)
     stats = evaluate_retrieval(backbone, F.data_path, F.dataset, imsize=F.imsize,
                                multiscale=F.multiscale, crop_queries=F.crop_queries,
                                verbose=F.verbose)

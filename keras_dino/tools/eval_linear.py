@@ -36,10 +36,10 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
+    define_eval_view_flags,
     eval_split_paths,
-    load_backbone,
     run_tool,
     say,
     select_backend,
@@ -66,7 +66,8 @@ def define_flags(flag_values=flags.FLAGS):
                        "the batch size), cosine-annealed to 0.", **fv)
     flags.DEFINE_integer("batch_size_per_gpu", 128, "Batch size.", **fv)
     flags.DEFINE_string("data_path", "/path/to/imagenet/", "ImageFolder root with train/ and "
-                        "val/ subfolders, or `embedded` (the embedded CIFAR-10 subset).", **fv)
+                        "val/ subfolders, or `embedded` (the embedded CIFAR-10 subset's train and test "
+                        "splits; embedded:train evaluates on its train split).", **fv)
     flags.DEFINE_integer("num_workers", 10, "Parallel image decodes (0: AUTOTUNE).", **fv)
     flags.DEFINE_integer("val_freq", 1, "Validate every this many epochs.", **fv)
     flags.DEFINE_string("output_dir", ".", "Where log.txt and checkpoint.pth.tar go.", **fv)
@@ -77,10 +78,8 @@ def define_flags(flag_values=flags.FLAGS):
     # --- additions ---
     flags.DEFINE_string("pretrained_linear", None, "--evaluate: a linear classifier file "
                         "(*_linearweights.pth or an eval_linear.py checkpoint.pth.tar).", **fv)
-    flags.DEFINE_integer("eval_size", 224, "Side of the training crops and of the validation "
-                         "center crops.", **fv)
-    flags.DEFINE_integer("eval_resize", None, "Shorter side before the validation center crop "
-                         "(default eval_size * 256 / 224: 256 for 224).", **fv)
+    define_eval_view_flags(flag_values, "Side of the training crops and of the validation "
+                           "center crops.")
     flags.DEFINE_integer("seed", 0, "Random seed (classifier init, data order and crops).", **fv)
     flags.DEFINE_integer("verbose", 1, "Progress bars (0: none).", **fv)
 
@@ -102,8 +101,7 @@ def build_probe(F):
     """The frozen backbone of the flags with a fresh linear classifier, compiled."""
     from keras_dino.evaluation import LinearProbe
 
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    backbone = backbone_from_flags(F)
     probe = LinearProbe(backbone, F.num_labels, n_last_blocks=F.n_last_blocks,
                         avgpool_patchtokens=F.avgpool_patchtokens)
     probe.compile_official(lr=F.lr, batch_size=F.batch_size_per_gpu, epochs=F.epochs)

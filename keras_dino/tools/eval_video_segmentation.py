@@ -21,9 +21,8 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
     run_tool,
     say,
     select_backend,
@@ -63,8 +62,7 @@ def run(F):
     """Segments the sequences of the flags; returns `evaluate_video_segmentation`'s dict."""
     from keras_dino.evaluation.video_segmentation import evaluate_video_segmentation
 
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    backbone = backbone_from_flags(F)
     result = evaluate_video_segmentation(
         backbone, F.data_path, F.output_dir, subset=F.subset, sequences=F.sequences,
         n_last_frames=F.n_last_frames, size_mask_neighborhood=F.size_mask_neighborhood,

@@ -240,7 +240,8 @@ def test_serving_client_flags():
     client.define_flags(values)
     values(["serving_client.py", "--rest_port=9001", "--signature=attention", "--random=2"])
     assert (values.rest_port, values.signature, values.random) == (9001, "attention", 2)
-    assert values.image_size == 224 and values.protocol == "rest"
+    assert values.eval_size == 224 and values.protocol == "rest"
+    assert values.model_name == "dino"
 
 
 # --- end to end -------------------------------------------------------------------------
@@ -272,13 +273,22 @@ def _log(folder):
 
 
 def test_eval_data_paths():
+    from absl import app
+
     from keras_dino.datasets import cifar10_mini
     from keras_dino.tools.common import eval_split_paths, resolve_data_path
 
-    assert eval_split_paths("embedded") == (str(cifar10_mini("train")), str(cifar10_mini("test")))
+    train, test = str(cifar10_mini("train")), str(cifar10_mini("test"))
+    assert eval_split_paths("embedded") == (train, test)
+    assert eval_split_paths("embedded:test") == (train, test)
+    assert eval_split_paths("embedded:train") == (train, train)
     assert eval_split_paths("/data/imagenet") == ("/data/imagenet/train", "/data/imagenet/val")
-    assert resolve_data_path("embedded:test") == str(cifar10_mini("test"))
+    assert resolve_data_path("embedded:test") == test
+    assert resolve_data_path("embedded:train") == resolve_data_path("embedded") == train
+    assert resolve_data_path("embedded", natural="test") == test
     assert resolve_data_path("/data/x") == "/data/x"
+    with pytest.raises(app.UsageError, match="embedded:train, embedded:test"):
+        resolve_data_path("embedded:val")
 
 
 @pytest.fixture(scope="module")

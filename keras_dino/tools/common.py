@@ -143,7 +143,7 @@ def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arc
     The official evaluation tools' `--pretrained_weights`, `--arch`, `--patch_size`
     (16 by default; 8 in `visualize_attention.py`), `--arch` (vit_small; vit_base in
     `eval_copy_detection.py`) and `--checkpoint_key`, and
-    keras_dino's `--num_heads` and `--backend`. `load_backbone(F)` reads them.
+    keras_dino's `--num_heads` and `--backend`. `backbone_from_flags(F)` reads them.
     """
     from absl import flags
 

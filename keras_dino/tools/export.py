@@ -133,10 +133,26 @@ def run(F, positional=()):
     )
     named = {key: load_kwargs[key] for key in ("arch", "patch_size") if key in load_kwargs}
     with short_load_errors(weights, named):
-        return _export(F, weights, common)
+        return _export(F, weights, common, tell_architecture=len(named) < 2)
 
 
-def _export(F, weights, common):
+def _say_architecture(weights, path):
+    """The line of the architecture read from the weights, as the export recorded it."""
+    from keras_dino import export
+
+    model = export.load_metadata(path)["model"]
+    arch = model["arch"]
+    if arch == "custom":
+        family = {"VisionTransformer": "vit", "XCiT": "xcit"}.get(model["class"], model["class"])
+        arch = (f"{family} (width {model['embed_dim']}, depth {model['depth']}, "
+                f"{model['num_heads']} heads)")
+    patch = f"/{model['patch_size']}" if model.get("patch_size") and "xcit" not in arch else ""
+    registers = model.get("num_register_tokens")
+    say(f"architecture from {os.path.basename(str(weights))}: {arch}{patch}"
+        + (f" +{registers} registers" if registers else ""))
+
+
+def _export(F, weights, common, tell_architecture):
     from keras_dino import export
 
     if F.format == "saved_model":
@@ -152,11 +168,15 @@ def _export(F, weights, common):
             common["image_size"] = None  # any height and width
         path = export.export(weights, F.output_dir, include_attention=F.attention,
                              float16=F.float16, **common)
+        if tell_architecture:
+            _say_architecture(weights, path)
         export.describe(path)
         say(f"\nRun it with {'onnxruntime' if F.format == 'onnx' else 'the LiteRT interpreter'}:"
             "\n  from keras_dino.export import load_feature_extractor\n"
             f"  load_feature_extractor({path!r})(uint8_images)")
         return path
+    if tell_architecture:
+        _say_architecture(weights, path)
     export.describe(path)
     base = pathlib.Path(F.output_dir).resolve()
     say("\nServe it with TF Serving (REST on 8501, gRPC on 8500):\n"

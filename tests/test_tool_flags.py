@@ -229,8 +229,35 @@ def test_eval_knn_on_a_width_48_file_without_num_heads_is_one_line(mini16, tmp_p
                       "--data_path=/no/such/folder", f"--output_dir={tmp_path}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "keras-dino eval-knn: error: image folder '/no/such/folder/train' does not exist or "
-        "is not a directory")
+        "keras-dino eval-knn: error: --data_path: /no/such/folder/train is not a folder (the "
+        "official layout: <data_path>/train and <data_path>/val, or embedded).")
+
+
+@pytest.mark.parametrize("tool, flag, layout", [
+    ("eval_copy_detection", "--data_path", "Copydays root"),
+    ("eval_image_retrieval", "--data_path", "roxford5k/gnd_roxford5k.pkl"),
+    ("eval_video_segmentation", "--data_path", "DAVIS-2017 root"),
+    ("eval_linear", "--data_path", "<data_path>/train and <data_path>/val"),
+])
+def test_a_missing_data_folder_is_named_before_the_model_loads(tool, flag, layout, tmp_path,
+                                                               capsys):
+    from absl import app
+
+    missing = tmp_path / "missing"
+    values = _flags(tool, f"{flag}={missing}", "--pretrained_weights=/no/such/weights.pth")
+    with pytest.raises(app.UsageError) as error:
+        _tool(tool).run(values)
+    assert str(error.value).startswith(f"{flag}: {missing}") and layout in str(error.value)
+
+
+@pytest.mark.tf_only
+@pytest.mark.slow
+def test_export_says_the_architecture_it_read(mini16, tmp_path, capsys):
+    values = _flags("export", f"--pretrained_weights={mini16}", "--num_heads=3",
+                    f"--output_dir={tmp_path}", "--eval_size=32")
+    _tool("export").run(values)
+    assert "architecture from backbone_vit_mini16.pth: vit (width 48, depth 5, 3 heads)/16" in (
+        capsys.readouterr().out)
 
 
 @pytest.mark.slow

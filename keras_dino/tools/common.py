@@ -111,7 +111,8 @@ def run_absl(main, doc, argv=None):
         try:
             return main(argv)
         except (app.UsageError, KerasDinoError, FileNotFoundError, NotADirectoryError) as error:
-            message = str(error.args[0]) if error.args else str(error)
+            # KeyError's str() quotes its message; an OSError's str() adds errno and path.
+            message = str(error.args[0]) if isinstance(error, KeyError) else str(error)
             print(f"{sys.argv[0]}: error: {message}", file=sys.stderr, flush=True)
             sys.exit(getattr(error, "exitcode", 1))
 
@@ -334,6 +335,16 @@ def eval_split_paths(data_path):
     if split is not None:
         return resolve_data_path("embedded:train"), resolve_data_path(f"embedded:{split}")
     return os.path.join(data_path, "train"), os.path.join(data_path, "val")
+
+
+def require_folder(path, flag="--data_path", layout=""):
+    """`path` if it is a folder, else a one-line usage error naming `flag` (and what the
+    folder should hold, `layout`)."""
+    if not os.path.isdir(path):
+        from absl import app
+
+        raise app.UsageError(f"{flag}: {path} is not a folder{' ' if layout else ''}{layout}.")
+    return path
 
 
 def official_preset(arch, patch_size):

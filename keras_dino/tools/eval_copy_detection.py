@@ -21,6 +21,7 @@ from keras_dino.tools.common import (
     append_log,
     backbone_from_flags,
     define_backbone_flags,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -57,6 +58,7 @@ def run(F):
     """Evaluates the backbone of the flags; returns `evaluate_copy_detection`'s result."""
     from keras_dino.evaluation.copy_detection import evaluate_copy_detection
 
+    require_folder(F.data_path, layout="(the Copydays root: original/, strong/, ...)")
     backbone = backbone_from_flags(F)
     for name, path in (("whitening", F.whitening_path), ("distractors", F.distractors_path)):
         if not os.path.isdir(path):

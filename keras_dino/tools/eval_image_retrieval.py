@@ -25,6 +25,7 @@ from keras_dino.tools.common import (
     append_log,
     backbone_from_flags,
     define_backbone_flags,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -64,6 +65,8 @@ def run(F):
     """Evaluates the backbone of the flags; returns `evaluate_retrieval`'s statistics."""
     from keras_dino.evaluation.retrieval import evaluate_retrieval
 
+    require_folder(F.data_path, layout=f"(holding {F.dataset}/gnd_{F.dataset}.pkl and "
+                   f"{F.dataset}/jpg/)")
     weights = F.pretrained_weights
     if not weights and (F.arch, F.patch_size) == ("vit_small", 16):
         say("no --pretrained_weights: the official DINO ViT-S/16 trained on Google "

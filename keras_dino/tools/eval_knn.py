@@ -29,6 +29,7 @@ from keras_dino.tools.common import (
     define_backbone_flags,
     define_eval_view_flags,
     eval_split_paths,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -71,9 +72,12 @@ def extract(F):
 
     from keras_dino.evaluation import extract_features, image_folder_dataset, l2_normalize
 
+    paths = [require_folder(path, layout="(the official layout: <data_path>/train and "
+                            "<data_path>/val, or embedded)")
+             for path in eval_split_paths(F.data_path)]
     backbone = backbone_from_flags(F)
     arrays = []
-    for split, path in zip(("train", "val"), eval_split_paths(F.data_path)):
+    for split, path in zip(("train", "val"), paths):
         dataset, classes, count = image_folder_dataset(
             path, F.batch_size_per_gpu, F.eval_size, F.eval_resize,
             num_parallel_calls=F.num_workers or None,

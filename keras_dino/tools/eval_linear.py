@@ -40,6 +40,7 @@ from keras_dino.tools.common import (
     define_backbone_flags,
     define_eval_view_flags,
     eval_split_paths,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -152,7 +153,9 @@ def run(F):
 
     keras.utils.set_random_seed(F.seed)
     say(f"keras_dino {__version__} on {keras.backend.backend()}")
-    train_path, val_path = eval_split_paths(F.data_path)
+    train_path, val_path = (
+        require_folder(path, layout="(the official layout: <data_path>/train and "
+                       "<data_path>/val, or embedded)") for path in eval_split_paths(F.data_path))
     probe = build_probe(F)
     val_data, num_val = _dataset(F, val_path, training=False)
     if F.evaluate:

@@ -23,6 +23,7 @@ from keras_dino.tools.common import (
     append_log,
     backbone_from_flags,
     define_backbone_flags,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -62,6 +63,8 @@ def run(F):
     """Segments the sequences of the flags; returns `evaluate_video_segmentation`'s dict."""
     from keras_dino.evaluation.video_segmentation import evaluate_video_segmentation
 
+    require_folder(F.data_path, layout="(a DAVIS-2017 root: JPEGImages/480p, Annotations/480p, "
+                   "ImageSets/2017)")
     backbone = backbone_from_flags(F)
     result = evaluate_video_segmentation(
         backbone, F.data_path, F.output_dir, subset=F.subset, sequences=F.sequences,

@@ -33,6 +33,7 @@ ALIASES = [
     ("classify", "linear_weights", "pretrained_linear", "a.pth", "a.pth"),
     ("classify", "topk", "top_classes", "3", 3),
     ("visualize_features", "threshold", "foreground_threshold", "0.25", 0.25),
+    ("eval_video_segmentation", "scale_size", "image_size", "64", ["64"]),
 ]
 
 
@@ -93,7 +94,8 @@ def test_one_meaning_one_name_across_the_tools():
     assert not mixed, f"one name, several types: {mixed}"
     # --image_size: the official visualize_attention.py resize wherever it exists.
     assert {tool for _, tool in kinds["image_size"]} == {
-        "visualize_attention", "visualize_features", "eval_attention_segmentation"}
+        "visualize_attention", "visualize_features", "eval_attention_segmentation",
+        "eval_video_segmentation"}
     assert {tool for _, tool in kinds["eval_size"]} >= {
         "eval_knn", "eval_linear", "classify", "extract_features", "export", "serving_client"}
     assert "resize_size" not in kinds and "linear_weights" not in kinds

@@ -153,8 +153,10 @@ def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arc
                         "...); empty: the official weights of --arch/--patch_size.", **fv)
     flags.DEFINE_string("arch", arch, "Architecture (vit_tiny, vit_small, vit_base, a "
                         "torchvision ResNet name, an XCiT name, or a custom name whose shape "
-                        "the checkpoint gives).", **fv)
-    flags.DEFINE_integer("patch_size", patch_size, "Patch size of the model.", **fv)
+                        "the checkpoint gives). With --pretrained_weights, the file's unless "
+                        "given (then checked against it).", **fv)
+    flags.DEFINE_integer("patch_size", patch_size, "Patch size of the model. With "
+                         "--pretrained_weights, the file's unless given (then checked).", **fv)
     flags.DEFINE_string("checkpoint_key", "teacher", "Model of a full training checkpoint "
                         "(teacher or student).", **fv)
     flags.DEFINE_integer("num_heads", None, "Attention heads, for checkpoints of custom "

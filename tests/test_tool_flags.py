@@ -282,3 +282,37 @@ def test_eval_knn_reads_the_heads_it_is_given_for_a_width_48_file(mini16, tmp_pa
     assert 0.0 <= top1 <= 100.0 and top5 == 100.0  # 2 classes: both in the top 5
     assert "architecture from backbone_vit_mini16.pth: vit (width 48, depth 5, 3 heads)/16" in (
         capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_train_starts_from_the_architecture_of_the_file(tmp_path):
+    """train --pretrained_weights without --arch/--patch_size builds the file's network and
+    says so; a contradicting --patch_size is one line."""
+    import shutil
+
+    from keras_dino.checkpoints import official, write_torch_checkpoint
+    from keras_dino.datasets import cifar10_mini
+    from keras_dino.models import VisionTransformer
+
+    backbone = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    backbone.build((None, 32, 32, 3))
+    weights = tmp_path / "backbone.pth"
+    write_torch_checkpoint(official.state_dict_of(official.backbone_variable_map(backbone)),
+                           weights)
+    images = tmp_path / "images" / "cat"
+    images.mkdir(parents=True)
+    for image in sorted((cifar10_mini("train") / "cat").iterdir())[:16]:
+        shutil.copy(image, images / image.name)
+    run = ["train", f"--pretrained_weights={weights}", "--num_heads=2",
+           f"--data_path={images.parent}",
+           f"--output_dir={tmp_path / 'out'}", "--out_dim=64", "--head_hidden_dim=32",
+           "--head_bottleneck_dim=16", "--global_size=32", "--local_size=16",
+           "--local_crops_number=2", "--batch_size_per_gpu=8", "--epochs=1",
+           "--warmup_epochs=0", "--use_fp16=false", "--saveckp_freq=0", "--num_workers=1",
+           "--export=false", "--verbose=0", "--backend=tensorflow"]
+    result = _command(*run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "architecture from backbone.pth: vit (width 32, depth 1, 2 heads)/8" in result.stdout
+    result = _command(*run, "--patch_size=16")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "patch_size=16" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]

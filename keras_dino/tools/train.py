@@ -23,6 +23,7 @@ import tempfile
 
 from keras_dino.tools.common import (
     append_log,
+    architecture_name,
     framework_noise_to,
     has_gpu,
     mixed_precision_policy,
@@ -30,6 +31,7 @@ from keras_dino.tools.common import (
     run_absl,
     say,
     select_backend,
+    short_load_errors,
 )
 
 select_backend(sys.argv)
@@ -398,10 +400,15 @@ def run():
         tell("split mode: the input pipeline sends uint8 crops; the photometric half runs "
              "inside the compiled training step")
 
+    named = {key: F[key].value for key in ("arch", "patch_size") if F[key].present}
     with launch.scope():
-        model = build_model()
+        with short_load_errors(F.pretrained_weights, named):
+            model = build_model()
         model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile
                       if F.jit_compile is not None else "auto")
+    if F.pretrained_weights and len(named) < 2:
+        tell(f"architecture from {os.path.basename(F.pretrained_weights)}: "
+             f"{architecture_name(model.backbone)}")
     # What ran, for the checkpoints' args (float16 only where it was really used).
     model.set_run_settings(
         use_fp16=policy == "mixed_float16", data_path=F.data_path, output_dir=F.output_dir,

@@ -182,12 +182,11 @@ def test_deprecated_hyphenated_flags_are_renamed_with_a_message():
     )
     assert argv == ["export_saved_model.py", "ckpt.pth", "--output_dir", "exports",
                     "--model_name=mini", "--l2_normalize", "--num_heads=3", "--version=2"]
-    assert told == [
-        "--out is deprecated and will be removed in the next release; use --output_dir.",
-        "--model-name is deprecated and will be removed in the next release; use --model_name.",
-        "--l2-normalize is deprecated and will be removed in the next release; use "
-        "--l2_normalize.",
-        "--num-heads is deprecated and will be removed in the next release; use --num_heads.",
+    assert told == [  # the line of every deprecated name (tools/common.py)
+        "--out is deprecated, use --output_dir",
+        "--model-name is deprecated, use --model_name",
+        "--l2-normalize is deprecated, use --l2_normalize",
+        "--num-heads is deprecated, use --num_heads",
     ]
 
 

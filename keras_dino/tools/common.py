@@ -251,8 +251,7 @@ def translate_deprecated(argv, renamed, warn=None):
     for arg in argv:
         name, sep, value = arg.partition("=")
         if name in renamed:
-            warn(f"{name} is deprecated and will be removed in the next release; "
-                 f"use {renamed[name]}.")
+            warn(f"{name} is deprecated, use {renamed[name]}")
             arg = renamed[name] + sep + value
         out.append(arg)
     return out

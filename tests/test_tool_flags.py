@@ -130,6 +130,11 @@ def test_a_full_checkpoint_gives_its_heads_and_a_preset_name_its_architecture(tm
         assert (backbone.embed_dim, backbone.num_heads, backbone.patch_size) == (32, 2, 8)
     assert capsys.readouterr().out.count(
         "architecture from checkpoint.pth: vit (width 32, depth 2, 2 heads)/8") == 2
+    # A name that is no official architecture names the model; the file gives its shape.
+    backbone_from_flags(_flags("eval_knn", f"--pretrained_weights={path}", "--arch=vit_test",
+                               "--patch_size=8"))
+    assert "architecture from checkpoint.pth: vit (width 32, depth 2, 2 heads)/8" in (
+        capsys.readouterr().out)
     assert architecture_name(keras_dino.models.vit_small(patch_size=16)) == "vit_small/16"
 
 

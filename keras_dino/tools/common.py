@@ -439,7 +439,10 @@ def backbone_from_flags(F, weights=None):
     with short_load_errors(weights, named):
         backbone = load_backbone(weights, named.get("arch"), named.get("patch_size"),
                                  F.checkpoint_key, **kwargs)
-    if weights and len(named) < 2:
+    from keras_dino.checkpoints import converters
+
+    # Said when the file chose: a flag left out, or an --arch that is no official name.
+    if weights and (len(named) < 2 or not converters.for_arch(named["arch"], official_only=True)):
         say(f"architecture from {os.path.basename(str(weights))}: "
             f"{architecture_name(backbone)}")
     return backbone

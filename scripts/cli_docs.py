@@ -20,6 +20,9 @@ TOOLS = REPO / "keras_dino" / "tools"
 CLI_MD = REPO / "docs" / "cli.md"
 START, END = "<!-- cli:start -->", "<!-- cli:end -->"
 BACKBONE_DEFINER = "define_backbone_flags"
+# Helpers of common.py that define a group of flags in the tool that calls them.
+SHARED_DEFINERS = ("define_image_flags", "define_eval_view_flags")
+ALIAS_DEFINER = "define_deprecated_alias"
 
 
 def _text(node, constants):
@@ -63,9 +66,43 @@ def _flags(calls, constants):
 
 
 def _define_calls(tree):
-    return [node for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr.startswith("DEFINE_")]
+    calls = [node for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr.startswith("DEFINE_")]
+    return sorted(calls, key=lambda node: (node.lineno, node.col_offset))
+
+
+def _common_definers(common):
+    """`{helper name: FunctionDef}` of the flag-group helpers of common.py."""
+    return {node.name: node for node in ast.walk(common)
+            if isinstance(node, ast.FunctionDef) and node.name in SHARED_DEFINERS}
+
+
+def _tool_rows(tree, definers):
+    """The tool's flag rows in source order, the groups of common.py's helpers included."""
+    rows = []
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    for call in sorted(calls, key=lambda node: (node.lineno, node.col_offset)):
+        func = call.func
+        if isinstance(func, ast.Attribute) and func.attr.startswith("DEFINE_"):
+            rows += _flags([call], {})
+        elif isinstance(func, ast.Name) and func.id in definers:
+            definer = definers[func.id]
+            names = [a.arg for a in definer.args.args]
+            constants = dict(zip(names[len(names) - len(definer.args.defaults):],
+                                 (ast.literal_eval(d) for d in definer.args.defaults)))
+            constants.update(zip(names[1:], (ast.literal_eval(a) for a in call.args[1:])))
+            constants.update({k.arg: ast.literal_eval(k.value) for k in call.keywords})
+            rows += _flags(_define_calls(definer), constants)
+    return rows
+
+
+def _aliases(tree):
+    """`[(old, new)]`: the deprecated names the tool accepts."""
+    return [(ast.literal_eval(node.args[1]), ast.literal_eval(node.args[2]))
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == ALIAS_DEFINER]
 
 
 def _backbone_call(tree):
@@ -120,6 +157,7 @@ def generated() -> str:
     """The markdown between the markers of docs/cli.md."""
     common = ast.parse((TOOLS / "common.py").read_text(encoding="utf-8"))
     defaults, definer = _backbone_defaults(common)
+    definers = _common_definers(common)
     constants = dict(defaults)
     out = ["## Backbone flags", "",
            "The evaluation, feature and export tools load their backbone with these flags "
@@ -137,7 +175,11 @@ def generated() -> str:
             given = {**defaults, **backbone}
             out += [f"The [backbone flags](#backbone-flags), with `--arch={given['arch']}` "
                     f"and `--patch_size={given['patch_size']}` by default, and:", ""]
-        out += _table(_flags(_define_calls(tree), {})) + [""]
+        out += _table(_tool_rows(tree, definers)) + [""]
+        aliases = _aliases(tree)
+        if aliases:
+            names = ", ".join(f"`--{old}` (use `--{new}`)" for old, new in aliases)
+            out += [f"Deprecated names, accepted for this release: {names}.", ""]
     return "\n".join(out)
 
 

@@ -23,6 +23,7 @@ import tempfile
 
 from keras_dino.tools.common import (
     append_log,
+    architecture_name,
     framework_noise_to,
     has_gpu,
     mixed_precision_policy,
@@ -30,6 +31,7 @@ from keras_dino.tools.common import (
     run_absl,
     say,
     select_backend,
+    short_load_errors,
 )
 
 select_backend(sys.argv)
@@ -67,7 +69,8 @@ flags.DEFINE_list("global_crops_scale", ["0.4", "1.0"], "Area range of the globa
 flags.DEFINE_integer("local_crops_number", 8, "Number of small local views.")
 flags.DEFINE_list("local_crops_scale", ["0.05", "0.4"], "Area range of the local crops.")
 flags.DEFINE_string("data_path", "/path/to/imagenet/train/", "Training images: an "
-                    "ImageFolder directory, a TFRecord glob (tfrecord:...), or tfds:<name>.")
+                    "ImageFolder directory, a TFRecord glob (tfrecord:...), tfds:<name>, or "
+                    "embedded (the embedded CIFAR-10 subset's train split; embedded:test).")
 flags.DEFINE_string("output_dir", ".", "Where checkpoints and logs are written.")
 flags.DEFINE_integer("saveckp_freq", 20, "Write an official checkpointXXXX.pth every N epochs.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -156,8 +159,10 @@ flags.DEFINE_integer("collective_timeout", 0, "--strategy=multi_worker: seconds 
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch, the same on every worker "
                      "(default for multi-replica runs: images // global batch; needed for "
                      "sources whose size is unknown).")
-flags.DEFINE_string("knn_train_path", None, "Labelled ImageFolder for the k-NN reference set.")
-flags.DEFINE_string("knn_test_path", None, "Labelled ImageFolder to classify with k-NN.")
+flags.DEFINE_string("knn_train_path", None, "Labelled ImageFolder for the k-NN reference set "
+                    "(embedded: the embedded subset's train split).")
+flags.DEFINE_string("knn_test_path", None, "Labelled ImageFolder to classify with k-NN "
+                    "(embedded: the embedded subset's test split).")
 flags.DEFINE_integer("knn_k", 20, "Neighbours of the k-NN evaluation.")
 flags.DEFINE_integer("knn_every", 0, "k-NN accuracy of the teacher on --knn_train_path / "
                      "--knn_test_path every N epochs during training (0: only at the end), "
@@ -180,8 +185,8 @@ def _num_source_images(path):
     return None
 
 
-def _data_path(path):
-    return resolve_data_path(path)
+def _data_path(path, natural="train"):
+    return resolve_data_path(path, natural)
 
 
 def _is_chief_task(cluster, task_type, task_id):
@@ -406,15 +411,20 @@ def run():
         tell("split mode: the input pipeline sends uint8 crops; the photometric half runs "
              "inside the compiled training step")
 
+    named = {key: F[key].value for key in ("arch", "patch_size") if F[key].present}
     with launch.scope():
-        try:
-            model = build_model()
-        except ValueError as error:
-            if "freeze_blocks" not in str(error) and "layer_decay" not in str(error):
-                raise
-            raise app.UsageError(str(error)) from None
+        with short_load_errors(F.pretrained_weights, named):
+            try:
+                model = build_model()
+            except ValueError as error:
+                if "freeze_blocks" not in str(error) and "layer_decay" not in str(error):
+                    raise
+                raise app.UsageError(str(error)) from None
         model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile
                       if F.jit_compile is not None else "auto")
+    if F.pretrained_weights and len(named) < 2:
+        tell(f"architecture from {os.path.basename(F.pretrained_weights)}: "
+             f"{architecture_name(model.backbone)}")
     # What ran, for the checkpoints' args (float16 only where it was really used).
     model.set_run_settings(
         use_fp16=policy == "mixed_float16", data_path=F.data_path, output_dir=F.output_dir,
@@ -530,8 +540,8 @@ def knn_splits():
     """The labelled k-NN reference and test images, decoded once: `(train, test)` arrays."""
     from keras_dino.evaluation import image_folder_arrays
 
-    return tuple(image_folder_arrays(_data_path(path), F.eval_size, F.eval_resize)
-                 for path in (F.knn_train_path, F.knn_test_path))
+    return tuple(image_folder_arrays(_data_path(path, natural), F.eval_size, F.eval_resize)
+                 for path, natural in ((F.knn_train_path, "train"), (F.knn_test_path, "test")))
 
 
 def knn_report(trained, splits):
@@ -564,7 +574,7 @@ def attention_report(backbone):
     if not hasattr(backbone, "get_last_selfattention"):
         say(f"attention maps: none for a {type(backbone).__name__} (no self-attention).")
         return
-    files = list_image_files(_data_path(F.knn_test_path)).files
+    files = list_image_files(_data_path(F.knn_test_path, "test")).files
     output_dir = os.path.join(F.output_dir, "attention")
     save_attention_examples(backbone, files[:: max(1, len(files) // 4)][:4], output_dir,
                             EvalConfig(F.eval_size, F.eval_resize))

@@ -98,6 +98,25 @@ class DINOSchedules:
     freeze_last_layer: int = 1
     steps_per_epoch: int | None = None
 
+    @classmethod
+    def from_config(cls, config, steps_per_epoch: int | None = None) -> "DINOSchedules":
+        """The schedules of a `keras_dino.training.hparams.DINOConfig`.
+
+        Every schedule setting is the config's field of the same name; `base_lr` starts
+        as the config's `lr`, scaled by the global batch when training starts.
+        `steps_per_epoch` counts optimizer steps.
+
+        Example:
+
+        >>> from keras_dino.training.hparams import DINOConfig
+        >>> config = DINOConfig(lr=1e-3, epochs=2, warmup_epochs=1)
+        >>> round(float(DINOSchedules.from_config(config, steps_per_epoch=3).lr(4)), 6)
+        0.00075
+        """
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
+                  if f.name not in ("base_lr", "steps_per_epoch") and hasattr(config, f.name)}
+        return cls(**values, base_lr=config.lr, steps_per_epoch=steps_per_epoch)
+
     def _check(self):
         if not self.steps_per_epoch:
             raise ValueError(
@@ -176,13 +195,13 @@ class ScheduleSetup(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        steps = model.steps_per_epoch or self.params.get("steps")
+        steps = model.config.steps_per_epoch or self.params.get("steps")
         if not steps:
             raise ValueError(
                 "DINO needs the number of steps per epoch for its schedules, and fit could "
                 "not tell it (an infinite or unsized dataset): pass steps_per_epoch= to fit."
             )
-        iterations = check_epoch_of_whole_steps(steps, model.gradient_accumulation_steps)
+        iterations = check_epoch_of_whole_steps(steps, model.config.gradient_accumulation_steps)
         model.schedules.steps_per_epoch = iterations
         if model._resume_epoch and int(ops.convert_to_numpy(model.optimizer.iterations)) == 0:
             model.optimizer.iterations.assign(model._resume_epoch * iterations)

@@ -111,9 +111,9 @@ class DINOConfig:
                                        official=True)
     clip_grad: float = _setting(3.0, "Per-parameter gradient norm clipping (0 disables).",
                                 official=True)
-    batch_size_per_gpu: int | None = _setting(None, """Batch size per replica (the official
-        default, 64, is the command's; the model's None: the batch its training step
-        sees, recorded in the checkpoints).""", official=True, flag_default=64)
+    batch_size_per_gpu: int | None = _setting(None, """Batch size per replica (the model's
+        default, None, records the batch its training step sees; the command's is the
+        official 64).""", official=True, flag_default=64)
     epochs: int = _setting(100, "Number of epochs of training.", official=True,
                            bounds=(1, None))
     freeze_last_layer: int = _setting(1, "Epochs during which the head's last layer is "

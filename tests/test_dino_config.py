@@ -185,3 +185,14 @@ def test_train_builds_its_model_from_the_flags_through_the_config():
         capture_output=True, text=True, timeout=300, cwd=REPO,
         env={"PYTHONPATH": str(REPO), **_environ()})
     assert "UsageError: warmup_teacher_temp_epochs (3) cannot exceed epochs (2)" in wrong.stderr
+
+
+def test_schedules_and_optimizers_take_the_config_defaults_not_their_own():
+    defaults = [f.name for f in dataclasses.fields(DINOSchedules)
+                if f.default is not dataclasses.MISSING]
+    assert defaults == ["steps_per_epoch"]  # the settings' defaults are the config's
+    with pytest.raises(ValueError, match="make_optimizer"):
+        OPTIMIZERS["adamw"]()  # no silent default learning rate or weight decay
+    schedules = DINOSchedules.from_config(DINOConfig(), steps_per_epoch=5)
+    assert (schedules.base_lr, schedules.weight_decay_end, schedules.freeze_last_layer,
+            schedules.steps_per_epoch) == (0.0005, 0.4, 1, 5)

@@ -68,7 +68,7 @@ def _model_config(cls, args: dict, overrides: dict):
             overrides.get("gradient_accumulation_steps",
                           args.get("gradient_accumulation_steps")) or 1
         )
-        batch["batch_size_per_gpu"] = per_gpu // accumulation if not per_gpu % accumulation else None
+        batch["batch_size_per_gpu"] = None if per_gpu % accumulation else per_gpu // accumulation
     config = cls.config_class.from_args(args, **{**batch, **overrides})
     # Names an unknown architecture before anything is built.
     backbone_config(config.arch, config.patch_size, dict(config.vit_kwargs),

@@ -471,9 +471,8 @@ class DINO(keras.Model):
             kwargs["initial_epoch"] = self._resume_epoch
         # The schedules' constants are read when the step is traced: trace it anew.
         self.train_function = None
-        return super().fit(
-            x, y, epochs=self.config.epochs if epochs is None else epochs, callbacks=callbacks, **kwargs
-        )
+        epochs = self.config.epochs if epochs is None else epochs
+        return super().fit(x, y, epochs=epochs, callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

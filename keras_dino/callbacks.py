@@ -138,6 +138,16 @@ class KNNEvaluation(keras.callbacks.Callback):
         temperature: temperature of the vote weights (0.07).
         batch_size: images per feature-extraction batch.
         backbone: `fn(model) -> backbone` to evaluate; default `model.backbone`.
+        save_best: a path: the model's full official checkpoint
+            (`DINO.save_official_checkpoint`, the format of `checkpoint.pth`) is written
+            there after every evaluation whose top-1 beats every earlier one, so the file
+            always holds the weights of the best k-NN top-1 so far; `best` says which
+            evaluation it was. The weights `fit` starts from are evaluated too (before
+            the first epoch, recorded as the epoch before it: -1 for a new run), so,
+            continuing from trained weights, a run that drifts can only keep them.
+        initial_best: `(epoch, top1)` of the evaluation that `save_best` already holds
+            (a resumed run): only a better one replaces it, and the start is not
+            evaluated again.
 
     Example:
 
@@ -145,6 +155,14 @@ class KNNEvaluation(keras.callbacks.Callback):
     ds, _, _ = keras_dino.evaluation.image_folder_dataset("cifar/train", 500, 32, 32)
     test, _, _ = keras_dino.evaluation.image_folder_dataset("cifar/test", 500, 32, 32)
     model.fit(crops, epochs=10, callbacks=[keras_dino.callbacks.KNNEvaluation(ds, test)])
+    ```
+
+    Keeping the best teacher (`best` is `(epoch, top1)`, the epoch 0-based as in the logs):
+
+    ```python
+    knn = keras_dino.callbacks.KNNEvaluation(ds, test, save_best="out/checkpoint_best.pth")
+    model.fit(crops, epochs=10, callbacks=[knn])
+    best_epoch, best_top1 = knn.best
     ```
     """
 
@@ -157,6 +175,8 @@ class KNNEvaluation(keras.callbacks.Callback):
         temperature: float = 0.07,
         batch_size: int = 256,
         backbone=None,
+        save_best=None,
+        initial_best: tuple | None = None,
     ):
         super().__init__()
         if every_n_epochs < 1:
@@ -169,6 +189,10 @@ class KNNEvaluation(keras.callbacks.Callback):
         self._backbone = backbone or (lambda model: model.backbone)
         self._splits = None
         self.history = []  # (epoch, top1, top5) of every evaluation
+        self._start_pending = save_best is not None and initial_best is None
+        self.save_best = None if save_best is None else os.fspath(save_best)
+        self.best = None if initial_best is None else (int(initial_best[0]),
+                                                       float(initial_best[1]))
 
     def _arrays(self):
         from keras_dino.evaluation.datasets import labelled_arrays
@@ -187,15 +211,29 @@ class KNNEvaluation(keras.callbacks.Callback):
         train, test = self._arrays()
         return knn_accuracy(backbone, train, test, self.k, self.temperature, self.batch_size)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # The starting weights (after any restore from a backup): the first candidate.
+        if self._start_pending:
+            self._start_pending = False
+            self._record(epoch - 1)
+
     def on_epoch_end(self, epoch, logs=None):
         last = epoch + 1 == self.params.get("epochs")
         if (epoch + 1) % self.every_n_epochs and not last:
             return
-        top1, top5 = self.evaluate(self._backbone(self.model))
-        self.history.append((epoch, top1, top5))
+        top1, top5 = self._record(epoch)
         if logs is not None:
             logs["knn_top1"] = top1
             logs["knn_top5"] = top5
+
+    def _record(self, epoch):
+        top1, top5 = self.evaluate(self._backbone(self.model))
+        self.history.append((epoch, top1, top5))
+        if self.best is None or top1 > self.best[1]:
+            self.best = (epoch, top1)
+            if self.save_best is not None:
+                self.model.save_official_checkpoint(self.save_best)
+        return top1, top5
 
 
 class CollapseWarning(keras.callbacks.Callback):

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -618,9 +619,14 @@ def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tm
         "--saveckp_freq=0", "--num_workers=1", "--export=false", "--verbose=0",
         f"--data_path={image_folder / 'train'}", f"--knn_train_path={image_folder / 'train'}",
         f"--knn_test_path={image_folder / 'val'}", "--knn_every=1", "--knn_k=2",
-        "--eval_size=32", "--eval_resize=32", f"--output_dir={out}", timeout=600,
+        "--eval_size=32", "--eval_resize=32", f"--output_dir={out}",
+        "--freeze_blocks=1", "--layer_decay=0.5", timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # The best k-NN teacher so far (the starting weights count) and where it was.
+    best = re.search(r"best_knn_top1 ([\d.]+) at epoch (\d)(, the starting weights)? "
+                     r"\(checkpoint_best.pth\)", result.stdout)
+    assert best, result.stdout[-2000:]
     epochs = [r for r in _log(out) if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [0, 1]
     for record in epochs:
@@ -634,6 +640,20 @@ def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tm
     checkpoint = read_checkpoint(out / "checkpoint.pth")
     # BatchNorm networks: the official code DDP-wraps the teacher too (`module.` keys).
     assert "module.backbone.conv1.weight" in checkpoint["teacher"]
+    assert (checkpoint["args"]["freeze_blocks"], checkpoint["args"]["layer_decay"]) == (1, 0.5)
+    best_top1, best_epoch = float(best.group(1)), int(best.group(2))
+    (start,) = [r["knn_start"] for r in _log(out) if "knn_start" in r]  # the initial weights
+    assert start["epoch"] == -1
+    scores = [start["knn_top1"]] + [r["train_knn_top1"] for r in epochs]
+    assert best_top1 == pytest.approx(max(scores), abs=0.05)
+    assert best_top1 == pytest.approx(scores[best_epoch], abs=0.05)
+    kept = read_checkpoint(out / "checkpoint_best.pth")
+    assert kept["epoch"] == best_epoch
+    # The stem and the first stage were frozen: the same in every teacher of the run.
+    for name in ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.bn1.weight"):
+        key = f"module.backbone.{name}"
+        np.testing.assert_array_equal(np.asarray(kept["teacher"][key]),
+                                      np.asarray(checkpoint["teacher"][key]))
     # Quiet: the frameworks' start-up lines went to framework.log, not the terminal.
     terminal = result.stdout + result.stderr
     for noise in ("oneDNN", "cuda", "InitializeLog", "cpu_feature_guard", "shuffle"):

@@ -190,12 +190,12 @@ def _break_rule(monkeypatch, rule):
         # so cls_token (1, 1, E) and pos_embed (1, N, E) are decayed.
         configure = DINOOptimizer.configure
 
-        def _configure(self, variables, decay, official_ndim, freezable):
+        def _configure(self, variables, decay, official_ndim, freezable, **guards):
             if rule == "biases_and_norms_decayed":
                 decay = [True] * len(decay)
             else:
                 decay = [d and len(v.shape) != 3 for v, d in zip(variables, decay)]
-            configure(self, variables, decay, official_ndim, freezable)
+            configure(self, variables, decay, official_ndim, freezable, **guards)
 
         monkeypatch.setattr(DINOOptimizer, "configure", _configure)
     elif rule == "teacher_ema_skipped":

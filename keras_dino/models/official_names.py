@@ -212,6 +212,86 @@ def multicrop_variable_map(wrapper) -> dict:
     return entries
 
 
+def backbone_depth(backbone) -> int:
+    """`L`, the number of layers that `freeze_blocks` and `layer_decay` count.
+
+    A Vision Transformer's blocks; an XCiT's blocks and class-attention blocks; a
+    ResNet's stages (each a group of residual blocks). Layer 0, below them, is the
+    embedding: the patch embedding, the class token, the position embedding and the
+    register tokens of a transformer, the stem (first convolution and its BatchNorm)
+    of a ResNet.
+
+    >>> from keras_dino.models import vit_tiny
+    >>> backbone_depth(vit_tiny(16, depth=3))
+    3
+    """
+    from keras_dino.models.resnet import ResNet
+    from keras_dino.models.xcit import XCiT
+
+    if isinstance(backbone, ResNet):
+        return len(backbone.stages)
+    if isinstance(backbone, XCiT):
+        return len(backbone.blocks) + len(backbone.cls_attn_blocks)
+    return len(backbone.blocks)
+
+
+_EMBEDDING_NAMES = ("cls_token", "pos_embed", "register_tokens", "patch_embed.",
+                    "pos_embeder.", "conv1.", "bn1.")
+
+
+def layer_of(name: str, depth: int, num_blocks: int | None = None) -> int:
+    """The layer (0 .. `depth + 1`) of the official parameter `name` of a `MultiCropWrapper`.
+
+    0: the embedding (see `backbone_depth`); `i` (1-based): the `i`-th block of a
+    transformer (`blocks.{i-1}`; an XCiT's `num_blocks` blocks, then its
+    `cls_attn_blocks`) or the `i`-th stage of a ResNet (`layer{i}`); `depth + 1`:
+    everything above the blocks (the last norm, the head).
+
+    >>> layer_of("backbone.pos_embed", 12), layer_of("backbone.blocks.0.attn.qkv.weight", 12)
+    (0, 1)
+    >>> layer_of("backbone.layer2.0.conv1.weight", 4), layer_of("head.mlp.0.weight", 12)
+    (2, 13)
+    >>> layer_of("backbone.cls_attn_blocks.1.norm1.weight", 14, num_blocks=12)
+    14
+    """
+    if not name.startswith("backbone."):
+        return depth + 1
+    name = name[len("backbone."):]
+    if name.startswith(_EMBEDDING_NAMES):
+        return 0
+    part = name.split(".")
+    if part[0] == "blocks":
+        return int(part[1]) + 1
+    if part[0] == "cls_attn_blocks":
+        return (depth if num_blocks is None else num_blocks) + int(part[1]) + 1
+    if part[0].startswith("layer") and part[0][5:].isdigit():
+        return int(part[0][5:])
+    return depth + 1
+
+
+def check_guards(freeze_blocks, layer_decay, depth=None, backbone_kind="network"):
+    """`(freeze_blocks, layer_decay)` checked (against `depth`, when known), or a `ValueError`.
+
+    >>> check_guards(2, 0.75, depth=12)
+    (2, 0.75)
+    """
+    if isinstance(freeze_blocks, bool) or int(freeze_blocks) != freeze_blocks or freeze_blocks < 0:
+        raise ValueError(f"freeze_blocks must be a whole number >= 0; got {freeze_blocks!r}.")
+    if not 0.0 < float(layer_decay) <= 1.0:
+        raise ValueError(
+            f"layer_decay must be in (0, 1] (1: every layer at the base learning rate); "
+            f"got {layer_decay!r}."
+        )
+    if depth is not None and freeze_blocks > depth:
+        unit = "stages" if backbone_kind == "ResNet" else "blocks"
+        raise ValueError(
+            f"freeze_blocks={freeze_blocks}, but this {backbone_kind} has {depth} {unit}: "
+            f"freeze_blocks counts the embedding (the stem of a ResNet) plus its first N "
+            f"{unit}, so it can be at most {depth}."
+        )
+    return int(freeze_blocks), float(layer_decay)
+
+
 @dataclasses.dataclass(frozen=True)
 class ParameterGroups:
     """The official optimizer's view of a network's parameters, by official name.
@@ -223,6 +303,15 @@ class ParameterGroups:
     is what `freeze_last_layer` freezes; `averaged` is what the teacher follows by EMA
     (every parameter, no BatchNorm statistics). `variables` maps each name to its
     Keras variable.
+
+    Beyond the official groups, the guards for continuing from trained weights
+    (`parameter_groups(..., freeze_blocks=N, layer_decay=r)`), by layer (`layer_of`: 0
+    the embedding, 1 .. `depth` the blocks or ResNet stages, `depth + 1` the last norm
+    and the head): `frozen` holds the parameters of layers 0 .. N (none for N = 0), which
+    the optimizer neither updates nor decays and the teacher does not average; a
+    parameter of layer `i` learns at `lr_scales[name] = r ** (depth - i)` times the
+    learning rate (`r ** depth` for the embedding, 1 for the last block, the last norm
+    and the head).
 
     Example:
 
@@ -241,6 +330,10 @@ class ParameterGroups:
     averaged: tuple
     variables: dict
     ranks: dict  # official rank of each parameter (weight_g is (out, 1) there)
+    depth: int = 0  # `L` of `backbone_depth`
+    layers: dict = dataclasses.field(default_factory=dict)  # parameter -> layer (`layer_of`)
+    frozen: tuple = ()  # parameters that `freeze_blocks` keeps fixed
+    lr_scales: dict = dataclasses.field(default_factory=dict)  # parameter -> lr multiplier
     _names: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -268,12 +361,23 @@ class ParameterGroups:
         return self._names.get(id(variable))
 
 
-def parameter_groups(wrapper, trainable_variables=None) -> ParameterGroups:
+def parameter_groups(
+    wrapper, trainable_variables=None, freeze_blocks: int = 0, layer_decay: float = 1.0
+) -> ParameterGroups:
     """`ParameterGroups` of a `MultiCropWrapper` (see there).
 
     `trainable_variables` (default: the wrapper's) limits the optimizer groups to what
     the optimizer trains, as the official `requires_grad` does (a normalised last
-    layer's `weight_g` is not trained).
+    layer's `weight_g` is not trained). `freeze_blocks` and `layer_decay` set `frozen`
+    and `lr_scales` (checked by `check_guards`).
+
+    >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
+    >>> net = MultiCropWrapper(vit_tiny(16, depth=2), DINOHead(out_dim=64, in_dim=192))
+    >>> groups = parameter_groups(net, freeze_blocks=1, layer_decay=0.5)
+    >>> "backbone.pos_embed" in groups.frozen, "backbone.blocks.1.norm1.weight" in groups.frozen
+    (True, False)
+    >>> groups.lr_scales["backbone.patch_embed.proj.weight"], groups.lr_scales["head.mlp.0.weight"]
+    (0.25, 1.0)
 
     >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
     >>> net = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(out_dim=64, in_dim=192))
@@ -300,7 +404,18 @@ def parameter_groups(wrapper, trainable_variables=None) -> ParameterGroups:
             not_regularized.append(name)
         else:
             regularized.append(name)
+    backbone = wrapper.backbone
+    depth = backbone_depth(backbone)
+    freeze_blocks, layer_decay = check_guards(
+        freeze_blocks, layer_decay, depth, type(backbone).__name__
+    )
+    num_blocks = len(backbone.blocks) if hasattr(backbone, "blocks") else None
+    layers = {name: layer_of(name, depth, num_blocks) for name in ranks}
     return ParameterGroups(
+        depth=depth,
+        layers=layers,
+        frozen=tuple(n for n, i in layers.items() if freeze_blocks and i <= freeze_blocks),
+        lr_scales={n: layer_decay ** max(depth - i, 0) for n, i in layers.items()},
         regularized=tuple(regularized),
         not_regularized=tuple(not_regularized),
         last_layer=tuple(n for n in entries if n.startswith("head.last_layer.")),

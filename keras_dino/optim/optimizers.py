@@ -59,7 +59,10 @@ class DINOOptimizer(keras.optimizers.Optimizer):
             update is computed at every call and kept at the `k`-th.
 
     Call `configure(variables, decay=..., official_ndim=..., freezable=...)` before the
-    optimizer is built; `keras_dino.DINO.compile` does it.
+    optimizer is built; `keras_dino.DINO.compile` does it. Its `frozen` and `lr_scale`
+    lists (from `DINO.parameter_groups()`: `freeze_blocks`, `layer_decay`) fix a
+    variable for the whole run (no update, no weight decay, no moments, no step count)
+    and multiply a variable's learning rate, decoupled weight decay included.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class DINOOptimizer(keras.optimizers.Optimizer):
         self.clip_grad = float(clip_grad or 0.0)
         self.accumulation_steps = check_accumulation_steps(gradient_accumulation_steps)
         self._flags = {}
+        self._guards = {}  # variable key -> (frozen, lr multiplier); absent: (False, 1.0)
 
     def build(self, variables):
         if self.built:
@@ -126,10 +130,26 @@ class DINOOptimizer(keras.optimizers.Optimizer):
         self.assign(acc, ops.where(boundary, ops.zeros_like(total), total))
         return total / float(self.accumulation_steps), boundary
 
-    def configure(self, variables, decay, official_ndim, freezable):
-        """Per-variable flags: weight decay, the official tensor rank, frozen-at-start."""
+    def configure(self, variables, decay, official_ndim, freezable, frozen=None, lr_scale=None):
+        """Per-variable flags: weight decay, the official tensor rank, frozen-at-start,
+        and optionally frozen for the whole run and the learning-rate multiplier."""
         for v, d, n, f in zip(variables, decay, official_ndim, freezable, strict=True):
             self._flags[self._var_key(v)] = (bool(d), int(n), bool(f))
+        frozen = [False] * len(variables) if frozen is None else frozen
+        lr_scale = [1.0] * len(variables) if lr_scale is None else lr_scale
+        for v, fixed, scale in zip(variables, frozen, lr_scale, strict=True):
+            if fixed or float(scale) != 1.0:
+                self._guards[self._var_key(v)] = (bool(fixed), float(scale))
+            else:  # configured again: the defaults, nothing stored
+                self._guards.pop(self._var_key(v), None)
+
+    def lr_scale_of(self, variable) -> float:
+        """The learning-rate multiplier of `variable` (1.0 unless `configure` set one)."""
+        return self._guards.get(self._var_key(variable), (False, 1.0))[1]
+
+    def is_frozen(self, variable) -> bool:
+        """Whether `configure` fixed `variable` for the whole run."""
+        return self._guards.get(self._var_key(variable), (False, 1.0))[0]
 
     def _flags_of(self, variable):
         # Unconfigured variables behave like weight matrices that are never frozen.
@@ -152,8 +172,13 @@ class DINOOptimizer(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         decay, ndim, freezable = self._flags_of(variable)
+        frozen, scale = self._guards.get(self._var_key(variable), (False, 1.0))
+        if frozen:  # fixed for the whole run: no update, decay, moments or step count
+            return
         step = self.iterations
         lr = ops.cast(learning_rate, variable.dtype)
+        if scale != 1.0:  # layer-wise decay; the base rate's arithmetic is untouched at 1
+            lr = lr * scale
         wd = ops.cast(self.schedules.wd(step), variable.dtype) if decay else None
         active = self.schedules.last_layer_trains(step) if freezable else True
         grad = ops.cast(gradient, variable.dtype)

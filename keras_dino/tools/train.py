@@ -393,7 +393,12 @@ def run():
              "inside the compiled training step")
 
     with launch.scope():
-        model = build_model()
+        try:
+            model = build_model()
+        except ValueError as error:
+            if "freeze_blocks" not in str(error) and "layer_decay" not in str(error):
+                raise
+            raise app.UsageError(str(error)) from None
         model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile
                       if F.jit_compile is not None else "auto")
     # What ran, for the checkpoints' args (float16 only where it was really used).
@@ -403,10 +408,18 @@ def run():
         world_size=launch.replicas,
     )
     knn_data = knn_splits() if F.knn_train_path and F.knn_test_path else None
-    callbacks = [launch.backup_callback(os.path.join(F.output_dir, "backup"))]
+    backup_dir = os.path.join(F.output_dir, "backup")
+    callbacks = [launch.backup_callback(backup_dir)]
+    knn = None
     if F.knn_every and knn_data and not launch.multi_process:
-        callbacks.append(KNNEvaluation(
-            *knn_data, every_n_epochs=F.knn_every, k=F.knn_k))
+        # The teacher of the best k-NN top-1 so far, in the format of checkpoint.pth.
+        best_path = os.path.join(F.output_dir, BEST_CHECKPOINT)
+        knn = KNNEvaluation(*knn_data, every_n_epochs=F.knn_every, k=F.knn_k,
+                            save_best=best_path,
+                            initial_best=best_of_interrupted_run(F.output_dir))
+        callbacks.append(knn)
+        if chief:
+            callbacks.append(_start_log_callback()(knn, F.output_dir))
     callbacks.append(OfficialLog(F.output_dir, F.saveckp_freq, chief=chief))
     with launch.fail_fast():
         history = model.fit(
@@ -432,11 +445,71 @@ def run():
     summary = {"epochs": F.epochs}
     if knn_data:
         summary.update(knn_report(reported.backbone, knn_data))
+    if knn is not None and knn.history and knn.history[0][0] < 0:
+        summary["knn_top1_start"] = round(knn.history[0][1], 2)  # the weights it started from
+    if knn is not None and knn.best is not None:
+        epoch, top1 = knn.best
+        when = f"epoch {epoch + 1}" if epoch >= 0 else "epoch 0, the starting weights"
+        summary["best_knn_top1"] = f"{top1:.1f} at {when} ({BEST_CHECKPOINT})"
     attention_report(reported.backbone)
     if F.export:
         summary["saved_model"] = export_report(reported)
     append_log(F.output_dir, {"summary": summary})
     say("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+BEST_CHECKPOINT = "checkpoint_best.pth"
+
+
+def _start_log_callback():
+    import keras
+
+    class StartLog(keras.callbacks.Callback):
+        """Appends the k-NN of the starting weights to log.txt (`{"knn_start": ...}`, no
+        top-level `epoch`: not an epoch record) once `KNNEvaluation` has measured it."""
+
+        def __init__(self, knn, output_dir):
+            super().__init__()
+            self.knn, self.output_dir, self.done = knn, output_dir, False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            # The first epoch only: KNNEvaluation (before this callback) has just
+            # evaluated the start, unless it resumes a run that had.
+            if self.done:
+                return
+            self.done = True
+            if self.knn.history and self.knn.history[0][0] == epoch - 1:
+                start, top1, top5 = self.knn.history[0]
+                append_log(self.output_dir, {"knn_start": {"epoch": start, "knn_top1": top1,
+                                                           "knn_top5": top5}})
+
+    return StartLog
+
+
+def best_of_interrupted_run(output_dir):
+    """`(epoch, knn_top1)` that `<output_dir>/checkpoint_best.pth` holds when this run
+    resumes an interrupted one (its `backup/` is there): the best k-NN line of log.txt
+    since its last summary; None for a new run."""
+    if not (os.path.isdir(os.path.join(output_dir, "backup"))
+            and os.path.exists(os.path.join(output_dir, BEST_CHECKPOINT))):
+        return None
+    best = None
+    try:
+        with open(os.path.join(output_dir, "log.txt")) as log:
+            for line in log:
+                record = json.loads(line)
+                if "summary" in record:
+                    best = None
+                    continue
+                if "knn_start" in record:  # the weights the run started from
+                    record = {"epoch": record["knn_start"]["epoch"],
+                              "train_knn_top1": record["knn_start"]["knn_top1"]}
+                if "train_knn_top1" in record and (
+                        best is None or record["train_knn_top1"] > best[1]):
+                    best = (int(record["epoch"]), float(record["train_knn_top1"]))
+    except (OSError, ValueError):
+        return None
+    return best
 
 
 def knn_splits():

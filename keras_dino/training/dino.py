@@ -53,7 +53,7 @@ class DINO(keras.Model):
     `main_dino.py` (`arch`, `patch_size`, `out_dim`, ..., `local_crops_number`) and
     keras_dino's own (`final_momentum_teacher`, `batch_size`, `student_temp`,
     `center_momentum`, `vit_kwargs`, `resnet_kwargs`, `head_kwargs`, `steps_per_epoch`,
-    `gradient_accumulation_steps`); see its fields for what each means. Pass them by name,
+    `gradient_accumulation_steps`, `freeze_blocks`, `layer_decay`); see its fields for what each means. Pass them by name,
     `DINO(arch="vit_small", lr=1e-4)`, or as a config, `DINO(config=config, lr=1e-4)` (the
     names given replace the config's). `model.config` is the config that runs, and what
     `get_config()` and the checkpoints' `args` record; a different value is a new model
@@ -184,10 +184,14 @@ class DINO(keras.Model):
         for name, (variable, _) in self.teacher_map.items():
             variable.assign(ops.copy(ops.convert_to_tensor(self.student_map[name][0])))
         # The EMA follows the parameters only; the teacher's BatchNorm statistics come
-        # from its own forward passes in training mode, as in the official code.
+        # from its own forward passes in training mode, as in the official code. The
+        # teacher's copies of frozen parameters (`freeze_blocks`) keep their values.
+        groups = self.parameter_groups()
+        frozen = set(groups.frozen)
         self._ema_pairs = [
             (self.student_map[name][0], self.teacher_map[name][0])
-            for name in self.parameter_groups().averaged
+            for name in groups.averaged
+            if name not in frozen
         ]
         # Epoch means of the two parts of the loss (`dino_loss_terms`), to watch collapse.
         self._entropy_tracker = keras.metrics.Mean(name="teacher_entropy")
@@ -256,10 +260,14 @@ class DINO(keras.Model):
         """The student's parameters as the official optimizer groups them.
 
         Which variables are weight-decayed, which form the last layer that
-        `freeze_last_layer` freezes, and which the teacher averages: the optimizer set-up,
-        the teacher EMA and the checkpoint's optimizer indices all read it.
+        `freeze_last_layer` freezes, which the teacher averages, which `freeze_blocks`
+        fixes and the learning-rate multiplier of each (`layer_decay`): the optimizer
+        set-up, the teacher EMA and the checkpoint's optimizer indices all read it.
         """
-        return parameter_groups(self.student, self.trainable_variables)
+        return parameter_groups(
+            self.student, self.trainable_variables,
+            freeze_blocks=self.config.freeze_blocks, layer_decay=self.config.layer_decay,
+        )
     def _check_accumulating_optimizer(self, optimizer):
         k = self.config.gradient_accumulation_steps
         inner = getattr(optimizer, "inner_optimizer", optimizer)
@@ -281,18 +289,24 @@ class DINO(keras.Model):
         groups = self.parameter_groups()
         regularized, last_layer = set(groups.regularized), set(groups.last_layer)
         variables = self.trainable_variables
-        decay, ndim, freezable = [], [], []
+        frozen_names = set(groups.frozen)
+        decay, ndim, freezable, frozen, lr_scale = [], [], [], [], []
         for v in variables:
             name = groups.name_of(v)
             if name is None:  # not a student parameter: the official rule on its path
                 decay.append(not (v.path.endswith(".bias") or len(v.shape) == 1))
                 ndim.append(len(v.shape))
                 freezable.append(False)
+                frozen.append(False)
+                lr_scale.append(1.0)
                 continue
             decay.append(name in regularized)
             ndim.append(groups.ranks[name])
             freezable.append(name in last_layer)
-        optimizer.configure(variables, decay=decay, official_ndim=ndim, freezable=freezable)
+            frozen.append(name in frozen_names)
+            lr_scale.append(groups.lr_scales[name])
+        optimizer.configure(variables, decay=decay, official_ndim=ndim, freezable=freezable,
+                            frozen=frozen, lr_scale=lr_scale)
 
     # ------------------------------------------------------------------ settings
     def set_run_settings(self, **settings):

@@ -154,6 +154,14 @@ class DINOConfig:
         per optimizer step: the official step on this many times the batch (e.g. the
         official ViT-S/16 batch of 1024 on one GPU: batch_size_per_gpu=128,
         gradient_accumulation_steps=8).""", bounds=(1, None))
+    freeze_blocks: int = _setting(0, """Continuing from trained weights: the student's
+        embedding (patch embedding, class and position tokens, registers; a ResNet's stem)
+        and first N blocks (a ResNet's first N stages) stay fixed, not updated nor
+        weight-decayed, and so do the teacher's copies (0: off).""", bounds=(0, None))
+    layer_decay: float = _setting(1.0, """Layer-wise learning-rate decay r: of L blocks
+        (ResNet stages), block i learns at r**(L-i) of the learning rate, the embedding at
+        r**L, the last norm and the head at the full rate (BEiT, DINOv2 fine-tuning; 1:
+        off). In (0, 1].""", bounds=(0.0, 1.0))
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -164,6 +172,9 @@ class DINOConfig:
                 f"warmup_teacher_temp_epochs ({self.warmup_teacher_temp_epochs}) cannot "
                 f"exceed epochs ({self.epochs})."
             )
+        from keras_dino.models.official_names import check_guards
+
+        check_guards(self.freeze_blocks, self.layer_decay)  # the backbone's depth: at build
         if self.steps_per_epoch:
             from keras_dino.optim.schedules import check_epoch_of_whole_steps
 

@@ -4,8 +4,10 @@ One section per `keras-dino` command (the `TOOLS` table of keras_dino/cli.py), n
 `examples/` script that runs the same tool.
 
 The flags are read from the tools' source (`flags.DEFINE_*` calls, found with `ast`),
-without importing anything, so the reference cannot drift from the code:
-tests/test_docs.py checks that docs/cli.md is what this script writes.
+and the hyper-parameter flags of `keras-dino train` from the fields of `DINOConfig`
+(`keras_dino/training/hparams.py`, which imports no Keras), so the reference cannot
+drift from the code: tests/test_docs.py checks that docs/cli.md is what this script
+writes.
 
     python scripts/cli_docs.py          # rewrites the part of docs/cli.md between markers
 """
@@ -23,6 +25,8 @@ BACKBONE_DEFINER = "define_backbone_flags"
 # Helpers of common.py that define a group of flags in the tool that calls them.
 SHARED_DEFINERS = ("define_image_flags", "define_eval_view_flags")
 ALIAS_DEFINER = "define_deprecated_alias"
+CONFIG_DEFINER = "_define_config_flags"  # keras_dino/tools/train.py: one flag per field
+_KINDS = {str: "string", int: "integer", float: "float", bool: "boolean"}
 
 
 def _text(node, constants):
@@ -103,6 +107,11 @@ def _aliases(tree):
             for node in ast.walk(tree)
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
             and node.func.id == ALIAS_DEFINER]
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr.startswith("DEFINE_")
+            # a flag named in the source (not one of a loop over DINOConfig's fields)
+            and node.args and isinstance(node.args[0], ast.Constant)]
 
 
 def _backbone_call(tree):
@@ -111,6 +120,34 @@ def _backbone_call(tree):
                 and node.func.id == BACKBONE_DEFINER):
             return {k.arg: ast.literal_eval(k.value) for k in node.keywords}
     return None
+
+
+def _config_rows(tree):
+    """The rows of the `DINOConfig` flags of a tool that defines them (else none)."""
+    if not any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+               and node.func.id == CONFIG_DEFINER for node in ast.walk(tree)):
+        return []
+    notes = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "_FLAG_NOTES" for t in node.targets):
+            notes = ast.literal_eval(node.value)
+    sys.path.insert(0, str(REPO))
+    try:
+        from keras_dino.training.hparams import DINOConfig, kind_of
+    finally:
+        sys.path.remove(str(REPO))
+    rows = []
+    for field in DINOConfig.settings():
+        meta = field.metadata
+        if not meta["flag"]:
+            continue
+        helptext = " ".join(filter(None, (meta["help"], notes.get(field.name))))
+        kind = "enum" if meta["choices"] else _KINDS[kind_of(field)[0]]
+        if meta["choices"]:
+            helptext = f"{helptext} One of: {','.join(meta['choices'])}."
+        rows.append((field.name, kind, meta.get("flag_default", field.default), helptext))
+    return rows
 
 
 def _backbone_defaults(common):
@@ -175,7 +212,7 @@ def generated() -> str:
             given = {**defaults, **backbone}
             out += [f"The [backbone flags](#backbone-flags), with `--arch={given['arch']}` "
                     f"and `--patch_size={given['patch_size']}` by default, and:", ""]
-        out += _table(_tool_rows(tree, definers)) + [""]
+        out += _table(_config_rows(tree) + _tool_rows(tree, definers)) + [""]
         aliases = _aliases(tree)
         if aliases:
             names = ", ".join(f"`--{old}` (use `--{new}`)" for old, new in aliases)

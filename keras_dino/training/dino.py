@@ -6,6 +6,7 @@ from keras import ops
 from keras_dino import callbacks as dino_callbacks
 from keras_dino import distribute
 from keras_dino.checkpoints import dino_checkpoint, warm_start
+from keras_dino.checkpoints.teacher import frozen_teacher
 from keras_dino.losses import batch_center, dino_loss, teacher_entropy
 from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
@@ -123,6 +124,23 @@ class DINO(keras.Model):
             (1-based) learns at `r ** (L - i)` of the learning rate, the embedding at
             `r ** L`, the last block, the last norm and the head at the full rate;
             AdamW's decoupled weight decay scales with it. See `parameter_groups()`.
+        teacher: distillation, a small model from a big one (None: self-distillation).
+            A frozen teacher of any architecture trains the student built from the
+            arguments above: a preset name, a weights file (a full training
+            `checkpoint.pth` or `.npz`: its `teacher_checkpoint_key` network, backbone and
+            trained head, whose `out_dim` the student's must equal and which `out_dim=None`
+            takes; a released backbone `.pth`; a `.keras` file), a keras_dino backbone or
+            a `MultiCropWrapper`. A backbone alone gets a frozen `DINOHead` of the
+            student's head arguments, randomly initialised from a fixed seed
+            (`keras_dino.checkpoints.teacher.random_head`). The teacher does not follow
+            the student (momentum 1, recorded so), runs in inference mode, and none of
+            its variables changes, BatchNorm statistics included; the loss, the center
+            and the temperature schedule are the official ones. `model.backbone` is then
+            the student's (the small model the run evaluates and exports); the
+            checkpoints' `teacher` holds the teacher's own keys and `args` record
+            `teacher_weights`; `get_config` holds the teacher as a nested object.
+        teacher_checkpoint_key: the network of a full checkpoint that teaches
+            (`"teacher"` or `"student"`).
 
     Example:
 
@@ -151,7 +169,7 @@ class DINO(keras.Model):
         self,
         arch: str = "vit_small",
         patch_size: int = 16,
-        out_dim: int = 65536,
+        out_dim: int | None = None,
         norm_last_layer: bool = True,
         momentum_teacher: float = 0.996,
         use_bn_in_head: bool = False,
@@ -182,6 +200,8 @@ class DINO(keras.Model):
         gradient_accumulation_steps: int = 1,
         freeze_blocks: int = 0,
         layer_decay: float = 1.0,
+        teacher=None,
+        teacher_checkpoint_key: str = "teacher",
         **kwargs,
     ):
         refuse_data_arguments(kwargs)
@@ -198,6 +218,18 @@ class DINO(keras.Model):
         freeze_blocks, layer_decay = check_guards(freeze_blocks, layer_decay)
         if steps_per_epoch:
             check_epoch_of_whole_steps(steps_per_epoch, accumulation)
+        # Distillation: a frozen teacher of its own architecture (None: self-distillation).
+        self.distillation = None
+        if teacher is not None:
+            if isinstance(teacher, dict) and "class_name" in teacher:  # from get_config
+                teacher = keras.saving.deserialize_keras_object(teacher)
+            self.distillation = frozen_teacher(
+                teacher, out_dim, dict(head_kwargs or {}, use_bn=use_bn_in_head),
+                teacher_checkpoint_key)
+            out_dim = self.distillation.network.head.out_dim
+            # The teacher does not follow the student: momentum 1, recorded as such.
+            momentum_teacher = final_momentum_teacher = 1.0
+        out_dim = 65536 if out_dim is None else out_dim
         self.hparams = dict(
             arch=arch, patch_size=patch_size, out_dim=out_dim, norm_last_layer=norm_last_layer,
             momentum_teacher=momentum_teacher, use_bn_in_head=use_bn_in_head,
@@ -252,14 +284,17 @@ class DINO(keras.Model):
         student_backbone = build_backbone(
             **backbone_args, drop_path_rate=drop_path_rate, name="student_backbone"
         )
-        teacher_backbone = build_backbone(**backbone_args, name="teacher_backbone")
         embed_dim = student_backbone.embed_dim
         student_head = DINOHead(
             **head_config, norm_last_layer=norm_last_layer, in_dim=embed_dim, name="student_head"
         )
-        teacher_head = DINOHead(**head_config, in_dim=embed_dim, name="teacher_head")
         self.student = MultiCropWrapper(student_backbone, student_head, name="student")
-        self.teacher = MultiCropWrapper(teacher_backbone, teacher_head, name="teacher")
+        if self.distillation is not None:
+            self.teacher = self.distillation.network
+        else:
+            teacher_backbone = build_backbone(**backbone_args, name="teacher_backbone")
+            teacher_head = DINOHead(**head_config, in_dim=embed_dim, name="teacher_head")
+            self.teacher = MultiCropWrapper(teacher_backbone, teacher_head, name="teacher")
         self.student.build()
         self.teacher.build()
         self.teacher.trainable = False
@@ -282,6 +317,8 @@ class DINO(keras.Model):
         # (official: load_state_dict). A copy, not the student's buffer: JAX donates
         # both to the compiled step.
         for name, (variable, _) in self.teacher_map.items():
+            if self.distillation is not None:
+                break  # a frozen teacher of its own: nothing to copy, nothing to average
             variable.assign(ops.copy(ops.convert_to_tensor(self.student_map[name][0])))
         # The EMA follows the parameters only; the teacher's BatchNorm statistics come
         # from its own forward passes in training mode, as in the official code. The
@@ -291,7 +328,7 @@ class DINO(keras.Model):
         self._ema_pairs = [
             (self.student_map[name][0], self.teacher_map[name][0])
             for name in groups.averaged
-            if name not in frozen
+            if name not in frozen and self.distillation is None
         ]
         # Epoch means of the two parts of the loss (`dino_loss_terms`), to watch collapse.
         self._entropy_tracker = keras.metrics.Mean(name="teacher_entropy")
@@ -310,8 +347,16 @@ class DINO(keras.Model):
 
     @property
     def backbone(self):
-        """The teacher backbone: the model DINO evaluates and exports."""
+        """The model DINO evaluates and exports: the teacher backbone, or the student's
+        when a frozen teacher distils into it (`teacher=`)."""
+        if self.distillation is not None:
+            return self.student.backbone
         return self.teacher.backbone
+
+    @property
+    def teacher_weights(self):
+        """Where a distillation's frozen teacher comes from (None: self-distillation)."""
+        return None if self.distillation is None else self.distillation.source
 
     # ------------------------------------------------------------------ compile
     def make_optimizer(self, name: str | None = None) -> DINOOptimizer:
@@ -474,7 +519,9 @@ class DINO(keras.Model):
                 "with split=False."
             )
         temp = self.schedules.teacher_temperature(step)
-        teacher_output = ops.stop_gradient(self.teacher(crops[:2], training=True))
+        # A frozen teacher runs in inference mode: its BatchNorm statistics stay fixed.
+        teacher_output = ops.stop_gradient(
+            self.teacher(crops[:2], training=self.distillation is None))
         student_output = self.student(crops, training=True)
         loss = dino_loss(
             student_output,
@@ -643,6 +690,10 @@ class DINO(keras.Model):
             config["photometric"] = keras.saving.serialize_keras_object(self.photometric)
         config["data_settings"] = {k: list(v) for k, v in self.data_settings.items()}
         config["run_settings"] = dict(self.run_settings)
+        if self.distillation is not None:
+            # The frozen teacher as a nested object: a .keras file restores its weights.
+            config["teacher"] = keras.saving.serialize_keras_object(self.teacher)
+            config["teacher_weights"] = self.teacher_weights
         return config
 
     @classmethod
@@ -650,6 +701,7 @@ class DINO(keras.Model):
         config = dict(config)
         data_settings = dict(config.pop("data_settings", None) or {})
         run_settings = dict(config.pop("run_settings", None) or {})
+        teacher_weights = config.pop("teacher_weights", None)
         for key in DATA_DEFAULTS:  # in the config of keras_dino 0.1 models
             if key in config:
                 data_settings[key] = config.pop(key)
@@ -657,4 +709,6 @@ class DINO(keras.Model):
         if data_settings:
             model.set_data_settings(data_settings)
         model.set_run_settings(**run_settings)
+        if teacher_weights is not None and model.distillation is not None:
+            model.distillation.source = teacher_weights
         return model

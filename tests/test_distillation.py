@@ -142,6 +142,10 @@ def test_distillation_keras_round_trip(tmp_path):
     assert restored.teacher_weights == str(path) and restored._ema_pairs == []
     assert isinstance(restored.teacher.backbone, VisionTransformer)
     assert isinstance(restored.backbone, ResNet)
+    # Only the student trains (the restored teacher's variables are not trainable).
+    teacher_ids = {id(v) for v in restored.teacher.weights}
+    assert not any(id(v) in teacher_ids for v in restored.trainable_variables)
+    assert len(restored.trainable_variables) == len(model.trainable_variables)
     for a, b in zip(numpy_weights(restored), numpy_weights(model)):
         np.testing.assert_array_equal(a, b)
     teacher_before = numpy_weights(restored.teacher)

@@ -183,4 +183,8 @@ def frozen_teacher(teacher, out_dim: int | None, head_config: dict,
             "or leave it out.")
     loaded.network.build()
     loaded.network.trainable = False
+    # Every variable, whatever the flags of the layers it was restored with (a teacher
+    # deserialised from a config comes back built with trainable variables).
+    for variable in loaded.network.weights:
+        variable.trainable = False
     return loaded

@@ -221,8 +221,6 @@ class DINO(keras.Model):
         # Distillation: a frozen teacher of its own architecture (None: self-distillation).
         self.distillation = None
         if teacher is not None:
-            if isinstance(teacher, dict) and "class_name" in teacher:  # from get_config
-                teacher = keras.saving.deserialize_keras_object(teacher)
             self.distillation = frozen_teacher(
                 teacher, out_dim, dict(head_kwargs or {}, use_bn=use_bn_in_head),
                 teacher_checkpoint_key)
@@ -702,6 +700,10 @@ class DINO(keras.Model):
         data_settings = dict(config.pop("data_settings", None) or {})
         run_settings = dict(config.pop("run_settings", None) or {})
         teacher_weights = config.pop("teacher_weights", None)
+        if isinstance(config.get("teacher"), dict):
+            # Built before the model, as a given teacher is (the order of the variables
+            # that a .keras file restores).
+            config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         for key in DATA_DEFAULTS:  # in the config of keras_dino 0.1 models
             if key in config:
                 data_settings[key] = config.pop(key)

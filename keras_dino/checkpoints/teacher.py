@@ -39,6 +39,13 @@ class Teacher:
         source: what it was read from (a path, a preset name, or the in-memory model).
         head_from_file: whether the head holds trained weights (False: the seeded random
             head of a backbone-only teacher).
+
+    Example:
+
+    >>> from keras_dino.models.resnet import resnet
+    >>> teacher = load_teacher(resnet("resnet18", name="rn18"), dict(out_dim=16))
+    >>> teacher.source, teacher.head_from_file, teacher.network.head.out_dim
+    ("in-memory ResNet 'rn18'", False, 16)
     """
 
     network: MultiCropWrapper
@@ -172,6 +179,13 @@ def frozen_teacher(teacher, out_dim: int | None, head_config: dict,
     `out_dim` None takes the teacher head's (65,536 for a backbone-only teacher, whose
     random head is built with it). A trained teacher head of another width is an error
     naming both.
+
+    Example:
+
+    >>> from keras_dino.models.resnet import resnet
+    >>> teacher = frozen_teacher(resnet("resnet18"), 32, dict(hidden_dim=16, bottleneck_dim=8))
+    >>> teacher.network.head.out_dim, teacher.network.trainable_variables
+    (32, [])
     """
     config = dict(head_config, out_dim=65536 if out_dim is None else out_dim)
     loaded = load_teacher(teacher, config, checkpoint_key)

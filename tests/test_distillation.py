@@ -159,3 +159,20 @@ def test_teacher_of_the_wrong_kind_is_a_short_error():
         tiny_dino(teacher=3)
     with pytest.raises(ValueError, match="neither a preset nor an existing file"):
         tiny_dino(teacher="no_such_teacher.pth")
+
+
+def test_from_pretrained_with_a_teacher_starts_only_the_student(tmp_path):
+    """`DINO.from_pretrained(weights, teacher=...)`: the file starts the student; the
+    frozen teacher stays the one given."""
+    _, teacher_path = vit_teacher_checkpoint(tmp_path)
+    small = tiny_dino(arch="resnet_test", resnet_kwargs=RESNET, epochs=1)
+    start = small.save_official_checkpoint(tmp_path / "small.pth")
+    model = DINO.from_pretrained(start, load_heads=False, teacher=teacher_path, out_dim=None,
+                                 head_kwargs=dict(hidden_dim=16, bottleneck_dim=8))
+    assert isinstance(model.backbone, ResNet) and model.teacher_weights == str(teacher_path)
+    for ours, theirs in zip(numpy_weights(model.student.backbone),
+                            numpy_weights(small.student.backbone)):
+        np.testing.assert_array_equal(ours, theirs)
+    taught = resnet_student(teacher_path, out_dim=None)
+    for ours, theirs in zip(numpy_weights(model.teacher), numpy_weights(taught.teacher)):
+        np.testing.assert_array_equal(ours, theirs)

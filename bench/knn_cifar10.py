@@ -145,7 +145,8 @@ def main(argv=None):
         return keras_dino.DINO(
             **network, out_dim=args.out_dim,
             head_kwargs=dict(hidden_dim=512, bottleneck_dim=128),
-            momentum_teacher=args.momentum_teacher, teacher_temp=args.teacher_temp,
+            momentum_teacher=args.momentum_teacher,
+            final_momentum_teacher=args.final_momentum_teacher, teacher_temp=args.teacher_temp,
             warmup_teacher_temp_epochs=min(args.warmup_teacher_temp_epochs, epochs),
             optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr, warmup_epochs=1,
             weight_decay=args.weight_decay, weight_decay_end=args.weight_decay_end,
@@ -189,9 +190,8 @@ def main(argv=None):
             if time.time() > deadline:
                 self.model.stop_training = True
 
-    ema = keras_dino.callbacks.TeacherEMA(final_momentum=args.final_momentum_teacher)
     history = model.fit(dataset, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
-                        callbacks=[Deadline(), ema], verbose=2)
+                        callbacks=[Deadline()], verbose=2)
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))  # the deadline may cut an epoch
     train_time = time.time() - start
 

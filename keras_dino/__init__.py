@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers and the API ref
     )
     from keras_dino.preprocessing import normalize_images, preprocess_images
     from keras_dino.training.dino import DINO
+    from keras_dino.training.hparams import DINOConfig
 
 # The public API is imported on first use, not with the package: Keras fixes its backend
 # when it is first imported, and the command-line tools (keras_dino.cli) choose it from
@@ -60,6 +61,7 @@ _NAMES = {
     "normalize_images": "keras_dino.preprocessing",
     "preprocess_images": "keras_dino.preprocessing",
     "DINO": "keras_dino.training.dino",
+    "DINOConfig": "keras_dino.training.hparams",
 }
 
 
@@ -92,6 +94,7 @@ def __dir__():
 
 __all__ = [
     "DINO",
+    "DINOConfig",
     "PRESETS",
     "DINOHead",
     "MultiCropWrapper",

@@ -1,9 +1,9 @@
-"""Keras callbacks that configure and report DINO's teacher EMA and centering.
+"""Keras callbacks that report DINO's teacher EMA and centering, and more.
 
 The updates themselves run inside the compiled training step, exactly once per step:
 a batch-level callback fires once per `steps_per_execution` chunk and, on JAX, forces a
-state sync, so it cannot do them. These callbacks carry the configuration into the
-step when training starts and put the current values in the epoch logs. Beside them:
+state sync, so it cannot do them. Their settings belong to the model (`DINO.config`);
+`TeacherEMA` and `Centering` put the current values in the epoch logs. Beside them:
 the non-finite-loss stop, the collapse warning, k-NN during training and the official
 run files (`OfficialLog`).
 """
@@ -20,37 +20,36 @@ from keras_dino.errors import NonFiniteLossError  # noqa: F401 (its old home)
 from keras_dino.reporting import append_log
 
 
+def _refuse_values(callback, args, kwargs, names):
+    if args or kwargs:
+        raise TypeError(
+            f"{callback} takes no values: the model owns them. Pass "
+            f"DINO({', '.join(n + '=...' for n in names)}) (or a DINOConfig)."
+        )
+
+
 class TeacherEMA(keras.callbacks.Callback):
-    """The teacher's exponential moving average of the student, applied every step.
+    """Reports the teacher momentum in the epoch logs (`momentum`).
 
-    `teacher = m * teacher + (1 - m) * student` after each optimizer step, with `m`
-    following a cosine from `momentum_teacher` to `final_momentum` over the run. Values
-    given here are set on the model when training starts (`DINO.set_teacher_momentum`),
-    so that its `get_config()` and checkpoints record what ran; left out, the model's own
-    `momentum_teacher` and `final_momentum_teacher` apply.
-
-    Args:
-        momentum_teacher: start value.
-        final_momentum: end value (1.0 officially).
+    The teacher's exponential moving average of the student, `teacher = m * teacher +
+    (1 - m) * student`, runs inside the compiled step after each optimizer step, with `m`
+    following a cosine from the model's `momentum_teacher` to its
+    `final_momentum_teacher`. Those are settings of the model:
+    `DINO(momentum_teacher=..., final_momentum_teacher=...)`; this callback takes no
+    values. `DINO.fit` adds it.
 
     Example:
 
     ```python
-    model.fit(ds, epochs=100, callbacks=[keras_dino.callbacks.TeacherEMA(0.996)])
+    model = keras_dino.DINO(momentum_teacher=0.99, final_momentum_teacher=0.999)
+    model.fit(ds, epochs=100, callbacks=[keras_dino.callbacks.TeacherEMA()])
     ```
     """
 
-    def __init__(self, momentum_teacher: float | None = None, final_momentum: float | None = None):
+    def __init__(self, *args, **kwargs):
+        _refuse_values("TeacherEMA", args, kwargs,
+                       ("momentum_teacher", "final_momentum_teacher", "center_momentum"))
         super().__init__()
-        for name, value in (("momentum_teacher", momentum_teacher),
-                            ("final_momentum", final_momentum)):
-            if value is not None and not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"TeacherEMA: {name} must be in [0, 1], got {value}")
-        self.momentum_teacher = momentum_teacher
-        self.final_momentum = final_momentum
-
-    def on_train_begin(self, logs=None):
-        self.model.set_teacher_momentum(self.momentum_teacher, self.final_momentum)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -59,35 +58,29 @@ class TeacherEMA(keras.callbacks.Callback):
 
 
 class Centering(keras.callbacks.Callback):
-    """The running center of the teacher outputs, updated every step.
+    """Reports the center of the teacher outputs in the epoch logs.
 
-    `center = m * center + (1 - m) * mean(teacher logits over the global batch)`. A value
-    given here is set on the model when training starts (`DINO.set_center_momentum`).
-
-    Args:
-        center_momentum: `m`; defaults to the model's `center_momentum` (0.9).
+    `center = m * center + (1 - m) * mean(teacher logits over the global batch)` runs
+    inside the compiled step, with `m` the model's `center_momentum` (a setting of the
+    model: `DINO(center_momentum=...)`; this callback takes no values). The logs get
+    `center_momentum` and `center_norm`. `DINO.fit` adds it.
 
     Example:
 
     ```python
-    model.fit(ds, callbacks=[keras_dino.callbacks.Centering(center_momentum=0.9)])
+    model.fit(ds, callbacks=[keras_dino.callbacks.Centering()])
     ```
     """
 
-    def __init__(self, center_momentum: float | None = None):
+    def __init__(self, *args, **kwargs):
+        _refuse_values("Centering", args, kwargs,
+                       ("momentum_teacher", "final_momentum_teacher", "center_momentum"))
         super().__init__()
-        if center_momentum is not None and not 0.0 <= float(center_momentum) <= 1.0:
-            raise ValueError(f"Centering: center_momentum must be in [0, 1], got {center_momentum}")
-        self.center_momentum = center_momentum
-
-    def on_train_begin(self, logs=None):
-        if self.center_momentum is not None:
-            self.model.set_center_momentum(self.center_momentum)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             center = ops.convert_to_numpy(self.model.center)
-            logs["center_momentum"] = self.model.center_momentum
+            logs["center_momentum"] = self.model.config.center_momentum
             logs["center_norm"] = float(np.linalg.norm(center))
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "InputError",
     "InputWarning",
     "KerasDinoError",
+    "MissingArchitectureError",
     "NonFiniteLossError",
     "PretrainedDownloadError",
     "UnknownPresetError",
@@ -111,6 +112,17 @@ class CheckpointShapeError(CheckpointError, ValueError):
 class ArchitectureMismatchError(CheckpointError, ValueError):
     """The checkpoint holds another network than the one asked for (family, width, depth,
     patch size)."""
+
+
+class MissingArchitectureError(CheckpointError, ValueError):
+    """The checkpoint does not record an argument its network needs and that its tensors
+    cannot tell (the number of attention heads of a custom width): the caller must pass it.
+
+    Example:
+
+    >>> issubclass(MissingArchitectureError, ValueError)
+    True
+    """
 
 
 # ------------------------------------------------------------------------------- inputs

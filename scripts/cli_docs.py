@@ -4,8 +4,10 @@ One section per `keras-dino` command (the `TOOLS` table of keras_dino/cli.py), n
 `examples/` script that runs the same tool.
 
 The flags are read from the tools' source (`flags.DEFINE_*` calls, found with `ast`),
-without importing anything, so the reference cannot drift from the code:
-tests/test_docs.py checks that docs/cli.md is what this script writes.
+and the hyper-parameter flags of `keras-dino train` from the fields of `DINOConfig`
+(`keras_dino/training/hparams.py`, which imports no Keras), so the reference cannot
+drift from the code: tests/test_docs.py checks that docs/cli.md is what this script
+writes.
 
     python scripts/cli_docs.py          # rewrites the part of docs/cli.md between markers
 """
@@ -20,6 +22,11 @@ TOOLS = REPO / "keras_dino" / "tools"
 CLI_MD = REPO / "docs" / "cli.md"
 START, END = "<!-- cli:start -->", "<!-- cli:end -->"
 BACKBONE_DEFINER = "define_backbone_flags"
+# Helpers of common.py that define a group of flags in the tool that calls them.
+SHARED_DEFINERS = ("define_image_flags", "define_eval_view_flags")
+ALIAS_DEFINER = "define_deprecated_alias"
+CONFIG_DEFINER = "_define_config_flags"  # keras_dino/tools/train.py: one flag per field
+_KINDS = {str: "string", int: "integer", float: "float", bool: "boolean"}
 
 
 def _text(node, constants):
@@ -63,9 +70,48 @@ def _flags(calls, constants):
 
 
 def _define_calls(tree):
+    calls = [node for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr.startswith("DEFINE_")]
+    return sorted(calls, key=lambda node: (node.lineno, node.col_offset))
+
+
+def _common_definers(common):
+    """`{helper name: FunctionDef}` of the flag-group helpers of common.py."""
+    return {node.name: node for node in ast.walk(common)
+            if isinstance(node, ast.FunctionDef) and node.name in SHARED_DEFINERS}
+
+
+def _tool_rows(tree, definers):
+    """The tool's flag rows in source order, the groups of common.py's helpers included."""
+    rows = []
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    for call in sorted(calls, key=lambda node: (node.lineno, node.col_offset)):
+        func = call.func
+        if isinstance(func, ast.Attribute) and func.attr.startswith("DEFINE_"):
+            rows += _flags([call], {})
+        elif isinstance(func, ast.Name) and func.id in definers:
+            definer = definers[func.id]
+            names = [a.arg for a in definer.args.args]
+            constants = dict(zip(names[len(names) - len(definer.args.defaults):],
+                                 (ast.literal_eval(d) for d in definer.args.defaults)))
+            constants.update(zip(names[1:], (ast.literal_eval(a) for a in call.args[1:])))
+            constants.update({k.arg: ast.literal_eval(k.value) for k in call.keywords})
+            rows += _flags(_define_calls(definer), constants)
+    return rows
+
+
+def _aliases(tree):
+    """`[(old, new)]`: the deprecated names the tool accepts."""
+    return [(ast.literal_eval(node.args[1]), ast.literal_eval(node.args[2]))
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == ALIAS_DEFINER]
     return [node for node in ast.walk(tree)
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr.startswith("DEFINE_")]
+            and node.func.attr.startswith("DEFINE_")
+            # a flag named in the source (not one of a loop over DINOConfig's fields)
+            and node.args and isinstance(node.args[0], ast.Constant)]
 
 
 def _backbone_call(tree):
@@ -74,6 +120,34 @@ def _backbone_call(tree):
                 and node.func.id == BACKBONE_DEFINER):
             return {k.arg: ast.literal_eval(k.value) for k in node.keywords}
     return None
+
+
+def _config_rows(tree):
+    """The rows of the `DINOConfig` flags of a tool that defines them (else none)."""
+    if not any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+               and node.func.id == CONFIG_DEFINER for node in ast.walk(tree)):
+        return []
+    notes = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "_FLAG_NOTES" for t in node.targets):
+            notes = ast.literal_eval(node.value)
+    sys.path.insert(0, str(REPO))
+    try:
+        from keras_dino.training.hparams import DINOConfig, kind_of
+    finally:
+        sys.path.remove(str(REPO))
+    rows = []
+    for field in DINOConfig.settings():
+        meta = field.metadata
+        if not meta["flag"]:
+            continue
+        helptext = " ".join(filter(None, (meta["help"], notes.get(field.name))))
+        kind = "enum" if meta["choices"] else _KINDS[kind_of(field)[0]]
+        if meta["choices"]:
+            helptext = f"{helptext} One of: {','.join(meta['choices'])}."
+        rows.append((field.name, kind, meta.get("flag_default", field.default), helptext))
+    return rows
 
 
 def _backbone_defaults(common):
@@ -120,6 +194,7 @@ def generated() -> str:
     """The markdown between the markers of docs/cli.md."""
     common = ast.parse((TOOLS / "common.py").read_text(encoding="utf-8"))
     defaults, definer = _backbone_defaults(common)
+    definers = _common_definers(common)
     constants = dict(defaults)
     out = ["## Backbone flags", "",
            "The evaluation, feature and export tools load their backbone with these flags "
@@ -137,7 +212,11 @@ def generated() -> str:
             given = {**defaults, **backbone}
             out += [f"The [backbone flags](#backbone-flags), with `--arch={given['arch']}` "
                     f"and `--patch_size={given['patch_size']}` by default, and:", ""]
-        out += _table(_flags(_define_calls(tree), {})) + [""]
+        out += _table(_config_rows(tree) + _tool_rows(tree, definers)) + [""]
+        aliases = _aliases(tree)
+        if aliases:
+            names = ", ".join(f"`--{old}` (use `--{new}`)" for old, new in aliases)
+            out += [f"Deprecated names, accepted for this release: {names}.", ""]
     return "\n".join(out)
 
 

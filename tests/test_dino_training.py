@@ -185,19 +185,11 @@ def test_fit_logs_schedule_values_and_callbacks_report():
         assert all(math.isfinite(v) for v in history.history[key])
 
 
-def test_teacher_ema_and_centering_callbacks_configure_the_step():
-    model = tiny_dino(epochs=1, warmup_epochs=0)
+def test_teacher_and_center_momenta_of_the_model_run_in_the_step():
+    model = tiny_dino(epochs=1, warmup_epochs=0, momentum_teacher=0.25,
+                      final_momentum_teacher=0.25, center_momentum=0.5)
     before = all_weights(model)
-    model.fit(
-        tiny_crops(n=4),
-        batch_size=4,
-        epochs=1,
-        verbose=0,
-        callbacks=[
-            dino_callbacks.TeacherEMA(momentum_teacher=0.25, final_momentum=0.25),
-            dino_callbacks.Centering(center_momentum=0.5),
-        ],
-    )
+    model.fit(tiny_crops(n=4), batch_size=4, epochs=1, verbose=0)
     after = all_weights(model)
     for name in before["teacher"]:
         expected = 0.25 * before["teacher"][name] + 0.75 * after["student"][name]
@@ -209,17 +201,17 @@ def test_teacher_ema_and_centering_callbacks_configure_the_step():
     assert np.all(np.isfinite(after["center"])) and np.abs(after["center"]).max() > 0
 
 
-def test_settings_set_by_callbacks_are_what_config_and_checkpoint_record(tmp_path):
-    """One owner per setting: the callbacks set the model's values, which are recorded."""
-    model = tiny_dino(epochs=1, warmup_epochs=0, momentum_teacher=0.9)
+def test_settings_of_the_model_are_what_config_and_checkpoint_record(tmp_path):
+    """One owner per setting: the model's config runs and is recorded."""
+    model = tiny_dino(epochs=1, warmup_epochs=0, momentum_teacher=0.99,
+                      final_momentum_teacher=0.995, center_momentum=0.8)
     crops = tiny_crops(n=4)
-    model.fit(
+    history = model.fit(
         crops, batch_size=4, epochs=1, verbose=0,
-        callbacks=[dino_callbacks.TeacherEMA(0.99, final_momentum=0.995),
-                   dino_callbacks.Centering(center_momentum=0.8)],
         data_settings=dict(global_crops_scale=(0.3, 1.0), local_crops_scale=(0.1, 0.3),
                            local_crops_number=2),
     )
+    assert history.history["center_momentum"] == [0.8]  # Centering reports the model's
     config = model.get_config()
     assert (config["momentum_teacher"], config["final_momentum_teacher"]) == (0.99, 0.995)
     assert config["center_momentum"] == 0.8
@@ -232,10 +224,11 @@ def test_settings_set_by_callbacks_are_what_config_and_checkpoint_record(tmp_pat
     assert args["center_momentum"] == 0.8 and args["local_crops_scale"] == (0.1, 0.3)
     # ... and a model rebuilt from that checkpoint or config runs with the same values.
     again = DINO.from_official_checkpoint(path)
-    assert again.hparams["final_momentum_teacher"] == 0.995
-    assert again.center_momentum == 0.8 and again.data_settings["local_crops_scale"] == (0.1, 0.3)
+    assert again.config.final_momentum_teacher == 0.995
+    assert again.config.center_momentum == 0.8
+    assert again.data_settings["local_crops_scale"] == (0.1, 0.3)
     clone = DINO.from_config(config)
-    assert clone.data_settings == model.data_settings and clone.center_momentum == 0.8
+    assert clone.data_settings == model.data_settings and clone.config == model.config
 
 
 def test_crop_settings_belong_to_the_data():
@@ -248,11 +241,24 @@ def test_crop_settings_belong_to_the_data():
         tiny_dino().set_data_settings(dict(global_crops_scale=(0.4, 1), local_crops_number=6))
 
 
-@pytest.mark.parametrize("kwargs", [dict(final_momentum=1.5), dict(momentum_teacher=-0.1)])
-def test_teacher_ema_rejects_a_momentum_outside_0_1(kwargs):
+@pytest.mark.parametrize("kwargs", [dict(final_momentum_teacher=1.5),
+                                    dict(momentum_teacher=-0.1), dict(center_momentum=2.0)])
+def test_a_momentum_outside_0_1_is_refused(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=f"{name} must be in \\[0, 1\\]"):
-        dino_callbacks.TeacherEMA(**kwargs)
+        tiny_dino(**kwargs)
+
+
+@pytest.mark.parametrize("callback", [dino_callbacks.TeacherEMA, dino_callbacks.Centering])
+@pytest.mark.parametrize("args, kwargs", [((0.99,), {}), ((), dict(momentum_teacher=0.99)),
+                                          ((), dict(final_momentum=1.0)),
+                                          ((), dict(center_momentum=0.9))])
+def test_report_callbacks_take_no_values(callback, args, kwargs):
+    """The model owns the momenta: the callbacks are no second way to set them."""
+    with pytest.raises(TypeError, match=r"DINO\(momentum_teacher=\.\.\., final_momentum_teacher="
+                       r"\.\.\., center_momentum=\.\.\.\)"):
+        callback(*args, **kwargs)
+    assert not hasattr(DINO, "set_teacher_momentum") and not hasattr(DINO, "set_center_momentum")
 
 
 def test_freeze_last_layer_untouched_in_first_epoch():
@@ -367,7 +373,7 @@ def test_config_round_trip():
     model = tiny_dino()
     config = json.loads(json.dumps(model.get_config()))
     clone = DINO.from_config(config)
-    assert clone.hparams == model.hparams
+    assert clone.hparams == model.hparams and clone.config == model.config
 
 
 def test_split_mode_photometric_inside_the_step():

@@ -183,12 +183,11 @@ def test_deprecated_hyphenated_flags_are_renamed_with_a_message():
     )
     assert argv == ["export_saved_model.py", "ckpt.pth", "--output_dir", "exports",
                     "--model_name=mini", "--l2_normalize", "--num_heads=3", "--version=2"]
-    assert told == [
-        "--out is deprecated and will be removed in the next release; use --output_dir.",
-        "--model-name is deprecated and will be removed in the next release; use --model_name.",
-        "--l2-normalize is deprecated and will be removed in the next release; use "
-        "--l2_normalize.",
-        "--num-heads is deprecated and will be removed in the next release; use --num_heads.",
+    assert told == [  # the line of every deprecated name (tools/common.py)
+        "--out is deprecated, use --output_dir",
+        "--model-name is deprecated, use --model_name",
+        "--l2-normalize is deprecated, use --l2_normalize",
+        "--num-heads is deprecated, use --num_heads",
     ]
 
 
@@ -241,7 +240,8 @@ def test_serving_client_flags():
     client.define_flags(values)
     values(["serving_client.py", "--rest_port=9001", "--signature=attention", "--random=2"])
     assert (values.rest_port, values.signature, values.random) == (9001, "attention", 2)
-    assert values.image_size == 224 and values.protocol == "rest"
+    assert values.eval_size == 224 and values.protocol == "rest"
+    assert values.model_name == "dino"
 
 
 # --- end to end -------------------------------------------------------------------------
@@ -273,13 +273,22 @@ def _log(folder):
 
 
 def test_eval_data_paths():
+    from absl import app
+
     from keras_dino.datasets import cifar10_mini
     from keras_dino.tools.common import eval_split_paths, resolve_data_path
 
-    assert eval_split_paths("embedded") == (str(cifar10_mini("train")), str(cifar10_mini("test")))
+    train, test = str(cifar10_mini("train")), str(cifar10_mini("test"))
+    assert eval_split_paths("embedded") == (train, test)
+    assert eval_split_paths("embedded:test") == (train, test)
+    assert eval_split_paths("embedded:train") == (train, train)
     assert eval_split_paths("/data/imagenet") == ("/data/imagenet/train", "/data/imagenet/val")
-    assert resolve_data_path("embedded:test") == str(cifar10_mini("test"))
+    assert resolve_data_path("embedded:test") == test
+    assert resolve_data_path("embedded:train") == resolve_data_path("embedded") == train
+    assert resolve_data_path("embedded", natural="test") == test
     assert resolve_data_path("/data/x") == "/data/x"
+    with pytest.raises(app.UsageError, match="embedded:train, embedded:test"):
+        resolve_data_path("embedded:val")
 
 
 @pytest.fixture(scope="module")

@@ -327,7 +327,7 @@ def test_extract_features_tool_writes_the_models_features(fixtures_dir, folder, 
     tool.define_flags(values)
     values(["extract_features", f"--pretrained_weights={fixtures_dir / 'backbone_vit_mini16.pth'}",
             "--arch=vit_mini", "--num_heads=3", f"--data_path={folder}", "--features=patch",
-            "--image_size=32", "--resize_size=32", "--shard_size=3", f"--output_dir={out}",
+            "--eval_size=32", "--eval_resize=32", "--shard_size=3", f"--output_dir={out}",
             "--verbose=0"])
     tool.run(values)
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -355,7 +355,7 @@ def test_visualize_features_tool_writes_pictures_at_the_input_size(fixtures_dir,
             "--arch=vit_mini", "--num_heads=3", "--patch_size=16",
             f"--image_path={folder / 'class0' / '0.png'}",
             f"--image_path2={folder / 'class1' / '5.png'}", "--image_size=64",
-            "--foreground_only", "--threshold=0.3", f"--output_dir={tmp_path}"])
+            "--foreground_only", "--foreground_threshold=0.3", f"--output_dir={tmp_path}"])
     tool.run(values)
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     names = sorted(os.path.basename(p) for p in last["files"])

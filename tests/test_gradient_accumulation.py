@@ -181,8 +181,8 @@ def test_resume_from_an_accumulating_checkpoint(golden_dir, tmp_path):
     assert args["gradient_accumulation_steps"] == K
     assert args["batch_size_per_gpu"] == 4  # the official (effective) batch
     resumed = DINO.from_official_checkpoint(path)
-    assert resumed.gradient_accumulation_steps == K
-    assert resumed.hparams["batch_size_per_gpu"] == 4 // K
+    assert resumed.config.gradient_accumulation_steps == K
+    assert resumed.config.batch_size_per_gpu == 4 // K
     assert resumed._resume_epoch == 1
     resumed.compile(steps_per_execution=4)
     resumed.fit(data, batch_size=4 // K, shuffle=False, verbose=0)
@@ -202,7 +202,7 @@ def test_one_step_accumulation_is_the_plain_model():
     """k=1 (the default) adds no variable: the model and the optimizer are today's."""
     model = tiny_dino()
     model.compile()
-    assert model.gradient_accumulation_steps == 1
+    assert model.config.gradient_accumulation_steps == 1
     assert model.get_config()["gradient_accumulation_steps"] == 1
     assert not [v.path for v in model.weights if "accumulator" in v.path]
     assert not [v.path for v in model.optimizer.variables
@@ -262,14 +262,14 @@ def test_effective_batch_in_checkpoint_args_and_back(tmp_path):
     args = dict(read_checkpoint(path)["args"])
     assert (args["batch_size_per_gpu"], args["gradient_accumulation_steps"]) == (8, 4)
     again = DINO.from_official_checkpoint(path)
-    assert again.gradient_accumulation_steps == 4
+    assert again.config.gradient_accumulation_steps == 4
     assert again.optimizer.accumulation_steps == 4
-    assert (again.hparams["batch_size"], again.hparams["batch_size_per_gpu"]) == (8, 2)
+    assert (again.config.batch_size, again.config.batch_size_per_gpu) == (8, 2)
     # The same run without accumulation (batches of 8): the same effective batch.
     plain = DINO.from_official_checkpoint(path, gradient_accumulation_steps=1)
-    assert (plain.hparams["batch_size"], plain.hparams["batch_size_per_gpu"]) == (8, 8)
+    assert (plain.config.batch_size, plain.config.batch_size_per_gpu) == (8, 8)
     config = json.loads(json.dumps(again.get_config()))
-    assert DINO.from_config(config).gradient_accumulation_steps == 4
+    assert DINO.from_config(config).config.gradient_accumulation_steps == 4
 
 
 def test_from_pretrained_takes_the_accumulation(golden_dir):

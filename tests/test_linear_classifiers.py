@@ -184,8 +184,8 @@ def test_classify_tool_prints_the_top_classes(zoo_dir, capsys):
     values = flags.FlagValues()
     classify.define_flags(values)
     values(["classify", f"--pretrained_weights={zoo_dir / 'backbone_resnet_mini.pth'}",
-            "--arch=resnet_mini", f"--linear_weights={zoo_dir / 'linear_resnet_mini.pth'}",
-            f"--image_path={image}", "--topk=3"])
+            "--arch=resnet_mini", f"--pretrained_linear={zoo_dir / 'linear_resnet_mini.pth'}",
+            f"--image_path={image}", "--top_classes=3"])
     top = classify.run(values)
     # the same numbers by hand: backbone output, the linear layer, a softmax
     backbone = keras_dino.load_pretrained(zoo_dir / "backbone_resnet_mini.pth")

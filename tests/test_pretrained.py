@@ -209,7 +209,7 @@ def test_backbone_pth_and_npz_twin(fixtures_dir, mini16, mini16_state, official_
 
 def test_model_kwargs_and_architecture_checks(fixtures_dir):
     path = fixtures_dir / "backbone_vit_mini16.pth"
-    with pytest.raises(ValueError, match="48-wide model; pass num_heads"):
+    with pytest.raises(ValueError, match="48-wide model .*pass num_heads=N, one of 1, 2, 3, 4, 6, 8, 12, 16, 24, 48"):
         keras_dino.load_pretrained(path)
     with pytest.raises(ValueError, match="not a vit_small"):
         keras_dino.load_pretrained(path, arch="vit_small", num_heads=3)

@@ -316,7 +316,7 @@ def test_tool_end_to_end(tmp_path, photos):
     proc = subprocess.run(
         [sys.executable, str(REPO / "examples" / "eval_video_segmentation.py"),
          "--arch=vit_tiny", "--patch_size=16", f"--data_path={tmp_path / 'davis'}",
-         f"--output_dir={out}", "--scale_size=64", "--topk=1", "--verbose=0"],
+         f"--output_dir={out}", "--image_size=64", "--topk=1", "--verbose=0"],
         capture_output=True, text=True, timeout=600, cwd=REPO,
         env={**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -56,29 +56,25 @@ def _strip_module(state: dict) -> dict:
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def _model_kwargs(cls, args: dict, overrides: dict) -> dict:
-    defaults = cls.OFFICIAL_DEFAULTS
-    kwargs = {k: args[k] for k in (*defaults, *cls.EXTRA_RECORDED) if k in args}
-    for key in ("vit_kwargs", "resnet_kwargs", "head_kwargs"):
-        if args.get(key):
-            kwargs[key] = dict(args[key])
-    merged = {**kwargs, **overrides}
-    backbone_config(  # names an unknown architecture before anything is built
-        merged.get("arch", defaults["arch"]),
-        merged.get("patch_size", defaults["patch_size"]),
-        merged.get("vit_kwargs"),
-        merged.get("resnet_kwargs"),
-    )
+def _model_config(cls, args: dict, overrides: dict):
+    """The `cls.config_class` (`DINOConfig`) of a checkpoint's `args`, then `overrides`."""
+    batch = {}
     if args.get("batch_size_per_gpu") is not None:
         # The effective batch of one optimizer step (the official batch), which scales the
         # learning rate; the model's own `batch_size_per_gpu` is the micro-batch of the
         # accumulation this run uses.
         per_gpu = int(args["batch_size_per_gpu"])
-        kwargs["batch_size"] = per_gpu * int(args.get("world_size", 1))
-        accumulation = int(merged.get("gradient_accumulation_steps") or 1)
-        kwargs["batch_size_per_gpu"] = per_gpu // accumulation if not per_gpu % accumulation else None
-    kwargs.update(overrides)
-    return kwargs
+        batch["batch_size"] = per_gpu * int(args.get("world_size", 1))
+        accumulation = int(
+            overrides.get("gradient_accumulation_steps",
+                          args.get("gradient_accumulation_steps")) or 1
+        )
+        batch["batch_size_per_gpu"] = None if per_gpu % accumulation else per_gpu // accumulation
+    config = cls.config_class.from_args(args, **{**batch, **overrides})
+    # Names an unknown architecture before anything is built.
+    backbone_config(config.arch, config.patch_size, dict(config.vit_kwargs),
+                    dict(config.resnet_kwargs))
+    return config
 
 
 def official_param_order(model) -> list:
@@ -121,7 +117,8 @@ def load_official_checkpoint(path, cls, **overrides):
         teacher = load_teacher(_strip_module(checkpoint["teacher"]), {},
                                args=args.get("teacher_args"))
         overrides = dict(overrides, teacher=teacher.network)
-    model = cls(**_model_kwargs(cls, args, overrides))
+    overrides, model_arguments = cls.config_class.split_arguments(overrides)
+    model = cls(config=_model_config(cls, args, overrides), **model_arguments)
     if args.get("teacher_weights") and model.distillation is not None:
         model.distillation.source = args["teacher_weights"]
     data = {k: args[k] for k in cls.DATA_DEFAULTS if k in args}
@@ -145,7 +142,7 @@ def load_official_checkpoint(path, cls, **overrides):
 
 def _load_optimizer_state(model, state_dict):
     optimizer = _inner(model.optimizer)
-    name = model.hparams["optimizer"]
+    name = model.config.optimizer
     order, _ = official_param_order(model)
     index_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
     state = state_dict.get("state", {})
@@ -190,7 +187,7 @@ def official_checkpoint_dict(model) -> dict:
     if getattr(model, "optimizer", None) is None:
         model.compile()
     optimizer = _inner(model.optimizer)
-    name = model.hparams["optimizer"]
+    name = model.config.optimizer
     # main_dino.py wraps the teacher in DistributedDataParallel (keys `module.*`) when
     # the networks have BatchNorm, and only then.
     has_batch_norm = any(kind == "buffer" for _, kind in model.student_map.values())
@@ -198,7 +195,7 @@ def official_checkpoint_dict(model) -> dict:
 
     # BatchNorm counters: the official student backbone runs once per crop resolution
     # (globals, then locals) per iteration, its head and the teacher once.
-    student_calls = 2 if model.hparams["local_crops_number"] > 0 else 1
+    student_calls = 2 if model.config.local_crops_number > 0 else 1
 
     def network(mapping, prefix, backbone_calls):
         out = {}
@@ -242,23 +239,19 @@ def official_checkpoint_dict(model) -> dict:
             params=list(range(n_decayed, len(order))),
         ),
     ]
-    hp = model.hparams
+    config = model.config
     args = dict(model.run_settings)
-    args.update({k: hp[k] for k in type(model).OFFICIAL_DEFAULTS})
+    args.update(config.checkpoint_args())
     args.update({k: tuple(v) for k, v in model.data_settings.items()})
-    args.update({k: hp[k] for k in type(model).EXTRA_RECORDED})
     # `batch_size_per_gpu` is the official one: the per-GPU batch of one optimizer step,
     # `gradient_accumulation_steps` micro-batches of the model's `batch_size_per_gpu`.
-    if hp["batch_size"]:
-        args["batch_size_per_gpu"] = int(hp["batch_size"]) // int(args["world_size"])
-    elif args["batch_size_per_gpu"] is not None:
-        args["batch_size_per_gpu"] = int(args["batch_size_per_gpu"]) * model.gradient_accumulation_steps
+    if config.batch_size:
+        args["batch_size_per_gpu"] = int(config.batch_size) // int(args["world_size"])
+    elif config.batch_size_per_gpu is not None:
+        args["batch_size_per_gpu"] = config.batch_size_per_gpu * config.gradient_accumulation_steps
     elif iterations:
         # The global batch the step scaled the learning rate by (lr * batch / 256).
-        args["batch_size_per_gpu"] = int(round(model.schedules.base_lr * 256 / hp["lr"]))
-    for key in ("vit_kwargs", "resnet_kwargs", "head_kwargs"):
-        if hp.get(key):
-            args[key] = dict(hp[key])
+        args["batch_size_per_gpu"] = int(round(model.schedules.base_lr * 256 / config.lr))
     teacher_prefix = "module." if has_batch_norm else ""
     if getattr(model, "distillation", None) is not None:
         # A frozen teacher of another architecture: `teacher` holds its own keys, `args`

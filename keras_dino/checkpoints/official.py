@@ -11,7 +11,11 @@ import re
 import keras
 import numpy as np
 
-from keras_dino.errors import CheckpointKeyError, CheckpointShapeError  # noqa: F401
+from keras_dino.errors import (  # noqa: F401
+    CheckpointKeyError,
+    CheckpointShapeError,
+    MissingArchitectureError,
+)
 from keras_dino.models.official_names import (  # noqa: F401 (the maps, re-exported)
     backbone_variable_map,
     head_variable_map,
@@ -211,9 +215,10 @@ def infer_backbone_config(state_dict: dict, num_heads: int | None = None) -> dic
         elif embed_dim % 64 == 0:
             num_heads = embed_dim // 64
         else:
-            raise ValueError(
-                f"cannot infer the number of attention heads of a {embed_dim}-wide model; "
-                "pass num_heads=..."
+            divisors = ", ".join(str(d) for d in range(1, embed_dim + 1) if embed_dim % d == 0)
+            raise MissingArchitectureError(
+                f"cannot infer the number of attention heads of a {embed_dim}-wide model "
+                f"(the checkpoint does not record it); pass num_heads=N, one of {divisors}."
             )
     config = dict(
         img_size=side * patch_size,

@@ -123,7 +123,7 @@ def load_pretrained(
     if checkpoint_key in checkpoint and isinstance(checkpoint[checkpoint_key], dict):
         state = checkpoint[checkpoint_key]
     elif "student" in checkpoint or "teacher" in checkpoint:
-        raise KeyError(
+        raise official.CheckpointKeyError(
             f"checkpoint_key '{checkpoint_key}' is not in {path}; it has "
             f"{', '.join(k for k in checkpoint if isinstance(checkpoint[k], dict))}."
         )

@@ -115,8 +115,8 @@ def _keras_warm_start(path) -> WarmStart:
         s_backbone, s_head = _split(student, path)
         t_backbone, t_head = _split(teacher, path)
         center = np.asarray(keras.ops.convert_to_numpy(model.center), np.float32)
-        args = {k: model.hparams[k] for k in _ARCH_KEYS if k in model.hparams}
-        args["norm_last_layer"] = model.hparams.get("norm_last_layer", True)
+        config = model.config.to_dict()
+        args = {k: config[k] for k in (*_ARCH_KEYS, "norm_last_layer")}
         return WarmStart(path, s_backbone, t_backbone, s_head, t_head, center, args)
     if isinstance(model, MultiCropWrapper):
         backbone, head = _split(official.state_dict_of(multicrop_variable_map(model)), path)
@@ -171,7 +171,7 @@ def dino_from_pretrained(cls, weights, checkpoint_key: str | None = None,
         except (official.CheckpointKeyError, official.CheckpointShapeError) as error:
             raise ValueError(
                 f"the DINO heads of {start.source} do not fit the head asked for "
-                f"(out_dim={model.hparams['out_dim']}, head_kwargs={model.hparams['head_kwargs']}"
+                f"(out_dim={model.config.out_dim}, head_kwargs={dict(model.config.head_kwargs)}"
                 "); leave those arguments out to continue with the file's heads, or pass "
                 f"load_heads=False to start from its backbones alone: {error}"
             ) from error

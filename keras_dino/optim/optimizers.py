@@ -72,7 +72,13 @@ class DINOOptimizer(keras.optimizers.Optimizer):
         gradient_accumulation_steps: int | None = 1,
         **kwargs,
     ):
-        schedules = schedules or DINOSchedules()
+        if schedules is None:
+            raise ValueError(
+                f"{type(self).__name__} takes its learning rate, weight decay and "
+                "last-layer freezing from a schedules object: build it with "
+                "keras_dino.DINO(...).make_optimizer(), or pass "
+                "DINOSchedules.from_config(config, steps_per_epoch)."
+            )
         kwargs.setdefault("learning_rate", _ScheduleLearningRate(schedules))
         # Keras' own accumulation stays off (see the module docstring).
         super().__init__(**kwargs)
@@ -205,7 +211,8 @@ class AdamW(DINOOptimizer):
     Example:
 
     >>> from keras_dino.optim.schedules import DINOSchedules
-    >>> opt = AdamW(DINOSchedules(epochs=1, warmup_epochs=0, steps_per_epoch=10))
+    >>> from keras_dino.training.hparams import DINOConfig
+    >>> opt = AdamW(DINOSchedules.from_config(DINOConfig(epochs=1, warmup_epochs=0), 10))
     >>> opt.beta_1, opt.epsilon
     (0.9, 1e-08)
     """

@@ -73,30 +73,51 @@ def _cosine_at(step, base, final, total, warmup, start_warmup=0.0):
 class DINOSchedules:
     """All the per-iteration values of a DINO run, as functions of the step.
 
-    `steps_per_epoch` must be set (it is, at the start of `fit`) before the values are
-    evaluated; `base_lr` is the learning rate already scaled by `global batch / 256`.
+    Built from a DINO's config (`DINOSchedules.from_config`), where the settings and their
+    defaults are written. `steps_per_epoch` must be set (it is, at the start of `fit`)
+    before the values are evaluated; `base_lr` is the learning rate already scaled by
+    `global batch / 256`.
 
     Example:
 
-    >>> s = DINOSchedules(base_lr=1e-3, min_lr=1e-6, epochs=2, warmup_epochs=1,
-    ...                   steps_per_epoch=3)
+    >>> from keras_dino.training.hparams import DINOConfig
+    >>> s = DINOSchedules.from_config(DINOConfig(lr=1e-3, epochs=2, warmup_epochs=1), 3)
     >>> round(float(s.lr(4)), 6)
     0.00075
     """
 
-    base_lr: float = 5e-4
-    min_lr: float = 1e-6
-    epochs: int = 100
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996
-    final_momentum_teacher: float = 1.0
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
-    freeze_last_layer: int = 1
+    base_lr: float
+    min_lr: float
+    epochs: int
+    warmup_epochs: int
+    weight_decay: float
+    weight_decay_end: float
+    momentum_teacher: float
+    final_momentum_teacher: float
+    warmup_teacher_temp: float
+    teacher_temp: float
+    warmup_teacher_temp_epochs: int
+    freeze_last_layer: int
     steps_per_epoch: int | None = None
+
+    @classmethod
+    def from_config(cls, config, steps_per_epoch: int | None = None) -> "DINOSchedules":
+        """The schedules of a `keras_dino.training.hparams.DINOConfig`.
+
+        Every schedule setting is the config's field of the same name; `base_lr` starts
+        as the config's `lr`, scaled by the global batch when training starts.
+        `steps_per_epoch` counts optimizer steps.
+
+        Example:
+
+        >>> from keras_dino.training.hparams import DINOConfig
+        >>> config = DINOConfig(lr=1e-3, epochs=2, warmup_epochs=1)
+        >>> round(float(DINOSchedules.from_config(config, steps_per_epoch=3).lr(4)), 6)
+        0.00075
+        """
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
+                  if f.name not in ("base_lr", "steps_per_epoch") and hasattr(config, f.name)}
+        return cls(**values, base_lr=config.lr, steps_per_epoch=steps_per_epoch)
 
     def _check(self):
         if not self.steps_per_epoch:
@@ -176,13 +197,13 @@ class ScheduleSetup(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        steps = model.steps_per_epoch or self.params.get("steps")
+        steps = model.config.steps_per_epoch or self.params.get("steps")
         if not steps:
             raise ValueError(
                 "DINO needs the number of steps per epoch for its schedules, and fit could "
                 "not tell it (an infinite or unsized dataset): pass steps_per_epoch= to fit."
             )
-        iterations = check_epoch_of_whole_steps(steps, model.gradient_accumulation_steps)
+        iterations = check_epoch_of_whole_steps(steps, model.config.gradient_accumulation_steps)
         model.schedules.steps_per_epoch = iterations
         if model._resume_epoch and int(ops.convert_to_numpy(model.optimizer.iterations)) == 0:
             model.optimizer.iterations.assign(model._resume_epoch * iterations)

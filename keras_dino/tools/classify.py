@@ -9,7 +9,7 @@ classes with their probabilities, then one JSON line.
     python examples/classify.py --pretrained_weights=dino_vits16 --image_path=cat.jpg
     python examples/classify.py --arch=resnet50 --image_path=cat.jpg \\
         --pretrained_weights=dino_resnet50_pretrain.pth \\
-        --linear_weights=dino_resnet50_linearweights.pth
+        --pretrained_linear=dino_resnet50_linearweights.pth
 """
 
 import json
@@ -17,11 +17,15 @@ import os
 import sys
 
 from keras_dino.tools.common import (
+    architecture_name,
     define_backbone_flags,
+    define_deprecated_alias,
+    define_eval_view_flags,
     official_preset,
     run_tool,
     say,
     select_backend,
+    short_load_errors,
 )
 
 select_backend(sys.argv)
@@ -34,12 +38,12 @@ def define_flags(flag_values=flags.FLAGS):
     fv = dict(flag_values=flag_values)
     define_backbone_flags(flag_values)
     flags.DEFINE_string("image_path", None, "The image to classify.", **fv)
-    flags.DEFINE_string("linear_weights", None, "Linear classifier file (default: the released "
-                        "one of the preset).", **fv)
-    flags.DEFINE_integer("topk", 5, "Classes to print.", **fv)
-    flags.DEFINE_integer("eval_size", 224, "Side of the center crop.", **fv)
-    flags.DEFINE_integer("eval_resize", None, "Shorter side before the crop (default "
-                         "eval_size * 256 / 224).", **fv)
+    flags.DEFINE_string("pretrained_linear", None, "Linear classifier file (default: the "
+                        "released one of the preset).", **fv)
+    flags.DEFINE_integer("top_classes", 5, "Classes to print.", **fv)
+    define_eval_view_flags(flag_values)
+    define_deprecated_alias(flag_values, "linear_weights", "pretrained_linear")
+    define_deprecated_alias(flag_values, "topk", "top_classes")
 
 
 def run(F):
@@ -60,23 +64,26 @@ def run(F):
     if not weights:
         raise app.UsageError(f"no --pretrained_weights and no released {F.arch}/"
                              f"{F.patch_size} weights.")
-    if not F.linear_weights and weights not in PRESETS:
-        raise app.UsageError("--linear_weights is needed with a local --pretrained_weights.")
+    if not F.pretrained_linear and weights not in PRESETS:
+        raise app.UsageError("--pretrained_linear is needed with a local --pretrained_weights.")
     kwargs = {"num_heads": F.num_heads} if F.num_heads else {}
-    classifier = load_pretrained_classifier(
-        weights, F.linear_weights or None, checkpoint_key=F.checkpoint_key, **kwargs)
+    with short_load_errors(weights):
+        classifier = load_pretrained_classifier(
+            weights, F.pretrained_linear or None, checkpoint_key=F.checkpoint_key, **kwargs)
+    say(f"architecture from {os.path.basename(weights)}: "
+        f"{architecture_name(classifier.backbone)}")
     x = EvalConfig(F.eval_size, F.eval_resize).load(F.image_path)[None]
     logits = ops.convert_to_numpy(classifier(x))[0].astype(np.float64)
     probabilities = np.exp(logits - logits.max())
     probabilities /= probabilities.sum()
     names = imagenet_class_names() if len(logits) == 1000 else None
-    order = np.argsort(-probabilities)[: F.topk]
+    order = np.argsort(-probabilities)[: F.top_classes]
     top = [((names[i] if names else f"class {i}"), int(i), float(probabilities[i]))
            for i in order]
-    say(f"top-{F.topk} for {F.image_path}:")
+    say(f"top-{F.top_classes} for {F.image_path}:")
     for rank, (name, index, p) in enumerate(top, 1):
         say(f"  {rank}. {name} ({index}): {100 * p:.1f}%")
-    print(json.dumps({"image": F.image_path, f"top{F.topk}": [
+    print(json.dumps({"image": F.image_path, f"top{F.top_classes}": [
         {"class": n, "index": i, "probability": round(p, 6)} for n, i, p in top]}), flush=True)
     return top
 

@@ -4,6 +4,7 @@ Nothing here imports Keras at module level: a tool chooses its backend from `--b
 (`select_backend`) before Keras is imported.
 """
 
+import contextlib
 import os
 import sys
 
@@ -96,11 +97,27 @@ def show_as_main(doc):
 
 
 def run_absl(main, doc, argv=None):
-    """`absl.app.run(main, argv)` with the tool's `doc` and flags shown by `--help`."""
+    """`absl.app.run(main, argv)` with the tool's `doc` and flags shown by `--help`.
+
+    A mistake found once the flags are parsed (an `absl.app.UsageError` of the tool, a
+    missing file or folder, any `keras_dino.errors` exception) ends the command with its
+    one-line message on the standard error and exit status 1, not a traceback.
+    """
     from absl import app
 
+    from keras_dino.errors import KerasDinoError
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except (app.UsageError, KerasDinoError, FileNotFoundError, NotADirectoryError) as error:
+            # KeyError's str() quotes its message; an OSError's str() adds errno and path.
+            message = str(error.args[0]) if isinstance(error, KeyError) else str(error)
+            print(f"{sys.argv[0]}: error: {message}", file=sys.stderr, flush=True)
+            sys.exit(getattr(error, "exitcode", 1))
+
     show_as_main(doc)
-    app.run(main, argv=argv)
+    app.run(guarded, argv=argv)
 
 
 def run_tool(define_flags, run, doc=None):
@@ -127,7 +144,7 @@ def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arc
     The official evaluation tools' `--pretrained_weights`, `--arch`, `--patch_size`
     (16 by default; 8 in `visualize_attention.py`), `--arch` (vit_small; vit_base in
     `eval_copy_detection.py`) and `--checkpoint_key`, and
-    keras_dino's `--num_heads` and `--backend`. `load_backbone(F)` reads them.
+    keras_dino's `--num_heads` and `--backend`. `backbone_from_flags(F)` reads them.
     """
     from absl import flags
 
@@ -136,8 +153,10 @@ def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arc
                         "...); empty: the official weights of --arch/--patch_size.", **fv)
     flags.DEFINE_string("arch", arch, "Architecture (vit_tiny, vit_small, vit_base, a "
                         "torchvision ResNet name, an XCiT name, or a custom name whose shape "
-                        "the checkpoint gives).", **fv)
-    flags.DEFINE_integer("patch_size", patch_size, "Patch size of the model.", **fv)
+                        "the checkpoint gives). With --pretrained_weights, the file's unless "
+                        "given (then checked against it).", **fv)
+    flags.DEFINE_integer("patch_size", patch_size, "Patch size of the model. With "
+                         "--pretrained_weights, the file's unless given (then checked).", **fv)
     flags.DEFINE_string("checkpoint_key", "teacher", "Model of a full training checkpoint "
                         "(teacher or student).", **fv)
     flags.DEFINE_integer("num_heads", None, "Attention heads, for checkpoints of custom "
@@ -146,9 +165,79 @@ def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arc
                         "KERAS_BACKEND.", **fv)
 
 
-def backbone_load_kwargs(F):
-    """`load_pretrained` arguments of the backbone flags that were given."""
-    return {"num_heads": F.num_heads} if F.num_heads else {}
+def define_image_flags(flag_values, image_size="480,480"):
+    """`--image_path`, `--image_size` and `--output_dir`, as the official
+    `visualize_attention.py` defines them, for the tools that look at one image.
+
+    `--image_size` is the official one: one value resizes the shorter side (aspect
+    kept), two resize to height,width. `read_image(F.image_path)` reads the image.
+    """
+    from absl import flags
+
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_string("image_path", None, "The image to look at (default: the first image of "
+                        "the embedded CIFAR-10 test split).", **fv)
+    flags.DEFINE_list("image_size", image_size, "Resize to height,width (or one value: the "
+                      "shorter side).", **fv)
+    flags.DEFINE_string("output_dir", ".", "Where the images are written.", **fv)
+
+
+def define_eval_view_flags(flag_values, size_help="Side of the center crop."):
+    """`--eval_size` and `--eval_resize`: the official evaluation view (shorter side to
+    `--eval_resize`, default `--eval_size * 256 / 224`, then a `--eval_size` center crop),
+    for the tools that feed the backbone center crops."""
+    from absl import flags
+
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_integer("eval_size", 224, size_help, **fv)
+    flags.DEFINE_integer("eval_resize", None, "Shorter side before the center crop (default "
+                         "eval_size * 256 / 224: 256 for 224).", **fv)
+
+
+def define_deprecated_alias(flag_values, old, new):
+    """Defines `--old` as a deprecated name of the flag `--new` (defined before).
+
+    Given, `--old=value` sets `--new` (which then counts as given) and prints one line,
+    `--old is deprecated, use --new`; on the command line and in flag files alike.
+    """
+    from absl import flags
+
+    target = flag_values[new]
+
+    class DeprecatedAlias(flags.Flag):
+        def parse(self, argument):
+            print(f"--{old} is deprecated, use --{new}", file=sys.stderr, flush=True)
+            flag_values[new].parse(argument)
+            flag_values[new].using_default_value = False
+            self.present += 1
+
+    alias = DeprecatedAlias(target.parser, target.serializer, old, None,
+                            f"Deprecated name of --{new} (removed in the next release).",
+                            boolean=target.boolean)
+    flags.DEFINE_flag(alias, flag_values)
+
+
+def read_image(path, flag="--image_path"):
+    """uint8 RGB `(H, W, 3)` of an image file, and its path: the one image reader of the
+    tools, PIL's `convert("RGB")` as the official tools read images. Without a path, the
+    first image of the embedded CIFAR-10 test split (and a line saying so)."""
+    import numpy as np
+    from absl import app
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        from keras_dino.data.sources import list_image_files
+        from keras_dino.datasets import cifar10_mini
+
+        path = list_image_files(cifar10_mini("test")).files[0]
+        say(f"no {flag}: using {path}")
+    elif not os.path.isfile(path):
+        raise app.UsageError(f"{flag}={path} is not a file.")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB")), path
+    except (UnidentifiedImageError, OSError) as error:
+        raise app.UsageError(f"{flag}={path} is not an image PIL can read ({error}).") from None
 
 
 def translate_deprecated(argv, renamed, warn=None):
@@ -162,8 +251,7 @@ def translate_deprecated(argv, renamed, warn=None):
     for arg in argv:
         name, sep, value = arg.partition("=")
         if name in renamed:
-            warn(f"{name} is deprecated and will be removed in the next release; "
-                 f"use {renamed[name]}.")
+            warn(f"{name} is deprecated, use {renamed[name]}")
             arg = renamed[name] + sep + value
         out.append(arg)
     return out
@@ -207,24 +295,57 @@ def mixed_precision_policy(use_fp16: bool, bf16: bool, gpu: bool):
     return ("mixed_float16" if use_fp16 else None), None
 
 
-def resolve_data_path(path):
-    """`embedded:train` / `embedded:test`: the embedded CIFAR-10 subset; other paths as is."""
-    if path.startswith("embedded:"):
-        from keras_dino.datasets import cifar10_mini
+EMBEDDED_SPLITS = ("train", "test")
 
-        return str(cifar10_mini(path.split(":", 1)[1]))
-    return path
+
+def _embedded_split(path, natural):
+    """The split that `embedded` / `embedded:<split>` names (None for other paths)."""
+    path = str(path)
+    if path != "embedded" and not path.startswith("embedded:"):
+        return None
+    split = path.partition(":")[2] or natural
+    if split not in EMBEDDED_SPLITS:
+        from absl import app
+
+        raise app.UsageError(f"{path}: the embedded CIFAR-10 subset has the splits "
+                             f"{' and '.join(EMBEDDED_SPLITS)} (embedded:train, embedded:test).")
+    return split
+
+
+def resolve_data_path(path, natural="train"):
+    """A folder of images: `embedded:train` / `embedded:test` are the splits of the
+    embedded CIFAR-10 subset, plain `embedded` the tool's `natural` split; other paths
+    as they are."""
+    split = _embedded_split(path, natural)
+    if split is None:
+        return path
+    from keras_dino.datasets import cifar10_mini
+
+    return str(cifar10_mini(split))
 
 
 def eval_split_paths(data_path):
     """The labelled `(train, val)` folders of the official evaluation layout.
 
-    `<data_path>/train` and `<data_path>/val`, as the official `eval_*.py` read them;
-    `embedded` is the embedded CIFAR-10 subset (its `train` and `test` splits).
+    `<data_path>/train` and `<data_path>/val`, as the official `eval_*.py` read them. The
+    embedded CIFAR-10 subset: `embedded` (or `embedded:test`) is its train split as the
+    train set and its test split as the val set; `embedded:train` evaluates on the train
+    split itself.
     """
-    if data_path == "embedded":
-        return resolve_data_path("embedded:train"), resolve_data_path("embedded:test")
+    split = _embedded_split(data_path, "test")
+    if split is not None:
+        return resolve_data_path("embedded:train"), resolve_data_path(f"embedded:{split}")
     return os.path.join(data_path, "train"), os.path.join(data_path, "val")
+
+
+def require_folder(path, flag="--data_path", layout=""):
+    """`path` if it is a folder, else a one-line usage error naming `flag` (and what the
+    folder should hold, `layout`)."""
+    if not os.path.isdir(path):
+        from absl import app
+
+        raise app.UsageError(f"{flag}: {path} is not a folder{' ' if layout else ''}{layout}.")
+    return path
 
 
 def official_preset(arch, patch_size):
@@ -261,8 +382,17 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
         if pretrained_weights:
             say(f"no --pretrained_weights: using the official weights of {pretrained_weights}.")
         elif arch not in ARCHITECTURES:
-            raise ValueError(f"no --pretrained_weights, and '{arch}' is not one of "
-                             f"{', '.join(ARCHITECTURES)} to initialise randomly.")
+            import difflib
+
+            from absl import app
+
+            names = [*ARCHITECTURES, *RESNETS, *XCITS]
+            close = difflib.get_close_matches(arch, names, n=1)
+            hint = f"did you mean --arch={close[0]}? " if close else ""
+            raise app.UsageError(
+                f"--arch={arch}: no --pretrained_weights, and no official weights or random "
+                f"initialisation of that name; {hint}Known: {', '.join(ARCHITECTURES)}, "
+                "the torchvision ResNets and the XCiTs, or give --pretrained_weights.")
         else:
             say(f"no --pretrained_weights and no official {arch}/{patch_size} weights: "
                 "using random weights.")
@@ -273,6 +403,75 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
                                         **kwargs)
     say(f"weights: {source}; {_describe(backbone)}.")
     return backbone
+
+
+def architecture_name(backbone):
+    """How the tools name a backbone's architecture: `vit_small/16`, `vit (width 48,
+    depth 2, 4 heads)/16`, `+4 registers`, or the ResNet's or XCiT's name."""
+    from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
+
+    if not isinstance(backbone, VisionTransformer):
+        return backbone.name
+    shape = (backbone.embed_dim, backbone.depth, backbone.num_heads)
+    name = next((arch for arch, c in ARCHITECTURES.items()
+                 if (c["embed_dim"], c["depth"], c["num_heads"]) == shape),
+                f"vit (width {shape[0]}, depth {shape[1]}, {shape[2]} heads)")
+    registers = getattr(backbone, "num_register_tokens", 0)
+    return f"{name}/{backbone.patch_size}" + (f" +{registers} registers" if registers else "")
+
+
+def backbone_from_flags(F, weights=None):
+    """The backbone of the backbone flags (`define_backbone_flags`) of `F`.
+
+    With `--pretrained_weights` (or `weights`), the architecture is the file's: `--arch`
+    and `--patch_size` are checked against it only when given, and a line says what the
+    file holds (`architecture from weights.pth: vit_small/16`). Without weights, the
+    flags (defaults included) choose the official weights or a random model, as the
+    official tools do. Mistakes (a missing file, an unknown preset, another architecture
+    than the one named, a wrong `--checkpoint_key`, a custom width without `--num_heads`)
+    are `absl.app.UsageError`s of one line naming the flag to fix.
+    """
+    weights = F.pretrained_weights if weights is None else weights
+    kwargs = {"num_heads": F.num_heads} if F.num_heads else {}
+    named = {key: F[key].value for key in ("arch", "patch_size") if F[key].present}
+    if not weights or str(weights).endswith(".weights.h5"):  # weights only: the flags build it
+        named = {"arch": F.arch, "patch_size": F.patch_size}
+    with short_load_errors(weights, named):
+        backbone = load_backbone(weights, named.get("arch"), named.get("patch_size"),
+                                 F.checkpoint_key, **kwargs)
+    from keras_dino.checkpoints import converters
+
+    # Said when the file chose: a flag left out, or an --arch that is no official name.
+    if weights and (len(named) < 2 or not converters.for_arch(named["arch"], official_only=True)):
+        say(f"architecture from {os.path.basename(str(weights))}: "
+            f"{architecture_name(backbone)}")
+    return backbone
+
+
+@contextlib.contextmanager
+def short_load_errors(weights, named=None):
+    """Turns the mistakes of loading `--pretrained_weights` into one-line usage errors
+    that name the flag to fix; `named` are the architecture flags that were given."""
+    from absl import app
+
+    from keras_dino import errors
+
+    named = named or {}
+    try:
+        yield
+    except errors.UnknownPresetOrFileError as error:
+        raise app.UsageError(f"--pretrained_weights: {error}") from None
+    except errors.ArchitectureMismatchError as error:
+        given = " ".join(f"--{key}={value}" for key, value in named.items())
+        raise app.UsageError(f"{error} Leave out {given} to use the file's architecture."
+                             ) from None
+    except errors.MissingArchitectureError as error:
+        raise app.UsageError(f"{weights}: {error} On the command line: --num_heads=N."
+                             ) from None
+    except errors.CheckpointKeyError as error:
+        raise app.UsageError(f"--checkpoint_key: {error}") from None
+    except errors.CheckpointError as error:
+        raise app.UsageError(f"--pretrained_weights={weights}: {error}") from None
 
 
 def _describe(backbone):

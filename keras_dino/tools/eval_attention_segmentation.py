@@ -23,9 +23,8 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
     run_tool,
     say,
     select_backend,
@@ -73,8 +72,7 @@ def run(F):
     image_size = [int(v) for v in F.image_size]
     if len(image_size) not in (1, 2):
         raise app.UsageError(f"--image_size takes one or two values; got {F.image_size}.")
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    backbone = backbone_from_flags(F)
     masks_dir = os.path.join(F.output_dir, "masks") if F.save_masks else None
     stats = evaluate_attention_segmentation(
         backbone, F.data_path, image_set=F.image_set, image_size=image_size,

@@ -19,9 +19,9 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -58,8 +58,8 @@ def run(F):
     """Evaluates the backbone of the flags; returns `evaluate_copy_detection`'s result."""
     from keras_dino.evaluation.copy_detection import evaluate_copy_detection
 
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    require_folder(F.data_path, layout="(the Copydays root: original/, strong/, ...)")
+    backbone = backbone_from_flags(F)
     for name, path in (("whitening", F.whitening_path), ("distractors", F.distractors_path)):
         if not os.path.isdir(path):
             say(f"no {name} images ({path} is not a folder): evaluating without {name}.")

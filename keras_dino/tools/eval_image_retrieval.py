@@ -23,9 +23,9 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -65,13 +65,14 @@ def run(F):
     """Evaluates the backbone of the flags; returns `evaluate_retrieval`'s statistics."""
     from keras_dino.evaluation.retrieval import evaluate_retrieval
 
+    require_folder(F.data_path, layout=f"(holding {F.dataset}/gnd_{F.dataset}.pkl and "
+                   f"{F.dataset}/jpg/)")
     weights = F.pretrained_weights
     if not weights and (F.arch, F.patch_size) == ("vit_small", 16):
         say("no --pretrained_weights: the official DINO ViT-S/16 trained on Google "
             "Landmarks v2.")
         weights = GOOGLE_LANDMARKS_PRESET
-    backbone = load_backbone(weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    backbone = backbone_from_flags(F, weights)
     stats = evaluate_retrieval(backbone, F.data_path, F.dataset, imsize=F.imsize,
                                multiscale=F.multiscale, crop_queries=F.crop_queries,
                                verbose=F.verbose)

@@ -25,10 +25,11 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
+    define_eval_view_flags,
     eval_split_paths,
-    load_backbone,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -57,12 +58,11 @@ def define_flags(flag_values=flags.FLAGS):
                         "skip the extraction.", **fv)
     flags.DEFINE_integer("num_workers", 10, "Parallel image decodes (0: AUTOTUNE).", **fv)
     flags.DEFINE_string("data_path", "/path/to/imagenet/", "ImageFolder root with train/ and "
-                        "val/ subfolders, or `embedded` (the embedded CIFAR-10 subset).", **fv)
+                        "val/ subfolders, or `embedded` (the embedded CIFAR-10 subset's train and test "
+                        "splits; embedded:train evaluates on its train split).", **fv)
     # --- additions ---
     flags.DEFINE_string("output_dir", ".", "Where log.txt is written.", **fv)
-    flags.DEFINE_integer("eval_size", 224, "Side of the center crop.", **fv)
-    flags.DEFINE_integer("eval_resize", None, "Shorter side before the center crop (default "
-                         "eval_size * 256 / 224: 256 for 224).", **fv)
+    define_eval_view_flags(flag_values)
     flags.DEFINE_integer("verbose", 1, "Progress bars (0: none).", **fv)
 
 
@@ -72,10 +72,12 @@ def extract(F):
 
     from keras_dino.evaluation import extract_features, image_folder_dataset, l2_normalize
 
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    paths = [require_folder(path, layout="(the official layout: <data_path>/train and "
+                            "<data_path>/val, or embedded)")
+             for path in eval_split_paths(F.data_path)]
+    backbone = backbone_from_flags(F)
     arrays = []
-    for split, path in zip(("train", "val"), eval_split_paths(F.data_path)):
+    for split, path in zip(("train", "val"), paths):
         dataset, classes, count = image_folder_dataset(
             path, F.batch_size_per_gpu, F.eval_size, F.eval_resize,
             num_parallel_calls=F.num_workers or None,

@@ -36,10 +36,11 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
+    define_eval_view_flags,
     eval_split_paths,
-    load_backbone,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -66,7 +67,8 @@ def define_flags(flag_values=flags.FLAGS):
                        "the batch size), cosine-annealed to 0.", **fv)
     flags.DEFINE_integer("batch_size_per_gpu", 128, "Batch size.", **fv)
     flags.DEFINE_string("data_path", "/path/to/imagenet/", "ImageFolder root with train/ and "
-                        "val/ subfolders, or `embedded` (the embedded CIFAR-10 subset).", **fv)
+                        "val/ subfolders, or `embedded` (the embedded CIFAR-10 subset's train and test "
+                        "splits; embedded:train evaluates on its train split).", **fv)
     flags.DEFINE_integer("num_workers", 10, "Parallel image decodes (0: AUTOTUNE).", **fv)
     flags.DEFINE_integer("val_freq", 1, "Validate every this many epochs.", **fv)
     flags.DEFINE_string("output_dir", ".", "Where log.txt and checkpoint.pth.tar go.", **fv)
@@ -77,10 +79,8 @@ def define_flags(flag_values=flags.FLAGS):
     # --- additions ---
     flags.DEFINE_string("pretrained_linear", None, "--evaluate: a linear classifier file "
                         "(*_linearweights.pth or an eval_linear.py checkpoint.pth.tar).", **fv)
-    flags.DEFINE_integer("eval_size", 224, "Side of the training crops and of the validation "
-                         "center crops.", **fv)
-    flags.DEFINE_integer("eval_resize", None, "Shorter side before the validation center crop "
-                         "(default eval_size * 256 / 224: 256 for 224).", **fv)
+    define_eval_view_flags(flag_values, "Side of the training crops and of the validation "
+                           "center crops.")
     flags.DEFINE_integer("seed", 0, "Random seed (classifier init, data order and crops).", **fv)
     flags.DEFINE_integer("verbose", 1, "Progress bars (0: none).", **fv)
 
@@ -102,8 +102,7 @@ def build_probe(F):
     """The frozen backbone of the flags with a fresh linear classifier, compiled."""
     from keras_dino.evaluation import LinearProbe
 
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    backbone = backbone_from_flags(F)
     probe = LinearProbe(backbone, F.num_labels, n_last_blocks=F.n_last_blocks,
                         avgpool_patchtokens=F.avgpool_patchtokens)
     probe.compile_official(lr=F.lr, batch_size=F.batch_size_per_gpu, epochs=F.epochs)
@@ -154,7 +153,9 @@ def run(F):
 
     keras.utils.set_random_seed(F.seed)
     say(f"keras_dino {__version__} on {keras.backend.backend()}")
-    train_path, val_path = eval_split_paths(F.data_path)
+    train_path, val_path = (
+        require_folder(path, layout="(the official layout: <data_path>/train and "
+                       "<data_path>/val, or embedded)") for path in eval_split_paths(F.data_path))
     probe = build_probe(F)
     val_data, num_val = _dataset(F, val_path, training=False)
     if F.evaluate:

@@ -10,7 +10,8 @@ accepted for compatibility). Masks are written where the official tool writes th
 J and F are computed here, for every sequence whose frames all have annotations (the
 DAVIS-2017 semi-supervised definitions, `keras_dino.evaluation.davis`), and the last
 line printed is one JSON object: `{"J_mean": .., "F_mean": .., "JF_mean": .., ...}`
-(percent). Also added: `--subset`, `--sequences`, `--scale_size`, `--backend`.
+(percent). Also added: `--subset`, `--sequences`, `--image_size` (the frames' shorter side;
+`--scale_size` before), `--backend`.
 
     python examples/eval_video_segmentation.py --pretrained_weights=dino_vits16 \\
         --data_path=/data/DAVIS --output_dir=out/davis_vits16
@@ -21,9 +22,10 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
+    define_deprecated_alias,
+    require_folder,
     run_tool,
     say,
     select_backend,
@@ -54,21 +56,33 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string("subset", "val", "The sequence list ImageSets/2017/<subset>.txt.", **fv)
     flags.DEFINE_list("sequences", None, "Only these sequences (default: the whole list).",
                       **fv)
-    flags.DEFINE_integer("scale_size", 480, "Shorter side of the frames fed to the model "
-                         "(the official reader's 480).", **fv)
+    flags.DEFINE_list("image_size", ["480"], "Shorter side of the frames fed to the model "
+                      "(one value, the official reader's 480; as --image_size of "
+                      "visualize_attention.py with one value).", **fv)
     flags.DEFINE_integer("verbose", 1, "Progress bars (0: none).", **fv)
+    define_deprecated_alias(flag_values, "scale_size", "image_size")
+
+
+def _shorter_side(values):
+    from absl import app
+
+    if len(values) != 1 or not values[0].isdigit() or int(values[0]) <= 0:
+        raise app.UsageError(f"--image_size={','.join(values)}: one positive size, the "
+                             "shorter side of the frames.")
+    return int(values[0])
 
 
 def run(F):
     """Segments the sequences of the flags; returns `evaluate_video_segmentation`'s dict."""
     from keras_dino.evaluation.video_segmentation import evaluate_video_segmentation
 
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    require_folder(F.data_path, layout="(a DAVIS-2017 root: JPEGImages/480p, Annotations/480p, "
+                   "ImageSets/2017)")
+    backbone = backbone_from_flags(F)
     result = evaluate_video_segmentation(
         backbone, F.data_path, F.output_dir, subset=F.subset, sequences=F.sequences,
         n_last_frames=F.n_last_frames, size_mask_neighborhood=F.size_mask_neighborhood,
-        topk=F.topk, scale_size=F.scale_size, verbose=F.verbose, say=say)
+        topk=F.topk, scale_size=_shorter_side(F.image_size), verbose=F.verbose, say=say)
     record = {key: result[key] for key in ("J_mean", "F_mean", "JF_mean") if key in result}
     if record:
         say(f"DAVIS-2017 {F.subset}: J&F {result['JF_mean']:.1f}, J {result['J_mean']:.1f} "

@@ -11,8 +11,8 @@ Run under the TensorFlow backend (default) or, for SavedModels, the JAX backend 
     python examples/export_saved_model.py --describe=exports/dino
 
 `--format=onnx` writes `<output_dir>/<model_name>.onnx` (any height and width unless
-`--image_size` is given), `--format=litert` writes `<output_dir>/<model_name>.tflite`
-(`--image_size`, default 224); both take `--float16` (float16 weights) and `--attention`
+`--eval_size` is given), `--format=litert` writes `<output_dir>/<model_name>.tflite`
+(`--eval_size`, default 224); both take `--float16` (float16 weights) and `--attention`
 (also output `cls_attention`), and need `pip install "keras-dino[export]"`:
 
     python examples/export_saved_model.py --pretrained_weights=dino_vits16 \\
@@ -33,10 +33,13 @@ import sys
 
 from keras_dino.tools.common import (
     define_backbone_flags,
+    define_deprecated_alias,
+    define_eval_view_flags,
     official_preset,
     run_absl,
     say,
     select_backend,
+    short_load_errors,
     translate_deprecated,
 )
 
@@ -48,7 +51,7 @@ from absl import app, flags  # noqa: E402
 DEPRECATED_FLAGS = {
     "--out": "--output_dir",
     "--model-name": "--model_name",
-    "--image-size": "--image_size",
+    "--image-size": "--eval_size",
     "--input-dtype": "--input_dtype",
     "--l2-normalize": "--l2_normalize",
     "--patch-tokens": "--patch_tokens",
@@ -70,8 +73,8 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("version", 1, "Version number (the SavedModel's folder).", **fv)
     flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "litert"],
                       "Export format: a SavedModel folder, an .onnx or a .tflite file.", **fv)
-    flags.DEFINE_integer("image_size", 224, "Side of the model's input images (onnx: any "
-                         "size unless given).", **fv)
+    define_eval_view_flags(flag_values, "Side of the model's input images, the center crop "
+                           "of its serve_bytes signature (onnx: any size unless given).")
     flags.DEFINE_enum("input_dtype", "uint8", ["uint8", "float32"], "Dtype of the raw "
                       "0..255 pixels the signatures take.", **fv)
     flags.DEFINE_boolean("l2_normalize", False, "Output the L2-normalised embedding.", **fv)
@@ -83,6 +86,7 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string("serving_base_path", None, "base_path in models.config (default "
                         "/models/<model_name>).", **fv)
     flags.DEFINE_string("describe", None, "Only describe an existing export (a folder).", **fv)
+    define_deprecated_alias(flag_values, "image_size", "eval_size")
 
 
 def _weights(F, positional):
@@ -119,13 +123,38 @@ def run(F, positional=()):
         format=F.format,
         model_name=F.model_name,
         version=F.version,
-        image_size=F.image_size,
+        image_size=F.eval_size,
+        resize_size=F.eval_resize,
         input_dtype=F.input_dtype,
         l2_normalize=F.l2_normalize,
         include_patch_tokens=F.patch_tokens,
         overwrite=F.overwrite,
         load_kwargs=load_kwargs,
     )
+    named = {key: load_kwargs[key] for key in ("arch", "patch_size") if key in load_kwargs}
+    with short_load_errors(weights, named):
+        return _export(F, weights, common, tell_architecture=len(named) < 2)
+
+
+def _say_architecture(weights, path):
+    """The line of the architecture read from the weights, as the export recorded it."""
+    from keras_dino import export
+
+    model = export.load_metadata(path)["model"]
+    arch = model["arch"]
+    if arch == "custom":
+        family = {"VisionTransformer": "vit", "XCiT": "xcit"}.get(model["class"], model["class"])
+        arch = (f"{family} (width {model['embed_dim']}, depth {model['depth']}, "
+                f"{model['num_heads']} heads)")
+    patch = f"/{model['patch_size']}" if model.get("patch_size") and "xcit" not in arch else ""
+    registers = model.get("num_register_tokens")
+    say(f"architecture from {os.path.basename(str(weights))}: {arch}{patch}"
+        + (f" +{registers} registers" if registers else ""))
+
+
+def _export(F, weights, common, tell_architecture):
+    from keras_dino import export
+
     if F.format == "saved_model":
         for flag in ("attention", "float16"):
             if F[flag].value:
@@ -135,22 +164,26 @@ def run(F, positional=()):
         path = export.export(weights, F.output_dir, serving_base_path=F.serving_base_path,
                              **common)
     else:
-        if F.format == "onnx" and not F["image_size"].present:
+        if F.format == "onnx" and not F["eval_size"].present:
             common["image_size"] = None  # any height and width
         path = export.export(weights, F.output_dir, include_attention=F.attention,
                              float16=F.float16, **common)
+        if tell_architecture:
+            _say_architecture(weights, path)
         export.describe(path)
         say(f"\nRun it with {'onnxruntime' if F.format == 'onnx' else 'the LiteRT interpreter'}:"
             "\n  from keras_dino.export import load_feature_extractor\n"
             f"  load_feature_extractor({path!r})(uint8_images)")
         return path
+    if tell_architecture:
+        _say_architecture(weights, path)
     export.describe(path)
     base = pathlib.Path(F.output_dir).resolve()
     say("\nServe it with TF Serving (REST on 8501, gRPC on 8500):\n"
         f'  docker run --rm -p 8501:8501 -p 8500:8500 -v "{base}:/models" tensorflow/serving '
         "--model_config_file=/models/models.config\n"
         "Query it:\n"
-        f"  python examples/serving_client.py --model={F.model_name} photo.jpg")
+        f"  python examples/serving_client.py --model_name={F.model_name} photo.jpg")
     return path
 
 

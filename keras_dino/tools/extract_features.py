@@ -1,7 +1,7 @@
 """Features of a folder (or list) of images, written as resumable numpy shards.
 
 Every image goes through the official evaluation view (shorter side to
-`--resize_size`, default `--image_size * 256 / 224`, center crop `--image_size`,
+`--eval_resize`, default `--eval_size * 256 / 224`, center crop `--eval_size`,
 ImageNet normalisation), then the backbone; `--features` chooses what is kept:
 
 * `cls`: the backbone's output, `(n, E)` (a ResNet's pooled features);
@@ -36,9 +36,11 @@ import sys
 
 from keras_dino.tools.common import (
     append_log,
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
+    define_deprecated_alias,
+    define_eval_view_flags,
+    resolve_data_path,
     run_tool,
     say,
     select_backend,
@@ -56,7 +58,9 @@ def define_flags(flag_values=flags.FLAGS):
     fv = dict(flag_values=flag_values)
     define_backbone_flags(flag_values)
     flags.DEFINE_string("data_path", None, "A folder of images (read recursively) or a text "
-                        "file listing images, one per line, relative to the list's folder.",
+                        "file listing images, one per line, relative to the list's folder; "
+                        "embedded: the embedded CIFAR-10 subset's test split "
+                        "(embedded:train, embedded:test).",
                         **fv)
     flags.DEFINE_string("output_dir", ".", "Where the shards and manifest.json are written.",
                         **fv)
@@ -69,12 +73,12 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_bool("multiscale", False, "The official multi-scale descriptor (cls, "
                       "mean_patch, last_blocks).", **fv)
     flags.DEFINE_integer("batch_size_per_gpu", 128, "Images per forward pass.", **fv)
-    flags.DEFINE_integer("image_size", 224, "Side of the center crop.", **fv)
-    flags.DEFINE_integer("resize_size", None, "Shorter side before the center crop (default "
-                         "image_size * 256 / 224: 256 for 224).", **fv)
+    define_eval_view_flags(flag_values)
     flags.DEFINE_integer("shard_size", 1024, "Images per shard.", **fv)
     flags.DEFINE_integer("num_workers", 8, "Image decoding threads.", **fv)
     flags.DEFINE_integer("verbose", 1, "Progress bar (0: none).", **fv)
+    define_deprecated_alias(flag_values, "image_size", "eval_size")
+    define_deprecated_alias(flag_values, "resize_size", "eval_resize")
 
 
 def run(F):
@@ -86,16 +90,16 @@ def run(F):
 
     if not F.data_path:
         raise app.UsageError("--data_path is required: a folder of images or a list file.")
-    if not os.path.exists(F.data_path):
+    data_path = resolve_data_path(F.data_path, natural="test")
+    if not os.path.exists(data_path):
         raise app.UsageError(f"--data_path={F.data_path} does not exist.")
     say(f"keras_dino {__version__} on {keras.backend.backend()}")
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    backbone = backbone_from_flags(F)
     try:
         manifest = write_feature_shards(
-            backbone, F.data_path, F.output_dir, features=F.features,
+            backbone, data_path, F.output_dir, features=F.features,
             n_last_blocks=F.n_last_blocks, block=F.block, multiscale=F.multiscale,
-            image_size=F.image_size, resize_size=F.resize_size,
+            image_size=F.eval_size, resize_size=F.eval_resize,
             batch_size=F.batch_size_per_gpu, shard_size=F.shard_size,
             num_workers=F.num_workers, verbose=F.verbose)
     except ValueError as e:  # other settings in output_dir, bad flag combinations

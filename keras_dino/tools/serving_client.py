@@ -6,20 +6,21 @@ command line; copy `common.py` from this folder beside it), gRPC needs
 as in docs/export.md ("Serving"), then:
 
     # Encoded JPEG/PNG files through the `serve_bytes` signature (REST, then gRPC):
-    python examples/serving_client.py --model=dino photo1.jpg photo2.jpg
-    python examples/serving_client.py --model=dino --protocol=grpc photo1.jpg
+    python examples/serving_client.py --model_name=dino photo1.jpg photo2.jpg
+    python examples/serving_client.py --model_name=dino --protocol=grpc photo1.jpg
 
     # Raw pixels (uint8 [batch, 224, 224, 3] in a .npy file) through `serving_default`,
     # or random pixels, and the attention maps:
-    python examples/serving_client.py --model=dino --signature=serving_default batch.npy
-    python examples/serving_client.py --model=dino --signature=attention --random=2
+    python examples/serving_client.py --model_name=dino --signature=serving_default batch.npy
+    python examples/serving_client.py --model_name=dino --signature=attention --random=2
 
 The request bodies follow TF Serving's REST API: the row format
 `{"signature_name": ..., "instances": [...]}` (default) or the columnar format
 `{"signature_name": ..., "inputs": {...}}` (`--columnar`); encoded images travel as
 `{"b64": "<base64>"}`. `tests/test_export.py` runs these same bodies through an export.
 The hyphenated flags of keras_dino 0.1 (`--rest-port`, `--grpc-port`, `--image-size`)
-still work for this release, with a deprecation message.
+and the names `--model` and `--image_size` (now `--model_name` and `--eval_size`, as
+the export tool names them) still work for this release, with a deprecation message.
 """
 
 from __future__ import annotations
@@ -195,25 +196,31 @@ def _summary(outputs):
 
 
 DEPRECATED_FLAGS = {"--rest-port": "--rest_port", "--grpc-port": "--grpc_port",
-                    "--image-size": "--image_size"}
+                    "--image-size": "--eval_size"}
 
 
 def define_flags(flag_values=None):
     """Defines the client's flags (absl, as every keras_dino tool)."""
     from absl import flags
 
+    from keras_dino.tools.common import define_deprecated_alias
+
     fv = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
     flags.DEFINE_string("host", "localhost", "TF Serving host.", **fv)
     flags.DEFINE_integer("rest_port", 8501, "REST port.", **fv)
     flags.DEFINE_integer("grpc_port", 8500, "gRPC port.", **fv)
-    flags.DEFINE_string("model", "dino", "Served model name.", **fv)
+    flags.DEFINE_string("model_name", "dino", "Served model name (export's --model_name).",
+                        **fv)
     flags.DEFINE_integer("version", None, "Model version (default: the latest).", **fv)
     flags.DEFINE_enum("signature", BYTES_SIGNATURE, ["serve_bytes", "serving_default",
                       "attention"], "Signature to call.", **fv)
     flags.DEFINE_enum("protocol", "rest", ["rest", "grpc", "both"], "Protocol.", **fv)
     flags.DEFINE_boolean("columnar", False, 'REST {"inputs": ...} format.', **fv)
     flags.DEFINE_integer("random", 0, "Send N random images.", **fv)
-    flags.DEFINE_integer("image_size", 224, "Side of the --random images.", **fv)
+    flags.DEFINE_integer("eval_size", 224, "Side of the --random images (the export's "
+                         "--eval_size).", **fv)
+    define_deprecated_alias(fv["flag_values"], "model", "model_name")
+    define_deprecated_alias(fv["flag_values"], "image_size", "eval_size")
 
 
 def _main(argv):
@@ -221,9 +228,10 @@ def _main(argv):
     from absl import flags
 
     F = flags.FLAGS
-    names = ("host", "rest_port", "grpc_port", "model", "version", "signature", "protocol",
-             "columnar", "random", "image_size")
-    args = types.SimpleNamespace(files=argv[1:], **{name: F[name].value for name in names})
+    names = ("host", "rest_port", "grpc_port", "version", "signature", "protocol", "columnar",
+             "random")
+    args = types.SimpleNamespace(files=argv[1:], model=F.model_name, image_size=F.eval_size,
+                                 **{name: F[name].value for name in names})
     inputs = _load_inputs(args)
     results = {}
     if args.protocol in ("rest", "both"):

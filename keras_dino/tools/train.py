@@ -23,6 +23,7 @@ import tempfile
 
 from keras_dino.tools.common import (
     append_log,
+    architecture_name,
     framework_noise_to,
     has_gpu,
     mixed_precision_policy,
@@ -30,44 +31,61 @@ from keras_dino.tools.common import (
     run_absl,
     say,
     select_backend,
+    short_load_errors,
 )
 
 select_backend(sys.argv)
 
 from absl import app, flags  # noqa: E402
 
+from keras_dino.training.hparams import DINOConfig, kind_of  # noqa: E402
+
 F = flags.FLAGS
-# --- the official main_dino.py arguments (names and defaults) ---
-flags.DEFINE_string("arch", "vit_small", "Architecture: vit_tiny, vit_small, vit_base, a "
-                    "torchvision ResNet (resnet18, resnet50, ...), an XCiT (xcit_small_12_p16, "
-                    "xcit_medium_24_p8, ...), or a custom name with --embed_dim/--depth/"
-                    "--num_heads (ViT, or XCiT for an xcit* name) or --resnet_layers (ResNet).")
-flags.DEFINE_integer("patch_size", 16, "Size in pixels of input square patches.")
-flags.DEFINE_integer("out_dim", 65536, "Dimensionality of the DINO head output.")
-flags.DEFINE_boolean("norm_last_layer", True, "Weight-normalize the last layer of the head.")
-flags.DEFINE_float("momentum_teacher", 0.996, "Base EMA parameter for the teacher update.")
-flags.DEFINE_boolean("use_bn_in_head", False, "Batch norm in the projection head.")
-flags.DEFINE_float("warmup_teacher_temp", 0.04, "Initial teacher temperature.")
-flags.DEFINE_float("teacher_temp", 0.04, "Final teacher temperature.")
-flags.DEFINE_integer("warmup_teacher_temp_epochs", 0, "Teacher temperature warm-up epochs.")
+# --- DINO's hyper-parameters: one flag per field of DINOConfig, with its name, default
+# and help (the official main_dino.py names and defaults) ---
+# What a flag adds for this tool to the field's own help.
+_FLAG_NOTES = {
+    "arch": "On the command line, a custom architecture takes --embed_dim/--depth/"
+            "--num_heads (ViT, or XCiT for an xcit* name) or --resnet_layers (ResNet).",
+    "steps_per_epoch": "The same on every worker (default for multi-replica runs: "
+                       "images // global batch; needed for sources whose size is unknown).",
+}
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           bool: flags.DEFINE_boolean}
+
+
+def config_flags():
+    """The `DINOConfig` fields that are flags of this tool (all but the nested ones)."""
+    return [field for field in DINOConfig.settings() if field.metadata["flag"]]
+
+
+def flag_default(field):
+    """The default of a hyper-parameter's flag: the field's (the official one)."""
+    return field.metadata.get("flag_default", field.default)
+
+
+def _define_config_flags():
+    for field in config_flags():
+        meta = field.metadata
+        helptext = " ".join(filter(None, (meta["help"], _FLAG_NOTES.get(field.name))))
+        if meta["choices"]:
+            flags.DEFINE_enum(field.name, flag_default(field), list(meta["choices"]), helptext)
+            continue
+        kind, _ = kind_of(field)
+        low, high = meta["bounds"] or (None, None)
+        bounds = dict(lower_bound=low, upper_bound=high) if kind in (int, float) else {}
+        _DEFINE[kind](field.name, flag_default(field), helptext, **bounds)
+
+
+_define_config_flags()
+# --- the other official main_dino.py arguments (names and defaults): run and data ---
 flags.DEFINE_boolean("use_fp16", True, "Mixed precision float16 with dynamic loss scaling, "
                      "on a GPU (without one, training runs in float32 and says so).")
-flags.DEFINE_float("weight_decay", 0.04, "Initial weight decay.")
-flags.DEFINE_float("weight_decay_end", 0.4, "Final weight decay (cosine schedule).")
-flags.DEFINE_float("clip_grad", 3.0, "Per-parameter gradient norm clipping (0 disables).")
-flags.DEFINE_integer("batch_size_per_gpu", 64, "Batch size per replica.")
-flags.DEFINE_integer("epochs", 100, "Number of epochs of training.")
-flags.DEFINE_integer("freeze_last_layer", 1, "Epochs during which the head's last layer is frozen.")
-flags.DEFINE_float("lr", 0.0005, "Peak learning rate at batch size 256 (linear scaling).")
-flags.DEFINE_integer("warmup_epochs", 10, "Linear learning-rate warm-up epochs.")
-flags.DEFINE_float("min_lr", 1e-6, "Final learning rate of the cosine schedule.")
-flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd", "lars"], "Optimizer.")
-flags.DEFINE_float("drop_path_rate", 0.1, "Stochastic depth rate.")
 flags.DEFINE_list("global_crops_scale", ["0.4", "1.0"], "Area range of the global crops.")
-flags.DEFINE_integer("local_crops_number", 8, "Number of small local views.")
 flags.DEFINE_list("local_crops_scale", ["0.05", "0.4"], "Area range of the local crops.")
 flags.DEFINE_string("data_path", "/path/to/imagenet/train/", "Training images: an "
-                    "ImageFolder directory, a TFRecord glob (tfrecord:...), or tfds:<name>.")
+                    "ImageFolder directory, a TFRecord glob (tfrecord:...), tfds:<name>, or "
+                    "embedded (the embedded CIFAR-10 subset's train split; embedded:test).")
 flags.DEFINE_string("output_dir", ".", "Where checkpoints and logs are written.")
 flags.DEFINE_integer("saveckp_freq", 20, "Write an official checkpointXXXX.pth every N epochs.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -79,10 +97,6 @@ flags.DEFINE_integer("global_size", 224, "Side of the global crops.")
 flags.DEFINE_integer("local_size", 96, "Side of the local crops.")
 flags.DEFINE_list("blur_radius", ["0.1", "2.0"], "Range of the Gaussian-blur radius in pixels "
                   "(the official 0.1,2 suits 224-pixel crops; scale it for small images).")
-flags.DEFINE_float("final_momentum_teacher", 1.0, "End of the teacher momentum's cosine from "
-                   "--momentum_teacher (officially 1.0). A short run ends better with the "
-                   "teacher still following the student: equal to --momentum_teacher, the "
-                   "momentum is held constant.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_boolean("photometric_on_device", False, "Split mode: the input pipeline only "
                      "decodes, crops and flips (uint8 crops); colour jitter, grayscale, blur, "
                      "solarisation and normalisation run inside the compiled training step "
@@ -124,20 +138,6 @@ flags.DEFINE_boolean("fused_attention", False, "Attention through keras.ops."
                      "dot_product_attention (flash/cuDNN kernels on GPUs).")
 flags.DEFINE_boolean("remat", False, "Recompute the student's blocks in the backward pass: "
                      "less memory (larger batches for ViT-S/8, ViT-B/16), ~1/3 more compute.")
-flags.DEFINE_integer("gradient_accumulation_steps", 1, "Micro-batches of --batch_size_per_gpu "
-                     "per optimizer step: the official step on this many times the batch "
-                     "(e.g. the official ViT-S/16 batch of 1024 on one GPU: "
-                     "--batch_size_per_gpu=128 --gradient_accumulation_steps=8).",
-                     lower_bound=1)
-flags.DEFINE_integer("freeze_blocks", 0, "Continuing from trained weights "
-                     "(--pretrained_weights): the student's embedding (patch embedding, class "
-                     "and position tokens, registers; a ResNet's stem) and first N blocks (a "
-                     "ResNet's first N stages) stay fixed, not updated nor weight-decayed, and "
-                     "so do the teacher's copies (0: off).", lower_bound=0)
-flags.DEFINE_float("layer_decay", 1.0, "Layer-wise learning-rate decay r: of L blocks (ResNet "
-                   "stages), block i learns at r**(L-i) of the learning rate, the embedding at "
-                   "r**L, the last norm and the head at the full rate (BEiT, DINOv2 "
-                   "fine-tuning; 1: off).", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("steps_per_execution", 1, "Steps per compiled call (TF and JAX).")
 flags.DEFINE_boolean("jit_compile", None, "XLA-compile the step (default: Keras' choice).")
 # --- distribution (docs/distributed.md) ---
@@ -160,11 +160,10 @@ flags.DEFINE_string("coordinator_bind_address", None, "--jax_multiprocess: where
 flags.DEFINE_integer("collective_timeout", 0, "--strategy=multi_worker: seconds after which a "
                      "cross-worker collective fails instead of waiting for a lost worker (0: "
                      "no limit; make it longer than the first step's compilation).")
-flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch, the same on every worker "
-                     "(default for multi-replica runs: images // global batch; needed for "
-                     "sources whose size is unknown).")
-flags.DEFINE_string("knn_train_path", None, "Labelled ImageFolder for the k-NN reference set.")
-flags.DEFINE_string("knn_test_path", None, "Labelled ImageFolder to classify with k-NN.")
+flags.DEFINE_string("knn_train_path", None, "Labelled ImageFolder for the k-NN reference set "
+                    "(embedded: the embedded subset's train split).")
+flags.DEFINE_string("knn_test_path", None, "Labelled ImageFolder to classify with k-NN "
+                    "(embedded: the embedded subset's test split).")
 flags.DEFINE_integer("knn_k", 20, "Neighbours of the k-NN evaluation.")
 flags.DEFINE_integer("knn_every", 0, "k-NN accuracy of the teacher on --knn_train_path / "
                      "--knn_test_path every N epochs during training (0: only at the end), "
@@ -187,8 +186,8 @@ def _num_source_images(path):
     return None
 
 
-def _data_path(path):
-    return resolve_data_path(path)
+def _data_path(path, natural="train"):
+    return resolve_data_path(path, natural)
 
 
 def _is_chief_task(cluster, task_type, task_id):
@@ -227,9 +226,9 @@ def _resnet_kwargs():
     return kwargs
 
 
-def build_model():
+def _nested_settings():
+    """The backbone and head settings of the architecture flags."""
     from keras_dino.models.backbones import is_resnet, is_xcit
-    from keras_dino.training.dino import DINO
 
     vit_kwargs, resnet_kwargs = {}, _resnet_kwargs()
     if not is_resnet(F.arch, resnet_kwargs):
@@ -239,47 +238,43 @@ def build_model():
             vit_kwargs.update(use_fused_attention=F.fused_attention, remat=F.remat)
             if F.num_register_tokens:
                 vit_kwargs["num_register_tokens"] = F.num_register_tokens
-    arguments = dict(
-        arch=F.arch,
-        patch_size=F.patch_size,
-        out_dim=F.out_dim,
-        norm_last_layer=F.norm_last_layer,
-        momentum_teacher=F.momentum_teacher,
-        use_bn_in_head=F.use_bn_in_head,
-        warmup_teacher_temp=F.warmup_teacher_temp,
-        teacher_temp=F.teacher_temp,
-        warmup_teacher_temp_epochs=F.warmup_teacher_temp_epochs,
-        weight_decay=F.weight_decay,
-        weight_decay_end=F.weight_decay_end,
-        clip_grad=F.clip_grad,
-        batch_size_per_gpu=F.batch_size_per_gpu,
-        epochs=F.epochs,
-        freeze_last_layer=F.freeze_last_layer,
-        lr=F.lr,
-        warmup_epochs=F.warmup_epochs,
-        min_lr=F.min_lr,
-        optimizer=F.optimizer,
-        drop_path_rate=F.drop_path_rate,
-        local_crops_number=F.local_crops_number,
-        final_momentum_teacher=F.final_momentum_teacher,
-        gradient_accumulation_steps=F.gradient_accumulation_steps,
-        freeze_blocks=F.freeze_blocks,
-        layer_decay=F.layer_decay,
+    return dict(
         vit_kwargs=vit_kwargs,
         resnet_kwargs=resnet_kwargs,
         head_kwargs=dict(hidden_dim=F.head_hidden_dim, bottleneck_dim=F.head_bottleneck_dim),
-        photometric=augmentation_recipe().device_layer(seed=F.seed)
-        if F.photometric_on_device else None,
     )
-    if F.teacher_weights:
-        arguments.update(teacher=F.teacher_weights,
-                         teacher_checkpoint_key=F.teacher_checkpoint_key)
-        if not F["out_dim"].present:
-            arguments["out_dim"] = None  # the teacher head's
+
+
+def config_from_flags() -> DINOConfig:
+    """The `DINOConfig` of the flags, or a usage error naming the wrong value."""
+    values = {field.name: F[field.name].value for field in config_flags()}
+    try:
+        return DINOConfig(**values, **_nested_settings())
+    except (TypeError, ValueError) as error:
+        raise app.UsageError(str(error)) from None
+
+
+def _teacher_arguments() -> dict:
+    """`DINO` arguments of --teacher_weights (distillation), or none."""
+    if not F.teacher_weights:
+        return {}
+    arguments = dict(teacher=F.teacher_weights, teacher_checkpoint_key=F.teacher_checkpoint_key)
+    if not F["out_dim"].present:
+        arguments["out_dim"] = None  # the teacher head's
+    return arguments
+
+
+def build_model():
+    from keras_dino.training.dino import DINO
+
+    config = config_from_flags()
+    photometric = (augmentation_recipe().device_layer(seed=F.seed)
+                   if F.photometric_on_device else None)
     if not F.pretrained_weights:
-        return DINO(**arguments)
+        return DINO(config=config, photometric=photometric, **_teacher_arguments())
     # The file decides the architecture and the heads' shape, unless the command line
     # (or the flags file) names them.
+    arguments = config.to_dict()
     for key in ("arch", "patch_size", "out_dim", "norm_last_layer", "use_bn_in_head"):
         if not F[key].present:
             del arguments[key]
@@ -287,7 +282,7 @@ def build_model():
         del arguments["head_kwargs"]
     return DINO.from_pretrained(
         F.pretrained_weights, checkpoint_key=F.checkpoint_key, load_heads=F.load_heads,
-        **arguments,
+        photometric=photometric, **{**arguments, **_teacher_arguments()},
     )
 
 
@@ -343,6 +338,7 @@ def run():
 
     # Distribution first: JAX must not run anything before jax.distributed.initialize.
     launch = _launch()
+    config_from_flags()  # a wrong hyper-parameter is named before the data is read
     keras.utils.set_random_seed(F.seed)
     chief = launch.chief
     tell = say if chief else (lambda message: None)
@@ -418,16 +414,21 @@ def run():
         tell("split mode: the input pipeline sends uint8 crops; the photometric half runs "
              "inside the compiled training step")
 
+    named = {key: F[key].value for key in ("arch", "patch_size") if F[key].present}
     with launch.scope():
-        try:
-            model = build_model()
-        except ValueError as error:
-            known = ("freeze_blocks", "layer_decay", "teacher")  # flags' values, not bugs
-            if not any(word in str(error) for word in known):
-                raise
-            raise app.UsageError(str(error)) from None
+        with short_load_errors(F.pretrained_weights, named):
+            try:
+                model = build_model()
+            except ValueError as error:
+                known = ("freeze_blocks", "layer_decay", "teacher")  # flags' values, not bugs
+                if not any(word in str(error) for word in known):
+                    raise
+                raise app.UsageError(str(error)) from None
         model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile
                       if F.jit_compile is not None else "auto")
+    if F.pretrained_weights and len(named) < 2:
+        tell(f"architecture from {os.path.basename(F.pretrained_weights)}: "
+             f"{architecture_name(model.backbone)}")
     # What ran, for the checkpoints' args (float16 only where it was really used).
     model.set_run_settings(
         use_fp16=policy == "mixed_float16", data_path=F.data_path, output_dir=F.output_dir,
@@ -543,8 +544,8 @@ def knn_splits():
     """The labelled k-NN reference and test images, decoded once: `(train, test)` arrays."""
     from keras_dino.evaluation import image_folder_arrays
 
-    return tuple(image_folder_arrays(_data_path(path), F.eval_size, F.eval_resize)
-                 for path in (F.knn_train_path, F.knn_test_path))
+    return tuple(image_folder_arrays(_data_path(path, natural), F.eval_size, F.eval_resize)
+                 for path, natural in ((F.knn_train_path, "train"), (F.knn_test_path, "test")))
 
 
 def knn_report(trained, splits):
@@ -577,7 +578,7 @@ def attention_report(backbone):
     if not hasattr(backbone, "get_last_selfattention"):
         say(f"attention maps: none for a {type(backbone).__name__} (no self-attention).")
         return
-    files = list_image_files(_data_path(F.knn_test_path)).files
+    files = list_image_files(_data_path(F.knn_test_path, "test")).files
     output_dir = os.path.join(F.output_dir, "attention")
     save_attention_examples(backbone, files[:: max(1, len(files) // 4)][:4], output_dir,
                             EvalConfig(F.eval_size, F.eval_resize))

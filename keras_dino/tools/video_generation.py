@@ -23,9 +23,8 @@ import os
 import sys
 
 from keras_dino.tools.common import (
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
     run_tool,
     say,
     select_backend,
@@ -102,8 +101,7 @@ def run(F):
                        "attention_folder": F.input_path, "video": path,
                        "fps": float(F.fps), "size": [width, height]}
         else:
-            backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size,
-                                     F.checkpoint_key, **backbone_load_kwargs(F))
+            backbone = backbone_from_flags(F)
             if os.path.isfile(F.input_path):
                 say(f"Video: {F.input_path} ({video_fps(F.input_path)} fps)")
                 say(f"Extracting frames to {os.path.join(F.output_path, 'frames')}")

@@ -15,13 +15,13 @@ The official ViT-S/8 at 480x480, with the masks of the paper:
         --image_path=cat.jpg --threshold=0.6 --output_dir=out/attention
 """
 
-import os
 import sys
 
 from keras_dino.tools.common import (
-    backbone_load_kwargs,
+    backbone_from_flags,
     define_backbone_flags,
-    load_backbone,
+    define_image_flags,
+    read_image,
     run_tool,
     say,
     select_backend,
@@ -29,7 +29,7 @@ from keras_dino.tools.common import (
 
 select_backend(sys.argv)
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -37,29 +37,10 @@ def define_flags(flag_values=flags.FLAGS):
     fv = dict(flag_values=flag_values)
     define_backbone_flags(flag_values, patch_size=8, presets="dino_vits8")
     # --- the official visualize_attention.py arguments (names and defaults) ---
-    flags.DEFINE_string("image_path", None, "The image to look at (default: the first image of "
-                        "the embedded CIFAR-10 test split).", **fv)
-    flags.DEFINE_list("image_size", [480, 480], "Resize to height,width (or one value: the "
-                      "shorter side).", **fv)
-    flags.DEFINE_string("output_dir", ".", "Where the images are written.", **fv)
+    define_image_flags(flag_values)
     flags.DEFINE_float("threshold", None, "Also draw, per head, the patches that hold this "
                        "fraction of the attention mass (e.g. 0.6).", **fv)
     # --- additions ---
-
-
-def read_image(path):
-    """uint8 RGB `(H, W, 3)` of an image file (format told by its content)."""
-    import tensorflow as tf
-
-    from keras_dino.data.sources import decode_image, list_image_files
-    from keras_dino.datasets import cifar10_mini
-
-    if path is None:
-        path = list_image_files(cifar10_mini("test")).files[0]
-        say(f"no --image_path: using {path}")
-    elif not os.path.isfile(path):
-        raise app.UsageError(f"--image_path={path} is not a file.")
-    return decode_image(tf.io.read_file(path)).numpy(), path
 
 
 def run(F):
@@ -71,8 +52,7 @@ def run(F):
         save_threshold_masks,
     )
 
-    backbone = load_backbone(F.pretrained_weights, F.arch, F.patch_size, F.checkpoint_key,
-                             **backbone_load_kwargs(F))
+    backbone = backbone_from_flags(F)
     image, path = read_image(F.image_path)
     patch = backbone.patch_size
     x, shown = attention_input(image, [int(v) for v in F.image_size], patch)

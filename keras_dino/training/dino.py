@@ -1,5 +1,8 @@
 """`DINO`: self-distillation with no labels, trained with `model.fit`."""
 
+import dataclasses
+import types
+
 import keras
 from keras import ops
 
@@ -13,22 +16,16 @@ from keras_dino.models.dino_head import DINOHead
 from keras_dino.models.multicrop import MultiCropWrapper
 from keras_dino.models.official_names import (
     ParameterGroups,
-    check_guards,
     multicrop_variable_map,
     parameter_groups,
 )
-from keras_dino.optim.optimizers import OPTIMIZERS, DINOOptimizer, check_accumulation_steps
-from keras_dino.optim.schedules import (
-    DINOSchedules,
-    ScheduleSetup,
-    check_epoch_of_whole_steps,
-)
+from keras_dino.optim.optimizers import OPTIMIZERS, DINOOptimizer
+from keras_dino.optim.schedules import DINOSchedules, ScheduleSetup
 from keras_dino.training.hparams import (
     DATA_DEFAULTS,
-    EXTRA_RECORDED,
     OFFICIAL_DEFAULTS,
     RUN_DEFAULTS,
-    check_momentum,
+    DINOConfig,
     data_settings_values,
     refuse_data_arguments,
     run_settings_values,
@@ -52,83 +49,29 @@ class DINO(keras.Model):
     the same compiled step, the teacher follows the student by EMA and the center
     follows the teacher outputs.
 
-    Every hyper-parameter lives here, and what `get_config()` and the checkpoints'
-    `args` record is what ran: the `keras_dino.callbacks.TeacherEMA` and `Centering`
-    callbacks, when given values, set them on the model (`set_teacher_momentum`,
-    `set_center_momentum`) rather than beside it. The crop settings belong to the data
-    and reach the checkpoints through `fit(..., data_settings=...)`.
-
-    All arguments carry the names and defaults of the official `main_dino.py`
-    (`arch`, `patch_size`, `out_dim`, `norm_last_layer`, `momentum_teacher`,
-    `use_bn_in_head`, `warmup_teacher_temp`, `teacher_temp`,
-    `warmup_teacher_temp_epochs`, `weight_decay`, `weight_decay_end`, `clip_grad`,
-    `batch_size_per_gpu`, `epochs`, `freeze_last_layer`, `lr`, `warmup_epochs`,
-    `min_lr`, `optimizer`, `drop_path_rate`, `local_crops_number`: the training step
-    checks that it gets `2 + local_crops_number` crops). In addition:
+    The hyper-parameters are the fields of one frozen
+    `keras_dino.training.hparams.DINOConfig`, with the names and defaults of the official
+    `main_dino.py` (`arch`, `patch_size`, `out_dim`, ..., `local_crops_number`) and
+    keras_dino's own (`final_momentum_teacher`, `batch_size`, `student_temp`,
+    `center_momentum`, `vit_kwargs`, `resnet_kwargs`, `head_kwargs`, `steps_per_epoch`,
+    `gradient_accumulation_steps`, `freeze_blocks`, `layer_decay`); see its fields for what each means. Pass them by name,
+    `DINO(arch="vit_small", lr=1e-4)`, or as a config, `DINO(config=config, lr=1e-4)` (the
+    names given replace the config's). `model.config` is the config that runs, and what
+    `get_config()` and the checkpoints' `args` record; a different value is a new model
+    (`DINO(config=dataclasses.replace(model.config, ...))`). The crop settings belong to
+    the data and reach the checkpoints through `fit(..., data_settings=...)`.
 
     Args:
-        final_momentum_teacher: the end of the teacher momentum's cosine (1.0
-            officially); equal to `momentum_teacher`, the momentum is constant.
-        batch_size: the global batch size used to scale `lr` (`lr * batch_size / 256`):
-            the effective batch of one optimizer step; by default the batch size the
-            training step sees times the number of replicas times
-            `gradient_accumulation_steps`.
-        student_temp: student temperature (0.1).
-        center_momentum: momentum of the center (0.9).
-        vit_kwargs: overrides of a Vision Transformer backbone (e.g. `embed_dim`, `depth`,
-            `num_heads` for a custom size, `use_fused_attention`).
-        resnet_kwargs: overrides of a ResNet backbone (`arch="resnet50"` or any
-            torchvision ResNet name; e.g. `layers`, `stem_width`, `stage_widths` for a
-            small custom one).
-        head_kwargs: `DINOHead` arguments (`hidden_dim`, `bottleneck_dim`, `nlayers`).
-        steps_per_epoch: fixes the batches per epoch the schedules are built for; by
-            default the number of steps `fit` runs per epoch. The schedules make one
-            iteration of every `gradient_accumulation_steps` of them.
+        config: a `DINOConfig`; by default its defaults.
         photometric: a layer applied to the crops inside the compiled step before the
             networks see them, e.g. `keras_dino.data.MultiCropPhotometric()` for split
             mode, where the host sends uint8 crops and the colour jitter, grayscale, blur,
             solarisation and normalisation run on the accelerator.
-        gradient_accumulation_steps: `k` (1: off). `k` micro-batches of `b` images make
-            one optimizer step that is the official step on `k * b` images: the
-            gradient is the mean over the `k` micro-batches, clipped per parameter and
-            (while `freeze_last_layer` lasts) dropped for the last layer after that;
-            the teacher EMA, the center (the mean of the teacher outputs over the whole
-            effective batch and every replica; the loss uses the same center for the
-            `k` micro-batches) and every schedule advance once per optimizer step; `lr`
-            is scaled by the effective batch. `fit` counts micro-batches, so an epoch of
-            `N` batches is `N / k` official iterations (`N` must be a multiple of `k`),
-            and `optimizer.iterations` counts optimizer steps. The checkpoints' `args`
-            record `gradient_accumulation_steps` and, as `batch_size_per_gpu`, the
-            effective per-GPU batch (the official run this one reproduces). The
-            accumulated gradients cost one more copy of the trainable weights. Exact for
-            Vision Transformers and XCiT, whose images do not interact; BatchNorm (ResNet
-            backbones, `use_bn_in_head=True`) normalises each micro-batch with its own
-            statistics and updates its running statistics once per micro-batch, so
-            there it approximates the big batch. Under float16 loss scaling a
-            micro-batch whose gradient overflows is skipped, as a step is without
-            accumulation. The official ViT-S/16 recipe (1,024 images a step) on one GPU
-            that holds 128: `batch_size_per_gpu=128, gradient_accumulation_steps=8`
-            (`examples/train_dino.py --batch_size_per_gpu=128
-            --gradient_accumulation_steps=8`).
-        freeze_blocks: `N` (0: off). Continuing from trained weights, the embedding (a
-            transformer's patch embedding, class token, position embedding and register
-            tokens; a ResNet's stem) and the first `N` blocks (a ResNet's first `N`
-            stages) of the student stay fixed: not updated, not weight-decayed; the
-            teacher does not average them either, so its copies keep their starting
-            values bit for bit. BatchNorm running statistics (ResNets) are buffers, not
-            parameters: they keep following the batches in training mode, as with
-            `requires_grad=False` in PyTorch. At most the backbone's number of blocks
-            (stages); the last norm and the head always train.
-        layer_decay: `r` (1.0: off). Layer-wise learning-rate decay, as in BEiT and
-            DINOv2 fine-tuning: of a backbone of `L` blocks (stages), block `i`
-            (1-based) learns at `r ** (L - i)` of the learning rate, the embedding at
-            `r ** L`, the last block, the last norm and the head at the full rate;
-            AdamW's decoupled weight decay scales with it. See `parameter_groups()`.
         teacher: distillation, a small model from a big one (None: self-distillation).
             A frozen teacher of any architecture trains the student built from the
             arguments above: a preset name, a weights file (a full training
             `checkpoint.pth` or `.npz`: its `teacher_checkpoint_key` network, backbone and
-            trained head, whose `out_dim` the student's must equal and which `out_dim=None`
+            trained head, whose `out_dim` the student's must equal and which an `out_dim` left out
             takes; a released backbone `.pth`; a `.keras` file), a keras_dino backbone or
             a `MultiCropWrapper`. A backbone alone gets a frozen `DINOHead` of the
             student's head arguments, randomly initialised from a fixed seed
@@ -141,6 +84,29 @@ class DINO(keras.Model):
             `teacher_weights`; `get_config` holds the teacher as a nested object.
         teacher_checkpoint_key: the network of a full checkpoint that teaches
             (`"teacher"` or `"student"`).
+        **kwargs: `DINOConfig` fields (replacing the config's), and `keras.Model`
+            arguments (`name`, ...).
+
+    Gradient accumulation, `gradient_accumulation_steps=k` (1: off):
+    `k` micro-batches of `b` images make one optimizer step that is the official step on
+    `k * b` images: the gradient is the mean over the `k` micro-batches, clipped per
+    parameter and (while `freeze_last_layer` lasts) dropped for the last layer after
+    that; the teacher EMA, the center (the mean of the teacher outputs over the whole
+    effective batch and every replica; the loss uses the same center for the `k`
+    micro-batches) and every schedule advance once per optimizer step; `lr` is scaled by the
+    effective batch. `fit` counts micro-batches, so an epoch of `N` batches is `N / k`
+    official iterations (`N` must be a multiple of `k`), and `optimizer.iterations`
+    counts optimizer steps. The checkpoints' `args` record `gradient_accumulation_steps`
+    and, as `batch_size_per_gpu`, the effective per-GPU batch (the official run this one
+    reproduces). The accumulated gradients cost one more copy of the trainable weights.
+    Exact for Vision Transformers and XCiT, whose images do not interact; BatchNorm
+    (ResNet backbones, `use_bn_in_head=True`) normalises each micro-batch with its own
+    statistics and updates its running statistics once per micro-batch, so there it
+    approximates the big batch. Under float16 loss scaling a micro-batch whose gradient
+    overflows is skipped, as a step is without accumulation. The official ViT-S/16
+    recipe (1,024 images a step) on one GPU that holds 128: `batch_size_per_gpu=128,
+    gradient_accumulation_steps=8` (`examples/train_dino.py --batch_size_per_gpu=128
+    --gradient_accumulation_steps=8`).
 
     Example:
 
@@ -160,131 +126,70 @@ class DINO(keras.Model):
     ```
     """
 
+    config_class = DINOConfig
     OFFICIAL_DEFAULTS = OFFICIAL_DEFAULTS
     DATA_DEFAULTS = DATA_DEFAULTS
     RUN_DEFAULTS = RUN_DEFAULTS
-    EXTRA_RECORDED = EXTRA_RECORDED
 
-    def __init__(
-        self,
-        arch: str = "vit_small",
-        patch_size: int = 16,
-        out_dim: int | None = None,
-        norm_last_layer: bool = True,
-        momentum_teacher: float = 0.996,
-        use_bn_in_head: bool = False,
-        warmup_teacher_temp: float = 0.04,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp_epochs: int = 0,
-        weight_decay: float = 0.04,
-        weight_decay_end: float = 0.4,
-        clip_grad: float = 3.0,
-        batch_size_per_gpu: int | None = None,
-        epochs: int = 100,
-        freeze_last_layer: int = 1,
-        lr: float = 0.0005,
-        warmup_epochs: int = 10,
-        min_lr: float = 1e-6,
-        optimizer: str = "adamw",
-        drop_path_rate: float = 0.1,
-        local_crops_number: int = 8,
-        final_momentum_teacher: float = 1.0,
-        batch_size: int | None = None,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        vit_kwargs: dict | None = None,
-        resnet_kwargs: dict | None = None,
-        head_kwargs: dict | None = None,
-        steps_per_epoch: int | None = None,
-        photometric=None,
-        gradient_accumulation_steps: int = 1,
-        freeze_blocks: int = 0,
-        layer_decay: float = 1.0,
-        teacher=None,
-        teacher_checkpoint_key: str = "teacher",
-        **kwargs,
-    ):
+    def __init__(self, config: DINOConfig | None = None, *, photometric=None, teacher=None,
+                 teacher_checkpoint_key: str = "teacher", **kwargs):
         refuse_data_arguments(kwargs)
-        super().__init__(**kwargs)
-        for name, value in (("momentum_teacher", momentum_teacher),
-                            ("final_momentum_teacher", final_momentum_teacher),
-                            ("center_momentum", center_momentum)):
-            check_momentum(name, value)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got '{optimizer}'.")
-        if warmup_teacher_temp_epochs > epochs:
-            raise ValueError("warmup_teacher_temp_epochs cannot exceed epochs.")
-        accumulation = check_accumulation_steps(gradient_accumulation_steps)
-        freeze_blocks, layer_decay = check_guards(freeze_blocks, layer_decay)
-        if steps_per_epoch:
-            check_epoch_of_whole_steps(steps_per_epoch, accumulation)
+        overrides, kwargs = DINOConfig.split_arguments(kwargs)
         # Distillation: a frozen teacher of its own architecture (None: self-distillation).
-        self.distillation = None
+        distillation = None
         if teacher is not None:
-            self.distillation = frozen_teacher(
-                teacher, out_dim, dict(head_kwargs or {}, use_bn=use_bn_in_head),
-                teacher_checkpoint_key)
-            out_dim = self.distillation.network.head.out_dim
-            # The teacher does not follow the student: momentum 1, recorded as such.
-            momentum_teacher = final_momentum_teacher = 1.0
-        out_dim = 65536 if out_dim is None else out_dim
-        self.hparams = dict(
-            arch=arch, patch_size=patch_size, out_dim=out_dim, norm_last_layer=norm_last_layer,
-            momentum_teacher=momentum_teacher, use_bn_in_head=use_bn_in_head,
-            warmup_teacher_temp=warmup_teacher_temp, teacher_temp=teacher_temp,
-            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs, weight_decay=weight_decay,
-            weight_decay_end=weight_decay_end, clip_grad=clip_grad,
-            batch_size_per_gpu=batch_size_per_gpu, epochs=epochs,
-            freeze_last_layer=freeze_last_layer, lr=lr, warmup_epochs=warmup_epochs,
-            min_lr=min_lr, optimizer=optimizer, drop_path_rate=drop_path_rate,
-            local_crops_number=local_crops_number,
-            final_momentum_teacher=final_momentum_teacher, batch_size=batch_size,
-            student_temp=student_temp, center_momentum=center_momentum,
-            vit_kwargs=dict(vit_kwargs or {}), resnet_kwargs=dict(resnet_kwargs or {}),
-            head_kwargs=dict(head_kwargs or {}), steps_per_epoch=steps_per_epoch,
-            gradient_accumulation_steps=accumulation, freeze_blocks=freeze_blocks,
-            layer_decay=layer_decay,
+            out_dim = overrides.pop("out_dim", config.out_dim if config is not None else None)
+            head_config = dict(overrides.get("head_kwargs") or (
+                config.head_kwargs if config is not None else {}))
+            use_bn = overrides.get("use_bn_in_head", config.use_bn_in_head if config else False)
+            distillation = frozen_teacher(teacher, out_dim, dict(head_config, use_bn=use_bn),
+                                          teacher_checkpoint_key)
+            # The student's head matches the teacher's; the teacher does not follow the
+            # student: momentum 1, recorded as such.
+            overrides.update(out_dim=int(distillation.network.head.out_dim),
+                             momentum_teacher=1.0, final_momentum_teacher=1.0)
+        elif overrides.get("out_dim", 0) is None:
+            del overrides["out_dim"]
+        if config is None:
+            config = DINOConfig(**overrides)
+        elif isinstance(config, DINOConfig):
+            config = dataclasses.replace(config, **overrides) if overrides else config
+        else:
+            raise TypeError(
+                f"DINO's first argument is a keras_dino.training.hparams.DINOConfig; got "
+                f"{config!r}: pass the hyper-parameters by name, e.g. DINO(arch='vit_small')."
+            )
+        super().__init__(**kwargs)
+        self.distillation = distillation
+        self._dino_config = config
+        accumulation = config.gradient_accumulation_steps
+        self.schedules = DINOSchedules.from_config(
+            config,
+            steps_per_epoch=config.steps_per_epoch // accumulation
+            if config.steps_per_epoch else None,
         )
         if isinstance(photometric, dict):
             photometric = keras.saving.deserialize_keras_object(photometric)
         self.photometric = photometric
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.steps_per_epoch = steps_per_epoch
-        self.gradient_accumulation_steps = accumulation
-        self.epochs = epochs
-        self.schedules = DINOSchedules(
-            base_lr=lr,
-            min_lr=min_lr,
-            epochs=epochs,
-            warmup_epochs=warmup_epochs,
-            weight_decay=weight_decay,
-            weight_decay_end=weight_decay_end,
-            momentum_teacher=momentum_teacher,
-            final_momentum_teacher=final_momentum_teacher,
-            warmup_teacher_temp=warmup_teacher_temp,
-            teacher_temp=teacher_temp,
-            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
-            freeze_last_layer=freeze_last_layer,
-            steps_per_epoch=steps_per_epoch // accumulation if steps_per_epoch else None,
-        )
         # The crop settings of the data this model trains on (see `fit`).
         self.data_settings = dict(DATA_DEFAULTS)
         self.run_settings = dict(RUN_DEFAULTS)
-        head_config = dict(self.hparams["head_kwargs"])
-        head_config.update(out_dim=out_dim, use_bn=use_bn_in_head)
+        out_dim = config.out_dim
+        head_config = dict(config.head_kwargs)
+        head_config.update(out_dim=out_dim, use_bn=config.use_bn_in_head)
         backbone_args = dict(
-            arch=arch,
-            patch_size=patch_size,
-            vit_kwargs=self.hparams["vit_kwargs"],
-            resnet_kwargs=self.hparams["resnet_kwargs"],
+            arch=config.arch,
+            patch_size=config.patch_size,
+            vit_kwargs=dict(config.vit_kwargs),
+            resnet_kwargs=dict(config.resnet_kwargs),
         )
         student_backbone = build_backbone(
-            **backbone_args, drop_path_rate=drop_path_rate, name="student_backbone"
+            **backbone_args, drop_path_rate=config.drop_path_rate, name="student_backbone"
         )
         embed_dim = student_backbone.embed_dim
         student_head = DINOHead(
-            **head_config, norm_last_layer=norm_last_layer, in_dim=embed_dim, name="student_head"
+            **head_config, norm_last_layer=config.norm_last_layer, in_dim=embed_dim,
+            name="student_head",
         )
         self.student = MultiCropWrapper(student_backbone, student_head, name="student")
         if self.distillation is not None:
@@ -344,6 +249,16 @@ class DINO(keras.Model):
         return super().metrics + [self._entropy_tracker, self._kl_tracker]
 
     @property
+    def config(self) -> DINOConfig:
+        """The frozen hyper-parameters of this model (`keras_dino.training.hparams`)."""
+        return self._dino_config
+
+    @property
+    def hparams(self):
+        """A read-only `{name: value}` view of `config` (what `get_config` records)."""
+        return types.MappingProxyType(self.config.to_dict())
+
+    @property
     def backbone(self):
         """The model DINO evaluates and exports: the teacher backbone, or the student's
         when a frozen teacher distils into it (`teacher=`)."""
@@ -359,11 +274,11 @@ class DINO(keras.Model):
     # ------------------------------------------------------------------ compile
     def make_optimizer(self, name: str | None = None) -> DINOOptimizer:
         """The official optimizer (`adamw`, `sgd` or `lars`) driven by this run's schedules."""
-        name = name or self.hparams["optimizer"]
+        name = name or self.config.optimizer
         return OPTIMIZERS[name](
             self.schedules,
-            clip_grad=self.hparams["clip_grad"],
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            clip_grad=self.config.clip_grad,
+            gradient_accumulation_steps=self.config.gradient_accumulation_steps,
         )
 
     def compile(self, optimizer=None, **kwargs):
@@ -399,10 +314,10 @@ class DINO(keras.Model):
         """
         return parameter_groups(
             self.student, self.trainable_variables,
-            freeze_blocks=self.hparams["freeze_blocks"], layer_decay=self.hparams["layer_decay"],
+            freeze_blocks=self.config.freeze_blocks, layer_decay=self.config.layer_decay,
         )
     def _check_accumulating_optimizer(self, optimizer):
-        k = self.gradient_accumulation_steps
+        k = self.config.gradient_accumulation_steps
         inner = getattr(optimizer, "inner_optimizer", optimizer)
         if isinstance(inner, DINOOptimizer):
             if inner.accumulation_steps != k:
@@ -442,22 +357,6 @@ class DINO(keras.Model):
                             frozen=frozen, lr_scale=lr_scale)
 
     # ------------------------------------------------------------------ settings
-    def set_teacher_momentum(self, momentum_teacher=None, final_momentum_teacher=None):
-        """Sets the teacher momentum's cosine, recorded by `get_config` and checkpoints.
-
-        Takes effect from the next `fit` (the step is traced anew there).
-        """
-        for name, value in (("momentum_teacher", momentum_teacher),
-                            ("final_momentum_teacher", final_momentum_teacher)):
-            if value is not None:
-                self.hparams[name] = check_momentum(name, value)
-                setattr(self.schedules, name, self.hparams[name])
-
-    def set_center_momentum(self, center_momentum):
-        """Sets the center's momentum, recorded by `get_config` and checkpoints."""
-        value = check_momentum("center_momentum", center_momentum)
-        self.hparams["center_momentum"] = self.center_momentum = value
-
     def set_run_settings(self, **settings):
         """Records how the run was made, for the checkpoints' `args`, as `main_dino.py`.
 
@@ -484,16 +383,16 @@ class DINO(keras.Model):
         this model's `local_crops_number`.
         """
         self.data_settings.update(
-            data_settings_values(data_settings, self.hparams["local_crops_number"])
+            data_settings_values(data_settings, self.config.local_crops_number)
         )
 
     # ------------------------------------------------------------------ training
     def _crops(self, data):
-        return crops_of(data, self.hparams["local_crops_number"])
+        return crops_of(data, self.config.local_crops_number)
 
     def _set_base_lr(self, crops):
-        if self.hparams["batch_size"]:
-            global_batch = self.hparams["batch_size"]
+        if self.config.batch_size:
+            global_batch = self.config.batch_size
         else:
             per_replica = crops[0].shape[0]
             if per_replica is None:
@@ -502,9 +401,9 @@ class DINO(keras.Model):
                     "it: batch with drop_remainder=True or pass DINO(batch_size=...)."
                 )
             global_batch = (
-                per_replica * distribute.num_replicas() * self.gradient_accumulation_steps
+                per_replica * distribute.num_replicas() * self.config.gradient_accumulation_steps
             )
-        self.schedules.base_lr = self.hparams["lr"] * global_batch / 256.0
+        self.schedules.base_lr = self.config.lr * global_batch / 256.0
 
     def _forward(self, crops, step):
         if self.photometric is not None:
@@ -526,7 +425,7 @@ class DINO(keras.Model):
             teacher_output,
             ops.convert_to_tensor(self.center),
             temp,
-            self.student_temp,
+            self.config.student_temp,
             len(crops),
         )
         return loss, teacher_output
@@ -542,7 +441,7 @@ class DINO(keras.Model):
         momentum = self.schedules.momentum(step)
         student_weight = self.schedules.one_minus_momentum(step)
         stepped = None
-        if self.gradient_accumulation_steps > 1:
+        if self.config.gradient_accumulation_steps > 1:
             inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
             stepped = ops.not_equal(ops.convert_to_tensor(inner.iterations), iterations_before)
 
@@ -566,7 +465,7 @@ class DINO(keras.Model):
             updates.append((self._center_sum, ops.where(stepped, ops.zeros_like(total), total)))
             updates.append((self._center_rows, ops.where(stepped, ops.zeros_like(rows), rows)))
         mean = total / rows
-        cm = self.center_momentum
+        cm = self.config.center_momentum
         mean = ops.cast(mean, self.center.dtype)
         updates.append(
             (self.center, keep_unless_stepped(self.center, self.center * cm + mean * (1.0 - cm)))
@@ -619,6 +518,7 @@ class DINO(keras.Model):
         if getattr(self, "optimizer", None) is None:
             self.compile()
         callbacks = list(callbacks or [])
+        # Report-only: they add the momentum, the center's momentum and norm to the logs.
         if not any(isinstance(c, dino_callbacks.TeacherEMA) for c in callbacks):
             callbacks.append(dino_callbacks.TeacherEMA())
         if not any(isinstance(c, dino_callbacks.Centering) for c in callbacks):
@@ -635,9 +535,8 @@ class DINO(keras.Model):
             kwargs["initial_epoch"] = self._resume_epoch
         # The schedules' constants are read when the step is traced: trace it anew.
         self.train_function = None
-        return super().fit(
-            x, y, epochs=self.epochs if epochs is None else epochs, callbacks=callbacks, **kwargs
-        )
+        epochs = self.config.epochs if epochs is None else epochs
+        return super().fit(x, y, epochs=epochs, callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -683,7 +582,7 @@ class DINO(keras.Model):
 
     # ------------------------------------------------------------------ config
     def get_config(self):
-        config = {**super().get_config(), **self.hparams}
+        config = {**super().get_config(), **self.config.to_dict()}
         if self.photometric is not None:
             config["photometric"] = keras.saving.serialize_keras_object(self.photometric)
         config["data_settings"] = {k: list(v) for k, v in self.data_settings.items()}

@@ -6,9 +6,10 @@ sizing the run to the time budget from the measured step time, then classifies t
 same architecture at random initialisation. Prints one JSON line.
 
 Two recipes (`--arch`):
-* `resnet` (default): the quickstart's network (a small ResNet with a BatchNorm
-  head, two global crops and no local crops, teacher momentum 0.99 held) with the best
-  recipe measured for 20 minutes of 2 CPU cores: batches of 128, global crop scale
+* `resnet` (default): the quickstart's recipe, read from examples/flags/quickstart.flags
+  (a small ResNet with a BatchNorm head, two global crops and no local crops, teacher
+  momentum 0.99 held), with the departures measured best for 20 minutes of 2 CPU cores
+  (RECIPES["resnet"]): batches of 128, global crop scale
   0.14-1 (the official suggestion without local crops), base lr 0.002 (54.7% against
   34.1% at random init; docs/benchmarks.md lists the variants measured).
 * `vit`: a 3-block ViT with patch 4 and scaled-down multi-crop (4 local crops), the
@@ -23,6 +24,7 @@ ViT). The lr's cosine ends at half its peak (ResNet) or at the peak (ViT).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -46,16 +48,39 @@ def extract(tar_path, into):
     return pathlib.Path(into)
 
 
-# The defaults of each `--arch` (docs/benchmarks.md lists what was measured).
+# The quickstart's recipe (network, head, crops, schedules): the `resnet` run trains it,
+# read from the flags file, with the departures of RECIPES["resnet"] and of the flags given.
+QUICKSTART = REPO / "examples" / "flags" / "quickstart.flags"
+# The defaults of each `--arch` (docs/benchmarks.md lists what was measured): for
+# `resnet`, where the 20-minute run on 50,000 images departs from the quickstart's flags.
 RECIPES = {
-    "resnet": dict(batch=128, lr=0.002, min_lr=5e-4, global_crops_scale=(0.14, 1.0),
-                   local_crops_number=0, momentum_teacher=0.99),
+    "resnet": dict(batch=128, lr=0.002, global_crops_scale=(0.14, 1.0)),
     "vit": dict(batch=64, lr=0.004, min_lr=1e-3, global_crops_scale=(0.35, 1.0),
-                local_crops_number=4, momentum_teacher=0.98),
+                local_crops_number=4, momentum_teacher=0.98, out_dim=1024, teacher_temp=0.04,
+                warmup_teacher_temp_epochs=0, weight_decay=0.04, weight_decay_end=0.4),
 }
+# The settings a run reports (and the `resnet` run takes from the quickstart's config).
+REPORTED = ("local_crops_number", "out_dim", "momentum_teacher", "final_momentum_teacher",
+            "teacher_temp", "warmup_teacher_temp_epochs", "weight_decay", "weight_decay_end",
+            "lr", "min_lr", "optimizer")
 
 
-def main(argv=None):
+def quickstart_recipe(args):
+    """`(DINOConfig, DataAugmentationDINO)`: the quickstart's flags file with this run's
+    departures (the settings given on the command line or by RECIPES["resnet"])."""
+    from keras_dino.tools import train
+
+    given = {name: getattr(args, name) for name in REPORTED if getattr(args, name) is not None}
+    given.update(batch_size_per_gpu=args.batch, batch_size=args.batch,
+                 steps_per_epoch=args.steps_per_epoch, global_size=args.global_size,
+                 local_size=args.global_size // 2,
+                 global_crops_scale=",".join(map(str, args.global_crops_scale)),
+                 blur_radius=f"0.1,{0.3 * args.global_size / 32}")
+    return train.recipe(QUICKSTART, *(f"--{name}={value}" for name, value in given.items()))
+
+
+def parse_args(argv=None):
+    """The command line, with the `--arch` recipe's defaults for the flags left unset."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     shared = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))
     parser.add_argument("--tar", default=str(shared / "datasets" / "cifar10_jpeg.tar.gz"))
@@ -73,11 +98,12 @@ def main(argv=None):
                         help="base lr, scaled by batch / 256 as the official rule; default: "
                         "0.002 for resnet (54.7%%; 0.004: 53.2%%), 0.004 for vit")
     parser.add_argument("--min_lr", type=float, default=None,
-                        help="end of the cosine lr schedule; default: half the scaled lr "
-                        "for resnet (5e-4), the scaled lr for vit (1e-3: constant after warmup)")
+                        help="end of the cosine lr schedule; default: the quickstart's 5e-4 "
+                        "for resnet, the scaled lr for vit (1e-3: constant after warmup)")
     parser.add_argument("--local_crops_number", type=int, default=None,
                         help="default: 0 for resnet, 4 for vit")
-    parser.add_argument("--out_dim", type=int, default=1024)
+    parser.add_argument("--out_dim", type=int, default=None,
+                        help="default: the quickstart's 1024 (resnet), 1024 (vit)")
     parser.add_argument("--momentum_teacher", type=float, default=None,
                         help="default: 0.99 for resnet, 0.98 for vit")
     parser.add_argument("--final_momentum_teacher", type=float, default=None,
@@ -92,11 +118,14 @@ def main(argv=None):
                         help="side of the global crops, and of the evaluation images; above "
                         "32 the crops are upsampled, so the network's stages see larger maps "
                         "(local crops: half of it)")
-    parser.add_argument("--teacher_temp", type=float, default=0.04)
-    parser.add_argument("--warmup_teacher_temp_epochs", type=int, default=0,
+    parser.add_argument("--teacher_temp", type=float, default=None,
+                        help="default: the quickstart's (resnet), 0.04 (vit)")
+    parser.add_argument("--warmup_teacher_temp_epochs", type=int, default=None,
                         help="epochs of the linear rise from 0.04 to --teacher_temp")
-    parser.add_argument("--weight_decay", type=float, default=0.04)
-    parser.add_argument("--weight_decay_end", type=float, default=0.4)
+    parser.add_argument("--weight_decay", type=float, default=None,
+                        help="default: the quickstart's (resnet), 0.04 (vit)")
+    parser.add_argument("--weight_decay_end", type=float, default=None,
+                        help="default: the quickstart's (resnet), 0.4 (vit)")
     parser.add_argument("--batched_crops", type=int, default=1,
                         help="1: crop and resize each batch at once (the same crops, a "
                         "third of the host time on 32-pixel images); 0: image by image")
@@ -104,13 +133,22 @@ def main(argv=None):
                         help="length of a schedule epoch (the data stream repeats)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    resnet = args.arch == "resnet"
     for name, value in RECIPES[args.arch].items():  # flags left unset take the recipe's
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.final_momentum_teacher is None:
+    if args.final_momentum_teacher is None and args.momentum_teacher is not None:
         args.final_momentum_teacher = args.momentum_teacher
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    resnet = args.arch == "resnet"
     start = time.time()
+    if resnet:  # every setting from the quickstart's config, departures included
+        config, quickstart_crops = quickstart_recipe(args)
+        for name in REPORTED:
+            setattr(args, name, getattr(config, name))
 
     import keras
     import numpy as np
@@ -124,7 +162,7 @@ def main(argv=None):
     # The official blur radius (0.1..2 px) is meant for 224-pixel crops; scaled to 32-pixel
     # images (x 32/224) it tops out at ~0.3 px instead of wiping out a CIFAR image (in
     # crop pixels: 0.6 px for 64-pixel crops of the same images).
-    augmentation = DataAugmentationDINO(
+    augmentation = quickstart_crops if resnet else DataAugmentationDINO(
         global_crops_scale=tuple(args.global_crops_scale), local_crops_scale=(0.1, 0.35),
         local_crops_number=args.local_crops_number, global_size=args.global_size,
         local_size=args.global_size // 2,
@@ -134,14 +172,14 @@ def main(argv=None):
                                 seed=args.seed, repeat=True,
                                 batched_crops=bool(args.batched_crops))
 
-    if resnet:  # examples/flags/quickstart.flags
-        network = dict(arch="resnet_quickstart", use_bn_in_head=True, resnet_kwargs=dict(
-            block="basic", layers=[1, 1, 1, 1], stem_width=32, stage_widths=[32, 64, 128, 256]))
-    else:
-        network = dict(arch="vit_cifar", patch_size=4, norm_last_layer=False,
-                       vit_kwargs=dict(embed_dim=96, depth=3, num_heads=3))
+    network = dict(arch="vit_cifar", patch_size=4, norm_last_layer=False,
+                   vit_kwargs=dict(embed_dim=96, depth=3, num_heads=3))
 
     def make(epochs):
+        if resnet:
+            return keras_dino.DINO(config=dataclasses.replace(
+                config, epochs=epochs,
+                warmup_teacher_temp_epochs=min(config.warmup_teacher_temp_epochs, epochs)))
         return keras_dino.DINO(
             **network, out_dim=args.out_dim,
             head_kwargs=dict(hidden_dim=512, bottleneck_dim=128),

@@ -4,9 +4,10 @@
 # need TensorFlow itself (tf_only) run in the TensorFlow process only, and `slow` tests
 # in one process only (tests/conftest.py).
 #
-# The JAX process is the longest (XLA compiles every step function on the CPU, mostly on
-# one core): it runs beside the TensorFlow and torch processes, its output printed when
-# it ends. KERAS_DINO_TEST_SERIAL=1 runs the three one after the other instead.
+# Backend-independent tests (`once`: docs, docstring examples, import structure, flags)
+# run in the torch process only. The three processes run side by side (TensorFlow's and
+# JAX's compile their step functions, mostly on one core each), the JAX and torch output
+# printed when they end. KERAS_DINO_TEST_SERIAL=1 runs them one after the other instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -28,17 +29,21 @@ if [[ "${KERAS_DINO_TEST_SERIAL:-0}" == 1 ]]; then
   exit "${status}"
 fi
 
-jax_log="$(mktemp -t keras_dino_jax_tests.XXXXXX)"
-trap 'rm -f "${jax_log}"' EXIT
-run jax "$@" > "${jax_log}" 2>&1 &
-jax_pid=$!
-for backend in tensorflow torch; do
-  echo "=== pytest, KERAS_BACKEND=${backend}"
-  run "${backend}" "$@" || status=$?
+# JAX and torch run beside TensorFlow, their output printed when they end.
+logs="$(mktemp -d -t keras_dino_tests.XXXXXX)"
+trap 'rm -rf "${logs}"' EXIT
+declare -A pids
+for backend in jax torch; do
+  run "${backend}" "$@" > "${logs}/${backend}.log" 2>&1 &
+  pids[${backend}]=$!
 done
-jax_status=0
-wait "${jax_pid}" || jax_status=$?
-echo "=== pytest, KERAS_BACKEND=jax (ran beside the others)"
-cat "${jax_log}"
-[[ "${jax_status}" == 0 ]] || status="${jax_status}"
+echo "=== pytest, KERAS_BACKEND=tensorflow"
+run tensorflow "$@" || status=$?
+for backend in torch jax; do
+  backend_status=0
+  wait "${pids[${backend}]}" || backend_status=$?
+  echo "=== pytest, KERAS_BACKEND=${backend} (ran beside TensorFlow)"
+  cat "${logs}/${backend}.log"
+  [[ "${backend_status}" == 0 ]] || status="${backend_status}"
+done
 exit "${status}"

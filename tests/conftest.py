@@ -41,9 +41,16 @@ def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}, shared {SHARED}"
 
 
+# The process that runs the `once` tests: torch's is the shortest (no step compilation).
+ONCE_BACKEND = "torch"
+
+
 def _runs_here(item, backend):
-    if item.get_closest_marker("tf_only") and backend != "tensorflow":
+    tf_only = item.get_closest_marker("tf_only") is not None
+    if tf_only and backend != "tensorflow":
         return False
+    if item.get_closest_marker("once") and not tf_only:
+        return backend == ONCE_BACKEND
     marker = item.get_closest_marker("backends")
     if item.get_closest_marker("slow"):
         # Once per CI run, not once per backend: in the first backend it names, else in
@@ -59,7 +66,10 @@ def pytest_collection_modifyitems(config, items):
     in the TensorFlow process; `backends(...)` names the backends a test is about (for
     example `steps_per_execution > 1`, which Keras' torch trainer does not have); `slow`
     tests, long end-to-end runs where a second backend adds nothing, run in one process
-    only (the first of their `backends`, or TensorFlow).
+    only (the first of their `backends`, or TensorFlow); `once` tests assert what no
+    backend changes (documentation, import structure, command-line parsing, files read
+    with numpy, tools run in a subprocess with their own backend) and run in the torch
+    process only.
     """
     import keras
 

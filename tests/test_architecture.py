@@ -29,6 +29,9 @@ import re
 
 import pytest
 
+# Runs in one backend's process (tests/conftest.py): import structure, read from the source.
+pytestmark = pytest.mark.once
+
 # Resolved: under Bazel this file is a symlink into the checkout, which holds the package
 # and docs/architecture.md (also a runfile of this test, see tests/BUILD).
 REPO = pathlib.Path(__file__).resolve().parents[1]

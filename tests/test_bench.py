@@ -111,3 +111,25 @@ def test_golden_spread_one_condition():
     assert len(tensors) > 100 and all(0 <= row["max_excess"] < 1 for row in tensors)
     assert summary["summary"] == "golden_spread" and summary["max_excess"] < 1
     assert summary["max_excess"] == max(row["max_excess"] for row in tensors)
+
+
+@pytest.mark.once
+def test_knn_bench_trains_the_quickstart_recipe_with_its_stated_departures():
+    """bench/knn_cifar10.py --arch=resnet reads examples/flags/quickstart.flags: the same
+    network, head and schedules; only RECIPES["resnet"] and the run's length differ."""
+    import dataclasses
+
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import knn_cifar10
+
+    from keras_dino.tools import train
+
+    quickstart, _ = train.recipe(knn_cifar10.QUICKSTART)
+    config, crops = knn_cifar10.quickstart_recipe(knn_cifar10.parse_args([]))
+    departures = {f.name for f in dataclasses.fields(config)
+                  if getattr(config, f.name) != getattr(quickstart, f.name)}
+    assert departures == {"lr", "batch_size_per_gpu", "batch_size", "steps_per_epoch"}
+    assert (config.lr, config.min_lr, config.batch_size_per_gpu) == (0.002, 5e-4, 128)
+    assert (config.arch, dict(config.resnet_kwargs)) == (
+        "resnet_quickstart", dict(quickstart.resnet_kwargs))
+    assert tuple(crops.global_crops_scale) == (0.14, 1.0) and crops.local_crops_number == 0

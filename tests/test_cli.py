@@ -19,6 +19,9 @@ import sys
 import numpy as np
 import pytest
 
+# Runs in one backend's process (tests/conftest.py): the console script; tools run in subprocesses with their own backend.
+pytestmark = pytest.mark.once
+
 # Resolved: under Bazel this file is a symlink into the checkout.
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))

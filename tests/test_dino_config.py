@@ -16,6 +16,9 @@ from keras_dino.optim.schedules import DINOSchedules
 from keras_dino.training.dino import DINO
 from keras_dino.training.hparams import DATA_DEFAULTS, RUN_DEFAULTS, DINOConfig
 
+# Runs in one backend's process (tests/conftest.py): the configuration and the flags derived from it.
+pytestmark = pytest.mark.once
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TINY = dict(

@@ -30,6 +30,9 @@ import sys
 import pytest
 from conftest import FIXTURES, IMAGES, REPO
 
+# Runs in one backend's process (tests/conftest.py): documents and their code blocks.
+pytestmark = pytest.mark.once
+
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MARKER = re.compile(r"^<!-- test: run(?P<args>.*?)-->\s*$")
 REPLACEMENT = re.compile(r"'((?:[^'\\]|\\.)*)'\s*->\s*'((?:[^'\\]|\\.)*)'")

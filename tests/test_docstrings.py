@@ -15,6 +15,9 @@ import pytest
 import keras_dino.layers
 import keras_dino.models
 
+# Runs in one backend's process (tests/conftest.py): the examples document the API; the backends' own behaviour is tested elsewhere.
+pytestmark = pytest.mark.once
+
 MODULES = sorted(
     [f"keras_dino.layers.{m.name}" for m in pkgutil.iter_modules(keras_dino.layers.__path__)]
     + [f"keras_dino.models.{m.name}" for m in pkgutil.iter_modules(keras_dino.models.__path__)]

@@ -130,6 +130,7 @@ def _flags_file(path):
     return values
 
 
+@pytest.mark.once
 def test_flags_files_use_train_dino_flags_and_the_official_rn50_recipe():
     known = _script_defaults("train_dino.py")
     for path in sorted((REPO / "examples" / "flags").glob("*.flags")):
@@ -143,6 +144,7 @@ def test_flags_files_use_train_dino_flags_and_the_official_rn50_recipe():
     }
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("script", sorted(OFFICIAL_DEFAULTS))
 def test_official_flag_names_and_defaults(script):
     ours = _script_defaults(script)
@@ -156,6 +158,7 @@ def test_official_flag_names_and_defaults(script):
     assert not different, f"{script}: (official, ours) defaults differ: {different}"
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("script", ["eval_knn.py", "eval_linear.py", "visualize_attention.py"])
 def test_stray_positional_argument_is_a_usage_error(script):
     # A forgotten "--" must not be silently dropped (it would run with a default instead).
@@ -164,6 +167,7 @@ def test_stray_positional_argument_is_a_usage_error(script):
     assert "unexpected arguments: imagenet" in result.stderr
 
 
+@pytest.mark.once
 def test_no_argparse_in_examples():
     """Every tool parses its command line with absl, as the official-flag tools do."""
     scripts = [*EXAMPLES.glob("*.py"), *(REPO / "keras_dino" / "tools").glob("*.py")]
@@ -171,6 +175,7 @@ def test_no_argparse_in_examples():
     assert not users, f"argparse in {users}"
 
 
+@pytest.mark.once
 def test_deprecated_hyphenated_flags_are_renamed_with_a_message():
     from keras_dino.tools.common import translate_deprecated
 
@@ -191,6 +196,7 @@ def test_deprecated_hyphenated_flags_are_renamed_with_a_message():
     ]
 
 
+@pytest.mark.once
 def test_export_tool_needs_weights_once():
     from absl import app, flags
 
@@ -232,6 +238,7 @@ def test_export_tool_old_and_new_flags(checkpoint, tmp_path):
     assert "serve_bytes" in result.stdout
 
 
+@pytest.mark.once
 def test_serving_client_flags():
     from absl import flags
 
@@ -272,6 +279,7 @@ def _log(folder):
         return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.once
 def test_eval_data_paths():
     from absl import app
 
@@ -400,6 +408,7 @@ def test_eval_linear_trains_resumes_and_evaluates(checkpoint, image_folder, tmp_
     assert len(_log(out)) == 2
 
 
+@pytest.mark.once
 def test_eval_linear_evaluates_a_released_resnet_classifier(image_folder, tmp_path):
     # The official tool's `--evaluate` with an official ResNet and its linear classifier
     # (the zoo fixtures, 100 labels): the accuracy of the library's classifier.
@@ -467,20 +476,33 @@ def _train_dino(*args):
     return _run_script("train_dino.py", "--backend=tensorflow", *TINY_RUN, *args, timeout=600)
 
 
+@pytest.fixture(scope="module")
+def tiny_training(image_folder, tmp_path_factory):
+    """One short `train_dino.py` run that several tests read (one run, not one each).
+
+    2 epochs of 4 steps (32 images, batch 8) with --momentum_teacher=0.5
+    --final_momentum_teacher=0.9, through --batched_crops (the crops of a batch made at
+    once), with the official --use_fp16=true on this CPU, and run settings that
+    checkpoint.pth's args must record.
+    """
+    out, data = tmp_path_factory.mktemp("tiny_training") / "out", image_folder / "train"
+    result = _train_dino(f"--data_path={data}", f"--output_dir={out}",
+                         "--momentum_teacher=0.5", "--final_momentum_teacher=0.9",
+                         "--batched_crops=true", "--use_fp16=true", "--seed=7",
+                         "--saveckp_freq=5", "--global_crops_scale=0.3,1.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, out, data
+
+
 @pytest.mark.backends("tensorflow")
-def test_train_dino_final_momentum_teacher(image_folder, tmp_path):
+def test_train_dino_final_momentum_teacher(tiny_training):
     """--final_momentum_teacher (not official) moves the end of the momentum's cosine.
 
-    2 epochs of 4 steps (32 images, batch 8): the epoch logs carry the momentum of each
-    epoch's last step, `final + (base - final) * (1 + cos(pi * step / 8)) / 2`. The run
-    also goes through `--batched_crops` (the crops of a batch made at once).
+    The epoch logs carry the momentum of each epoch's last step,
+    `final + (base - final) * (1 + cos(pi * step / 8)) / 2`.
     """
-    out = tmp_path / "out"
+    _, out, _ = tiny_training
     base, final, total = 0.5, 0.9, 8
-    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
-                         f"--momentum_teacher={base}", f"--final_momentum_teacher={final}",
-                         "--batched_crops=true")
-    assert result.returncode == 0, result.stderr[-3000:]
     epochs = [r for r in _log(out) if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [0, 1]
     for record, step in zip(epochs, (3, 7)):
@@ -558,6 +580,7 @@ def test_train_dino_teacher_weights(image_folder, tmp_path):
     assert "Traceback" not in mismatch.stderr[-2000:]
 
 
+@pytest.mark.once
 def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
     result = _run_script("train_dino.py", "--final_momentum_teacher=98")
     assert result.returncode == 1, result.stderr[-2000:]
@@ -580,6 +603,7 @@ def test_train_dino_photometric_on_device(image_folder, tmp_path):
     assert (out / "checkpoint.pth").is_file()
 
 
+@pytest.mark.once
 def test_train_dino_help_lists_pretrained_weights():
     result = _run_script("train_dino.py", "--helpfull")
     assert "Traceback" not in result.stderr, result.stderr[-2000:]  # absl exits 1 after help
@@ -712,6 +736,7 @@ def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tm
     assert (out / "training_curves.png").is_file()
 
 
+@pytest.mark.once
 def test_use_fp16_falls_back_to_float32_without_a_gpu():
     from keras_dino.tools.common import has_gpu, mixed_precision_policy
 
@@ -725,32 +750,27 @@ def test_use_fp16_falls_back_to_float32_without_a_gpu():
 
 
 @pytest.mark.backends("tensorflow")
-def test_train_dino_on_a_cpu_says_it_trains_in_float32(image_folder, tmp_path):
+def test_train_dino_on_a_cpu_says_it_trains_in_float32(tiny_training):
     from keras_dino.tools.common import has_gpu
 
     if has_gpu():
         pytest.skip("this machine has a GPU: --use_fp16 trains in float16 there")
-    out = tmp_path / "out"
-    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
-                         "--epochs=1", "--use_fp16=true")  # the official default
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, out, _ = tiny_training  # --use_fp16=true, the official default
     assert result.stdout.count("--use_fp16: no GPU here, so training runs in float32") == 1
-    assert [r["epoch"] for r in _log(out) if "epoch" in r] == [0]
+    assert [r["epoch"] for r in _log(out) if "epoch" in r] == [0, 1]
 
 
 @pytest.mark.backends("tensorflow")
-def test_train_dino_checkpoint_args_record_the_run(image_folder, tmp_path):
+def test_train_dino_checkpoint_args_record_the_run(tiny_training):
     """checkpoint.pth's args say what ran: seed, precision, batch, data, output, crops."""
     from keras_dino.checkpoints import read_checkpoint
+    from keras_dino.tools.common import has_gpu
 
-    out, data = tmp_path / "out", image_folder / "train"
-    result = _train_dino(f"--data_path={data}", f"--output_dir={out}", "--seed=7",
-                         "--use_fp16=false", "--batch_size_per_gpu=3", "--epochs=1",
-                         "--saveckp_freq=5", "--global_crops_scale=0.3,1.0")
-    assert result.returncode == 0, result.stderr[-3000:]
+    _, out, data = tiny_training
     args = dict(read_checkpoint(out / "checkpoint.pth")["args"])
-    assert args["seed"] == 7 and args["use_fp16"] is False
-    assert args["batch_size_per_gpu"] == 3 and args["world_size"] == 1
+    # --use_fp16=true ran float16 only on a GPU (float32 here): args record what ran.
+    assert args["seed"] == 7 and args["use_fp16"] is has_gpu()
+    assert args["batch_size_per_gpu"] == 8 and args["world_size"] == 1
     assert args["data_path"] == str(data) and args["output_dir"] == str(out)
     assert args["saveckp_freq"] == 5 and tuple(args["global_crops_scale"]) == (0.3, 1.0)
-    assert args["arch"] == "tiny" and args["patch_size"] == 8 and args["epochs"] == 1
+    assert args["arch"] == "tiny" and args["patch_size"] == 8 and args["epochs"] == 2

@@ -16,6 +16,9 @@ import sys
 import numpy as np
 import pytest
 
+# Runs in one backend's process (tests/conftest.py): flag parsing; tools run in subprocesses with their own backend.
+pytestmark = pytest.mark.once
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Every tool that loads a backbone through the backbone flags of tools/common.py.

@@ -29,6 +29,9 @@ from keras_dino.checkpoints import (
     write_torch_checkpoint,
 )
 
+# Runs in one backend's process (tests/conftest.py): files read and written with numpy.
+pytestmark = pytest.mark.once
+
 PTH_FIXTURES = [
     "backbone_vit_mini16.pth",
     "backbone_vit_mini8.pth",

@@ -264,6 +264,26 @@ def _teacher_arguments() -> dict:
     return arguments
 
 
+def recipe(flagfile, *overrides):
+    """`(DINOConfig, DataAugmentationDINO)` of a flags file: what `keras-dino train
+    --flagfile=<flagfile> <overrides>` trains, for scripts that share a recipe with the
+    tool (bench/knn_cifar10.py builds the quickstart's network from
+    examples/flags/quickstart.flags this way). `overrides` are `--name=value` strings;
+    this process's flags are set to them.
+
+    Example:
+
+    >>> import pathlib, keras_dino
+    >>> flags_file = pathlib.Path(keras_dino.__file__).parents[1] / "examples/flags/quickstart.flags"
+    >>> config, crops = recipe(flags_file, "--epochs=2")
+    >>> config.arch, config.epochs, crops.local_crops_number
+    ('resnet_quickstart', 2, 0)
+    """
+    F.unparse_flags()
+    F(["keras-dino train", f"--flagfile={flagfile}", *overrides])
+    return config_from_flags(), augmentation_recipe()
+
+
 def build_model():
     from keras_dino.training.dino import DINO
 

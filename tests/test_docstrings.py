@@ -33,6 +33,7 @@ MODULES = sorted(
         "keras_dino.data.sources",
         "keras_dino.checkpoints.official",
         "keras_dino.checkpoints.pretrained",
+        "keras_dino.checkpoints.teacher",
         "keras_dino.checkpoints.weights",
         "keras_dino.checkpoints.converters",
         "keras_dino.checkpoints.converters.base",

@@ -539,6 +539,47 @@ def test_train_dino_gradient_accumulation(image_folder, tmp_path):
     assert int(checkpoint["epoch"]) == 2
 
 
+@pytest.mark.backends("tensorflow")
+def test_train_dino_teacher_weights(image_folder, tmp_path):
+    """--teacher_weights: a frozen ResNet teacher (a full checkpoint: its teacher and head)
+    trains the tiny ViT student of the command line; --out_dim comes from its head.
+
+    The teacher momentum is 1 (no EMA), checkpoint.pth records where the teacher came
+    from, and its student is the ViT (the network the run evaluates and exports).
+    """
+    from keras_dino.checkpoints import official, read_checkpoint
+    from keras_dino.training.dino import DINO
+
+    teacher = DINO(arch="resnet_test", out_dim=48, head_kwargs=dict(hidden_dim=16, bottleneck_dim=8),
+                   resnet_kwargs=dict(block="basic", layers=[1, 1], stem_width=8,
+                                      stage_widths=[8, 16]), local_crops_number=2)
+    path = teacher.save_official_checkpoint(tmp_path / "teacher.pth")
+    out = tmp_path / "out"
+    tiny = [flag for flag in TINY_RUN if not flag.startswith("--out_dim")]
+    result = _run_script("train_dino.py", "--backend=tensorflow", *tiny,
+                         f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
+                         f"--teacher_weights={path}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [r for r in _log(out) if "epoch" in r]
+    assert [r["train_momentum"] for r in epochs] == [1.0, 1.0]
+    checkpoint = read_checkpoint(out / "checkpoint.pth")
+    args = dict(checkpoint["args"])
+    assert args["teacher_weights"] == str(path) and args["out_dim"] == 48
+    assert args["momentum_teacher"] == 1.0
+    assert any("backbone.blocks." in k for k in checkpoint["student"])
+    assert any("layer1" in k for k in checkpoint["teacher"])
+    written = official.strip_prefixes(checkpoint["teacher"], ("module.",))
+    for key, value in official.state_dict_of(teacher.teacher_map).items():
+        if not key.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(np.asarray(written[key]), value)
+    mismatch = _run_script("train_dino.py", "--backend=tensorflow", *TINY_RUN,
+                           f"--data_path={image_folder / 'train'}", f"--output_dir={out}2",
+                           f"--teacher_weights={path}", timeout=600)
+    assert mismatch.returncode != 0
+    assert "out_dim=64 but the teacher's head" in mismatch.stderr
+    assert "Traceback" not in mismatch.stderr[-2000:]
+
+
 @pytest.mark.once
 def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
     result = _run_script("train_dino.py", "--final_momentum_teacher=98")

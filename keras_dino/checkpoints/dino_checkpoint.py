@@ -16,6 +16,7 @@ from keras import ops
 from keras_dino.checkpoints import official
 from keras_dino.checkpoints.checkpoint_types import CheckpointArgs
 from keras_dino.checkpoints.npz_format import write_npz_checkpoint
+from keras_dino.checkpoints.teacher import load_teacher, teacher_args
 from keras_dino.checkpoints.torch_reader import read_checkpoint
 from keras_dino.checkpoints.torch_writer import write_torch_checkpoint
 from keras_dino.models.backbones import backbone_config
@@ -111,8 +112,15 @@ def load_official_checkpoint(path, cls, **overrides):
             f"{', '.join(required)}; found {found}."
         )
     args = dict(checkpoint["args"])
+    if args.get("teacher_weights") and "teacher" not in overrides:
+        # A distillation run: the frozen teacher is the checkpoint's own `teacher`.
+        teacher = load_teacher(_strip_module(checkpoint["teacher"]), {},
+                               args=args.get("teacher_args"))
+        overrides = dict(overrides, teacher=teacher.network)
     overrides, model_arguments = cls.config_class.split_arguments(overrides)
     model = cls(config=_model_config(cls, args, overrides), **model_arguments)
+    if args.get("teacher_weights") and model.distillation is not None:
+        model.distillation.source = args["teacher_weights"]
     data = {k: args[k] for k in cls.DATA_DEFAULTS if k in args}
     if data:
         model.set_data_settings(data)
@@ -244,9 +252,17 @@ def official_checkpoint_dict(model) -> dict:
     elif iterations:
         # The global batch the step scaled the learning rate by (lr * batch / 256).
         args["batch_size_per_gpu"] = int(round(model.schedules.base_lr * 256 / config.lr))
+    teacher_prefix = "module." if has_batch_norm else ""
+    if getattr(model, "distillation", None) is not None:
+        # A frozen teacher of another architecture: `teacher` holds its own keys, `args`
+        # where it came from and what its tensors do not say (num_heads).
+        args["teacher_weights"] = str(model.teacher_weights)
+        args["teacher_args"] = teacher_args(model.teacher)
+        teacher_bn = any(kind == "buffer" for _, kind in model.teacher_map.values())
+        teacher_prefix = "module." if teacher_bn else ""
     return {
         "student": network(model.student_map, "module.", student_calls),
-        "teacher": network(model.teacher_map, "module." if has_batch_norm else "", 1),
+        "teacher": network(model.teacher_map, teacher_prefix, 1),
         "optimizer": {"state": state, "param_groups": groups},
         "epoch": _current_epoch(model),
         "args": CheckpointArgs(args),

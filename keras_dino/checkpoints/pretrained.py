@@ -211,7 +211,8 @@ def resolve_backbone(model, **load_kwargs):
         raise ValueError("load_kwargs only applies when `model` is a preset name or a file path.")
     backbones = converters.backbone_classes()
     if hasattr(model, "teacher") and isinstance(getattr(model, "backbone", None), backbones):
-        return model.backbone, f"teacher backbone of the in-memory keras_dino DINO '{model.name}'"
+        which = "student" if getattr(model, "distillation", None) is not None else "teacher"
+        return model.backbone, f"{which} backbone of the in-memory keras_dino DINO '{model.name}'"
     if isinstance(model, MultiCropWrapper):
         return model.backbone, f"backbone of the in-memory MultiCropWrapper '{model.name}'"
     if isinstance(model, backbones):

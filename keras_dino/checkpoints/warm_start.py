@@ -83,13 +83,17 @@ def read_warm_start(weights, checkpoint_key: str | None = None) -> WarmStart:
     if "student" in checkpoint and "teacher" in checkpoint:
         student, student_head = _split(checkpoint["student"], f"{path} ('student')")
         teacher, teacher_head = _split(checkpoint["teacher"], f"{path} ('teacher')")
+        args = checkpoint.get("args")
+        args = dict(args) if isinstance(args, dict) else dict(vars(args)) if args else {}
+        if args.get("teacher_weights") and checkpoint_key != "teacher":
+            # A distillation checkpoint: the student is the network of the run's
+            # architecture (its `teacher` is the frozen teacher of another one).
+            checkpoint_key = "student"
         if checkpoint_key in ("student", "teacher"):  # one network for both
             student, student_head = (student, student_head) if checkpoint_key == "student" else (
                 teacher, teacher_head)
             teacher, teacher_head = student, student_head
         center = checkpoint.get("dino_loss", {}).get("center")
-        args = checkpoint.get("args")
-        args = dict(args) if isinstance(args, dict) else dict(vars(args)) if args else {}
         return WarmStart(source, student, teacher, student_head, teacher_head,
                          None if center is None else np.asarray(center, np.float32), args)
     if checkpoint_key and isinstance(checkpoint.get(checkpoint_key), dict):
@@ -148,10 +152,11 @@ def dino_from_pretrained(cls, weights, checkpoint_key: str | None = None,
     arguments = {**kwargs, **architecture}
     arguments = {**_head_arguments(start, kwargs), **arguments}
     model = cls(**arguments)
-    pairs = (
-        (model.student.backbone, start.student, "student backbone"),
-        (model.teacher.backbone, start.teacher, "teacher backbone"),
-    )
+    # With a frozen teacher (`teacher=`, distillation), only the student starts from the file.
+    distilling = getattr(model, "distillation", None) is not None
+    pairs = [(model.student.backbone, start.student, "student backbone")]
+    if not distilling:
+        pairs.append((model.teacher.backbone, start.teacher, "teacher backbone"))
     for backbone, state, what in pairs:
         official.load_state_dict(backbone_variable_map(backbone), state, what)
     if start.has_head:
@@ -159,9 +164,10 @@ def dino_from_pretrained(cls, weights, checkpoint_key: str | None = None,
             official.load_state_dict(
                 head_variable_map(model.student.head), start.student_head, "student head"
             )
-            official.load_state_dict(
-                head_variable_map(model.teacher.head), start.teacher_head, "teacher head"
-            )
+            if not distilling:
+                official.load_state_dict(
+                    head_variable_map(model.teacher.head), start.teacher_head, "teacher head"
+                )
         except (official.CheckpointKeyError, official.CheckpointShapeError) as error:
             raise ValueError(
                 f"the DINO heads of {start.source} do not fit the head asked for "

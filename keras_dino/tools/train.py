@@ -114,6 +114,13 @@ flags.DEFINE_string("checkpoint_key", None, "With --pretrained_weights: 'teacher
                     "to start both networks from one of a full checkpoint's networks.")
 flags.DEFINE_boolean("load_heads", True, "With --pretrained_weights holding DINO heads: start "
                      "them and the center from it too (false: the backbone only).")
+flags.DEFINE_string("teacher_weights", "", "Distillation: a frozen teacher of any architecture "
+                    "trains the student of --arch (which the run evaluates and exports): a "
+                    "full training checkpoint.pth (its teacher network and head; --out_dim "
+                    "defaults to the head's), a released backbone .pth, a preset or a "
+                    ".keras file (a backbone gets a frozen random DINO head). No EMA.")
+flags.DEFINE_string("teacher_checkpoint_key", "teacher", "With --teacher_weights holding a full "
+                    "checkpoint: the network that teaches ('teacher' or 'student').")
 flags.DEFINE_integer("embed_dim", None, "Custom architecture: token width.")
 flags.DEFINE_integer("depth", None, "Custom architecture: number of blocks.")
 flags.DEFINE_integer("num_heads", None, "Custom architecture: attention heads.")
@@ -247,6 +254,16 @@ def config_from_flags() -> DINOConfig:
         raise app.UsageError(str(error)) from None
 
 
+def _teacher_arguments() -> dict:
+    """`DINO` arguments of --teacher_weights (distillation), or none."""
+    if not F.teacher_weights:
+        return {}
+    arguments = dict(teacher=F.teacher_weights, teacher_checkpoint_key=F.teacher_checkpoint_key)
+    if not F["out_dim"].present:
+        arguments["out_dim"] = None  # the teacher head's
+    return arguments
+
+
 def recipe(flagfile, *overrides):
     """`(DINOConfig, DataAugmentationDINO)` of a flags file: what `keras-dino train
     --flagfile=<flagfile> <overrides>` trains, for scripts that share a recipe with the
@@ -274,7 +291,7 @@ def build_model():
     photometric = (augmentation_recipe().device_layer(seed=F.seed)
                    if F.photometric_on_device else None)
     if not F.pretrained_weights:
-        return DINO(config=config, photometric=photometric)
+        return DINO(config=config, photometric=photometric, **_teacher_arguments())
     # The file decides the architecture and the heads' shape, unless the command line
     # (or the flags file) names them.
     arguments = config.to_dict()
@@ -285,7 +302,7 @@ def build_model():
         del arguments["head_kwargs"]
     return DINO.from_pretrained(
         F.pretrained_weights, checkpoint_key=F.checkpoint_key, load_heads=F.load_heads,
-        photometric=photometric, **arguments,
+        photometric=photometric, **{**arguments, **_teacher_arguments()},
     )
 
 
@@ -423,7 +440,8 @@ def run():
             try:
                 model = build_model()
             except ValueError as error:
-                if "freeze_blocks" not in str(error) and "layer_decay" not in str(error):
+                known = ("freeze_blocks", "layer_decay", "teacher")  # flags' values, not bugs
+                if not any(word in str(error) for word in known):
                     raise
                 raise app.UsageError(str(error)) from None
         model.compile(steps_per_execution=F.steps_per_execution, jit_compile=F.jit_compile

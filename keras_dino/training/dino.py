@@ -9,6 +9,7 @@ from keras import ops
 from keras_dino import callbacks as dino_callbacks
 from keras_dino import distribute
 from keras_dino.checkpoints import dino_checkpoint, warm_start
+from keras_dino.checkpoints.teacher import frozen_teacher
 from keras_dino.losses import batch_center, dino_loss, teacher_entropy
 from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
@@ -66,6 +67,23 @@ class DINO(keras.Model):
             networks see them, e.g. `keras_dino.data.MultiCropPhotometric()` for split
             mode, where the host sends uint8 crops and the colour jitter, grayscale, blur,
             solarisation and normalisation run on the accelerator.
+        teacher: distillation, a small model from a big one (None: self-distillation).
+            A frozen teacher of any architecture trains the student built from the
+            arguments above: a preset name, a weights file (a full training
+            `checkpoint.pth` or `.npz`: its `teacher_checkpoint_key` network, backbone and
+            trained head, whose `out_dim` the student's must equal and which an `out_dim` left out
+            takes; a released backbone `.pth`; a `.keras` file), a keras_dino backbone or
+            a `MultiCropWrapper`. A backbone alone gets a frozen `DINOHead` of the
+            student's head arguments, randomly initialised from a fixed seed
+            (`keras_dino.checkpoints.teacher.random_head`). The teacher does not follow
+            the student (momentum 1, recorded so), runs in inference mode, and none of
+            its variables changes, BatchNorm statistics included; the loss, the center
+            and the temperature schedule are the official ones. `model.backbone` is then
+            the student's (the small model the run evaluates and exports); the
+            checkpoints' `teacher` holds the teacher's own keys and `args` record
+            `teacher_weights`; `get_config` holds the teacher as a nested object.
+        teacher_checkpoint_key: the network of a full checkpoint that teaches
+            (`"teacher"` or `"student"`).
         **kwargs: `DINOConfig` fields (replacing the config's), and `keras.Model`
             arguments (`name`, ...).
 
@@ -113,9 +131,25 @@ class DINO(keras.Model):
     DATA_DEFAULTS = DATA_DEFAULTS
     RUN_DEFAULTS = RUN_DEFAULTS
 
-    def __init__(self, config: DINOConfig | None = None, *, photometric=None, **kwargs):
+    def __init__(self, config: DINOConfig | None = None, *, photometric=None, teacher=None,
+                 teacher_checkpoint_key: str = "teacher", **kwargs):
         refuse_data_arguments(kwargs)
         overrides, kwargs = DINOConfig.split_arguments(kwargs)
+        # Distillation: a frozen teacher of its own architecture (None: self-distillation).
+        distillation = None
+        if teacher is not None:
+            out_dim = overrides.pop("out_dim", config.out_dim if config is not None else None)
+            head_config = dict(overrides.get("head_kwargs") or (
+                config.head_kwargs if config is not None else {}))
+            use_bn = overrides.get("use_bn_in_head", config.use_bn_in_head if config else False)
+            distillation = frozen_teacher(teacher, out_dim, dict(head_config, use_bn=use_bn),
+                                          teacher_checkpoint_key)
+            # The student's head matches the teacher's; the teacher does not follow the
+            # student: momentum 1, recorded as such.
+            overrides.update(out_dim=int(distillation.network.head.out_dim),
+                             momentum_teacher=1.0, final_momentum_teacher=1.0)
+        elif overrides.get("out_dim", 0) is None:
+            del overrides["out_dim"]
         if config is None:
             config = DINOConfig(**overrides)
         elif isinstance(config, DINOConfig):
@@ -126,6 +160,7 @@ class DINO(keras.Model):
                 f"{config!r}: pass the hyper-parameters by name, e.g. DINO(arch='vit_small')."
             )
         super().__init__(**kwargs)
+        self.distillation = distillation
         self._dino_config = config
         accumulation = config.gradient_accumulation_steps
         self.schedules = DINOSchedules.from_config(
@@ -151,15 +186,18 @@ class DINO(keras.Model):
         student_backbone = build_backbone(
             **backbone_args, drop_path_rate=config.drop_path_rate, name="student_backbone"
         )
-        teacher_backbone = build_backbone(**backbone_args, name="teacher_backbone")
         embed_dim = student_backbone.embed_dim
         student_head = DINOHead(
             **head_config, norm_last_layer=config.norm_last_layer, in_dim=embed_dim,
             name="student_head",
         )
-        teacher_head = DINOHead(**head_config, in_dim=embed_dim, name="teacher_head")
         self.student = MultiCropWrapper(student_backbone, student_head, name="student")
-        self.teacher = MultiCropWrapper(teacher_backbone, teacher_head, name="teacher")
+        if self.distillation is not None:
+            self.teacher = self.distillation.network
+        else:
+            teacher_backbone = build_backbone(**backbone_args, name="teacher_backbone")
+            teacher_head = DINOHead(**head_config, in_dim=embed_dim, name="teacher_head")
+            self.teacher = MultiCropWrapper(teacher_backbone, teacher_head, name="teacher")
         self.student.build()
         self.teacher.build()
         self.teacher.trainable = False
@@ -182,6 +220,8 @@ class DINO(keras.Model):
         # (official: load_state_dict). A copy, not the student's buffer: JAX donates
         # both to the compiled step.
         for name, (variable, _) in self.teacher_map.items():
+            if self.distillation is not None:
+                break  # a frozen teacher of its own: nothing to copy, nothing to average
             variable.assign(ops.copy(ops.convert_to_tensor(self.student_map[name][0])))
         # The EMA follows the parameters only; the teacher's BatchNorm statistics come
         # from its own forward passes in training mode, as in the official code. The
@@ -191,7 +231,7 @@ class DINO(keras.Model):
         self._ema_pairs = [
             (self.student_map[name][0], self.teacher_map[name][0])
             for name in groups.averaged
-            if name not in frozen
+            if name not in frozen and self.distillation is None
         ]
         # Epoch means of the two parts of the loss (`dino_loss_terms`), to watch collapse.
         self._entropy_tracker = keras.metrics.Mean(name="teacher_entropy")
@@ -220,8 +260,16 @@ class DINO(keras.Model):
 
     @property
     def backbone(self):
-        """The teacher backbone: the model DINO evaluates and exports."""
+        """The model DINO evaluates and exports: the teacher backbone, or the student's
+        when a frozen teacher distils into it (`teacher=`)."""
+        if self.distillation is not None:
+            return self.student.backbone
         return self.teacher.backbone
+
+    @property
+    def teacher_weights(self):
+        """Where a distillation's frozen teacher comes from (None: self-distillation)."""
+        return None if self.distillation is None else self.distillation.source
 
     # ------------------------------------------------------------------ compile
     def make_optimizer(self, name: str | None = None) -> DINOOptimizer:
@@ -368,7 +416,9 @@ class DINO(keras.Model):
                 "with split=False."
             )
         temp = self.schedules.teacher_temperature(step)
-        teacher_output = ops.stop_gradient(self.teacher(crops[:2], training=True))
+        # A frozen teacher runs in inference mode: its BatchNorm statistics stay fixed.
+        teacher_output = ops.stop_gradient(
+            self.teacher(crops[:2], training=self.distillation is None))
         student_output = self.student(crops, training=True)
         loss = dino_loss(
             student_output,
@@ -537,6 +587,10 @@ class DINO(keras.Model):
             config["photometric"] = keras.saving.serialize_keras_object(self.photometric)
         config["data_settings"] = {k: list(v) for k, v in self.data_settings.items()}
         config["run_settings"] = dict(self.run_settings)
+        if self.distillation is not None:
+            # The frozen teacher as a nested object: a .keras file restores its weights.
+            config["teacher"] = keras.saving.serialize_keras_object(self.teacher)
+            config["teacher_weights"] = self.teacher_weights
         return config
 
     @classmethod
@@ -544,6 +598,11 @@ class DINO(keras.Model):
         config = dict(config)
         data_settings = dict(config.pop("data_settings", None) or {})
         run_settings = dict(config.pop("run_settings", None) or {})
+        teacher_weights = config.pop("teacher_weights", None)
+        if isinstance(config.get("teacher"), dict):
+            # Built before the model, as a given teacher is (the order of the variables
+            # that a .keras file restores).
+            config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         for key in DATA_DEFAULTS:  # in the config of keras_dino 0.1 models
             if key in config:
                 data_settings[key] = config.pop(key)
@@ -551,4 +610,6 @@ class DINO(keras.Model):
         if data_settings:
             model.set_data_settings(data_settings)
         model.set_run_settings(**run_settings)
+        if teacher_weights is not None and model.distillation is not None:
+            model.distillation.source = teacher_weights
         return model

@@ -128,6 +128,19 @@ def test_distillation_checkpoint_round_trip(tmp_path):
     assert again.distillation is None and isinstance(again.backbone, ResNet)
     np.testing.assert_array_equal(numpy_weights(again.teacher.backbone)[0],
                                   numpy_weights(model.student.backbone)[0])
+    # load_pretrained: 'teacher' is the frozen ViT it learned from (said in one warning,
+    # built from the teacher's own args); 'student' is the trained ResNet.
+    import keras_dino
+
+    with pytest.warns(UserWarning, match="distillation run.*checkpoint_key='student'"):
+        teacher_backbone = keras_dino.load_pretrained(saved)
+    assert isinstance(teacher_backbone, VisionTransformer) and teacher_backbone.num_heads == 3
+    np.testing.assert_array_equal(numpy_weights(teacher_backbone)[0],
+                                  numpy_weights(model.teacher.backbone)[0])
+    student_backbone = keras_dino.load_pretrained(saved, checkpoint_key="student")
+    assert isinstance(student_backbone, ResNet)
+    np.testing.assert_array_equal(numpy_weights(student_backbone)[0],
+                                  numpy_weights(model.student.backbone)[0])
 
 
 def test_distillation_keras_round_trip(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 import zipfile
 
 import keras
@@ -122,6 +123,13 @@ def load_pretrained(
     args = _as_dict(checkpoint.get("args"))
     if checkpoint_key in checkpoint and isinstance(checkpoint[checkpoint_key], dict):
         state = checkpoint[checkpoint_key]
+        if args.get("teacher_weights") and checkpoint_key == "teacher":
+            # A distillation run (DINO(teacher=...)): `args` describe its student.
+            warnings.warn(
+                f"{path} is a distillation run: its 'teacher' is the frozen network it "
+                f"learned from ({args['teacher_weights']}); the network it trained is "
+                "checkpoint_key='student' (--checkpoint_key=student).", stacklevel=2)
+            args = _as_dict(args.get("teacher_args"))
     elif "student" in checkpoint or "teacher" in checkpoint:
         raise official.CheckpointKeyError(
             f"checkpoint_key '{checkpoint_key}' is not in {path}; it has "

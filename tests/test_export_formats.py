@@ -358,6 +358,16 @@ def test_export_tool_writes_onnx_and_litert(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0 and "ONNX model" in proc.stdout
+    # The resize before the crop belongs to the SavedModel, which decodes images.
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "export_saved_model.py"),
+         f"--pretrained_weights={CHECKPOINT}", "--num_heads=3", "--format=onnx",
+         f"--output_dir={tmp_path / 'refused'}", "--eval_resize=256"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1 and "--eval_resize applies to --format=saved_model" in (
+        proc.stderr), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.backends("jax", "torch")

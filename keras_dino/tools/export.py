@@ -164,6 +164,11 @@ def _export(F, weights, common, tell_architecture):
         path = export.export(weights, F.output_dir, serving_base_path=F.serving_base_path,
                              **common)
     else:
+        if F["eval_resize"].present:
+            raise app.UsageError("--eval_resize applies to --format=saved_model, which decodes "
+                                 "and resizes images; an ONNX or LiteRT model takes images "
+                                 "already at --eval_size.")
+        common.pop("resize_size")
         if F.format == "onnx" and not F["eval_size"].present:
             common["image_size"] = None  # any height and width
         path = export.export(weights, F.output_dir, include_attention=F.attention,

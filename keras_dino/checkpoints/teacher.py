@@ -54,7 +54,8 @@ class Teacher:
 
 
 def random_head(in_dim: int, head_config: dict, seed: int = RANDOM_HEAD_SEED) -> DINOHead:
-    """The frozen random `DINOHead` of a backbone-only teacher, the same for every seed.
+    """The frozen random `DINOHead` of a backbone-only teacher (for a seed, the same on
+    every backend).
 
     Example:
 

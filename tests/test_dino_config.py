@@ -45,7 +45,8 @@ OTHER_TRAIN_FLAGS = {
     "jit_compile", "strategy", "tpu", "distribution", "jax_multiprocess",
     "coordinator_address", "num_processes", "process_id", "coordinator_bind_address",
     "collective_timeout", "knn_train_path", "knn_test_path", "knn_k", "knn_every",
-    "eval_size", "eval_resize", "export", "verbose",
+    "eval_size", "eval_resize", "export", "verbose", "teacher_weights",
+    "teacher_checkpoint_key",
 }
 
 

@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+# `once` tests (backend-independent) run in the torch process only (tests/conftest.py).
+export KERAS_DINO_ONCE_BACKEND=torch
 
 ruff check keras_dino tests examples bench
 

@@ -41,8 +41,10 @@ def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}, shared {SHARED}"
 
 
-# The process that runs the `once` tests: torch's is the shortest (no step compilation).
-ONCE_BACKEND = "torch"
+# The process that runs the `once` tests when one process runs per backend: scripts/test.sh
+# sets torch's, the shortest (no step compilation). Unset (one pytest process, a Bazel
+# test), they run in the process there is.
+ONCE_BACKEND = os.environ.get("KERAS_DINO_ONCE_BACKEND")
 
 
 def _runs_here(item, backend):
@@ -50,7 +52,7 @@ def _runs_here(item, backend):
     if tf_only and backend != "tensorflow":
         return False
     if item.get_closest_marker("once") and not tf_only:
-        return backend == ONCE_BACKEND
+        return ONCE_BACKEND is None or backend == ONCE_BACKEND
     marker = item.get_closest_marker("backends")
     if item.get_closest_marker("slow"):
         # Once per CI run, not once per backend: in the first backend it names, else in
@@ -68,8 +70,8 @@ def pytest_collection_modifyitems(config, items):
     tests, long end-to-end runs where a second backend adds nothing, run in one process
     only (the first of their `backends`, or TensorFlow); `once` tests assert what no
     backend changes (documentation, import structure, command-line parsing, files read
-    with numpy, tools run in a subprocess with their own backend) and run in the torch
-    process only.
+    with numpy, tools run in a subprocess with their own backend) and run in the process
+    of `KERAS_DINO_ONCE_BACKEND` only (scripts/test.sh: torch), in any process if unset.
     """
     import keras
 

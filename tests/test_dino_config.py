@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from test_dino_training import TINY_NETWORK
 from test_examples import OFFICIAL_DEFAULTS
 
 from keras_dino.checkpoints import read_checkpoint
@@ -21,17 +22,7 @@ pytestmark = pytest.mark.once
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-TINY = dict(
-    arch="tiny_test",
-    vit_kwargs=dict(embed_dim=16, depth=1, num_heads=2),
-    head_kwargs=dict(hidden_dim=16, bottleneck_dim=8),
-    patch_size=8,
-    out_dim=32,
-    epochs=3,
-    warmup_epochs=1,
-    drop_path_rate=0.0,
-    local_crops_number=2,
-)
+TINY = TINY_NETWORK
 # Flags of `keras-dino train` that are not DINO hyper-parameters: the run, the data, the
 # architecture's parts (they make `vit_kwargs`, `resnet_kwargs`, `head_kwargs`), the
 # distribution and the reports.

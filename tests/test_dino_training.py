@@ -20,22 +20,23 @@ def golden_dir(fixtures_dir):
     return fixtures_dir / "golden"
 
 
+# The tiny network and run length of the training tests (test_dino_config's configs too).
+TINY_NETWORK = dict(
+    arch="tiny_test",
+    vit_kwargs=dict(embed_dim=16, depth=1, num_heads=2),
+    head_kwargs=dict(hidden_dim=16, bottleneck_dim=8),
+    patch_size=8,
+    out_dim=32,
+    epochs=3,
+    warmup_epochs=1,
+    drop_path_rate=0.0,
+    local_crops_number=2,
+)
+
+
 def tiny_dino(**overrides):
-    config = dict(
-        arch="tiny_test",
-        vit_kwargs=dict(embed_dim=16, depth=1, num_heads=2),
-        head_kwargs=dict(hidden_dim=16, bottleneck_dim=8),
-        patch_size=8,
-        out_dim=32,
-        epochs=3,
-        warmup_epochs=1,
-        warmup_teacher_temp_epochs=1,
-        teacher_temp=0.07,
-        lr=0.05,
-        drop_path_rate=0.0,
-        momentum_teacher=0.9,
-        local_crops_number=2,
-    )
+    config = dict(TINY_NETWORK, warmup_teacher_temp_epochs=1, teacher_temp=0.07, lr=0.05,
+                  momentum_teacher=0.9)
     config.update(overrides)
     return DINO(**config)
 

@@ -32,21 +32,38 @@ def resnet_student(teacher, **overrides):
     return tiny_dino(arch="resnet_test", resnet_kwargs=RESNET, teacher=teacher, **overrides)
 
 
-def test_frozen_teacher_stays_bit_identical_while_the_student_trains(tmp_path):
-    big, path = vit_teacher_checkpoint(tmp_path)
+# One trained ViT teacher and one ResNet student distilled from it serve the tests that
+# only read them (each training traces and compiles a step of its own).
+@pytest.fixture(scope="module")
+def vit_teacher(tmp_path_factory):
+    """(trained ViT DINO, its checkpoint.pth)."""
+    return vit_teacher_checkpoint(tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="module")
+def distilled(vit_teacher):
+    """A ResNet student trained 2 epochs under the frozen ViT teacher of `vit_teacher`,
+    with its weights before training and its history."""
+    _, path = vit_teacher
     model = resnet_student(path, out_dim=None)
+    before = dict(teacher=numpy_weights(model.teacher), student=numpy_weights(model.student))
+    history = model.fit(tiny_crops(), batch_size=4, epochs=2, verbose=0)
+    return model, before, history
+
+
+def test_frozen_teacher_stays_bit_identical_while_the_student_trains(vit_teacher, distilled):
+    big, path = vit_teacher
+    model, before, history = distilled
     assert model.distillation.head_from_file and model.teacher_weights == str(path)
     assert model._ema_pairs == []
     assert model.backbone is model.student.backbone and isinstance(model.backbone, ResNet)
     assert isinstance(model.teacher.backbone, VisionTransformer)
-    teacher_before = numpy_weights(model.teacher)
-    student_before = numpy_weights(model.student)
-    history = model.fit(tiny_crops(), batch_size=4, epochs=2, verbose=0)
     assert history.history["momentum"] == [1.0, 1.0]
     assert np.all(np.isfinite(history.history["loss"]))
-    for before, after in zip(teacher_before, numpy_weights(model.teacher)):
-        np.testing.assert_array_equal(before, after)
-    moved = [not np.array_equal(b, a) for b, a in zip(student_before, numpy_weights(model.student))]
+    for b, a in zip(before["teacher"], numpy_weights(model.teacher)):
+        np.testing.assert_array_equal(b, a)
+    moved = [not np.array_equal(b, a)
+             for b, a in zip(before["student"], numpy_weights(model.student))]
     assert sum(moved) > len(moved) // 2, moved
     # The teacher is the trained network of the file, head included.
     for ours, theirs in zip(numpy_weights(model.teacher), numpy_weights(big.teacher)):
@@ -106,10 +123,9 @@ def test_vit_student_of_a_resnet_checkpoint_teacher(tmp_path):
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_distillation_checkpoint_round_trip(tmp_path):
-    _, path = vit_teacher_checkpoint(tmp_path)
-    model = resnet_student(path, out_dim=None)
-    model.fit(tiny_crops(), batch_size=4, epochs=1, verbose=0)
+def test_distillation_checkpoint_round_trip(vit_teacher, distilled, tmp_path):
+    _, path = vit_teacher
+    model, _, _ = distilled
     saved = model.save_official_checkpoint(tmp_path / "checkpoint.pth")
     checkpoint = read_checkpoint(saved)
     args = dict(checkpoint["args"])
@@ -143,10 +159,9 @@ def test_distillation_checkpoint_round_trip(tmp_path):
                                   numpy_weights(model.student.backbone)[0])
 
 
-def test_distillation_keras_round_trip(tmp_path):
-    _, path = vit_teacher_checkpoint(tmp_path)
-    model = resnet_student(path, out_dim=None)
-    model.fit(tiny_crops(), batch_size=4, epochs=1, verbose=0)
+def test_distillation_keras_round_trip(vit_teacher, distilled, tmp_path):
+    _, path = vit_teacher
+    model, _, _ = distilled
     config = model.get_config()
     assert config["teacher_weights"] == str(path)
     assert config["teacher"]["class_name"] == "MultiCropWrapper"
@@ -174,10 +189,10 @@ def test_teacher_of_the_wrong_kind_is_a_short_error():
         tiny_dino(teacher="no_such_teacher.pth")
 
 
-def test_from_pretrained_with_a_teacher_starts_only_the_student(tmp_path):
+def test_from_pretrained_with_a_teacher_starts_only_the_student(vit_teacher, tmp_path):
     """`DINO.from_pretrained(weights, teacher=...)`: the file starts the student; the
     frozen teacher stays the one given."""
-    _, teacher_path = vit_teacher_checkpoint(tmp_path)
+    _, teacher_path = vit_teacher
     small = tiny_dino(arch="resnet_test", resnet_kwargs=RESNET, epochs=1)
     start = small.save_official_checkpoint(tmp_path / "small.pth")
     model = DINO.from_pretrained(start, load_heads=False, teacher=teacher_path, out_dim=None,

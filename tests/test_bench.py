@@ -19,7 +19,7 @@ def _run(args, backend):
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.backends("jax")
+@pytest.mark.once
 @pytest.mark.parametrize("extra", [[], ["--remat"]], ids=["plain", "remat"])
 def test_train_throughput_tiny(extra):
     (row,) = _run(["bench/train_throughput.py", "--tiny", *extra], "jax")
@@ -30,7 +30,7 @@ def test_train_throughput_tiny(extra):
     assert abs(row["images_per_s"] - 4000.0 / row["step_ms_median"]) / row["images_per_s"] < 0.01
 
 
-@pytest.mark.backends("jax")
+@pytest.mark.once
 def test_train_throughput_tiny_accumulation():
     """2 micro-batches of 4 per optimizer step, then the same 8 images as one batch."""
     accumulated, plain = _run(["bench/train_throughput.py", "--tiny",
@@ -42,7 +42,7 @@ def test_train_throughput_tiny_accumulation():
         assert abs(row["images_per_s"] - 8000.0 / row["step_ms_median"]) / row["images_per_s"] < 0.01
 
 
-@pytest.mark.tf_only
+@pytest.mark.once
 def test_export_throughput_tiny():
     """SavedModel, ONNX and LiteRT of one backbone: one row per (format, batch), a summary."""
     *rows, summary = _run(["bench/export_throughput.py", "--tiny"], "tensorflow")
@@ -54,7 +54,7 @@ def test_export_throughput_tiny():
     assert set(summary["export_seconds"]) == {"saved_model", "onnx", "litert"}
 
 
-@pytest.mark.tf_only
+@pytest.mark.once
 def test_eval_tools_tiny():
     """Every evaluation tool's step is timed beside the forward pass; then a summary."""
     *rows, summary = _run(["bench/eval_tools.py", "--tiny"], "tensorflow")

@@ -494,7 +494,7 @@ def tiny_training(image_folder, tmp_path_factory):
     return result, out, data
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_final_momentum_teacher(tiny_training):
     """--final_momentum_teacher (not official) moves the end of the momentum's cosine.
 
@@ -511,7 +511,7 @@ def test_train_dino_final_momentum_teacher(tiny_training):
             record, expected)
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_gradient_accumulation(image_folder, tmp_path):
     """--gradient_accumulation_steps=2 with batches of 4: the official run on batches of 8.
 
@@ -539,7 +539,7 @@ def test_train_dino_gradient_accumulation(image_folder, tmp_path):
     assert int(checkpoint["epoch"]) == 2
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_teacher_weights(image_folder, tmp_path):
     """--teacher_weights: a frozen ResNet teacher (a full checkpoint: its teacher and head)
     trains the tiny ViT student of the command line; --out_dim comes from its head.
@@ -588,7 +588,7 @@ def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
         result.stderr)
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_photometric_on_device(image_folder, tmp_path):
     """Split mode from the command line: uint8 crops in, photometric part in the step."""
     out = tmp_path / "out"
@@ -610,7 +610,7 @@ def test_train_dino_help_lists_pretrained_weights():
     assert "--pretrained_weights" in result.stdout and "--knn_every" in result.stdout
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
     """--pretrained_weights: both backbones start from the file; a frozen teacher keeps it."""
     from keras_dino.checkpoints import official, write_torch_checkpoint
@@ -625,11 +625,17 @@ def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
     weights = tmp_path / "backbone.pth"
     write_torch_checkpoint(state, weights)
     out = tmp_path / "out"
-    # Teacher momentum 1: the teacher never moves, so it must still be the file.
-    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
+    # No --arch, --patch_size, --embed_dim or --depth: the network is read from the file
+    # (a ViT's heads are not in it). Teacher momentum 1: the teacher never moves, so it
+    # must still be the file.
+    from_file = [flag for flag in TINY_RUN
+                 if not flag.startswith(("--arch", "--patch_size", "--embed_dim", "--depth"))]
+    result = _run_script("train_dino.py", "--backend=tensorflow", *from_file,
+                         f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
                          f"--pretrained_weights={weights}", "--momentum_teacher=1.0",
-                         "--final_momentum_teacher=1.0")
+                         "--final_momentum_teacher=1.0", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "architecture from backbone.pth: vit (width 32, depth 1, 2 heads)/8" in result.stdout
     from keras_dino.checkpoints import read_checkpoint
 
     written = read_checkpoint(out / "checkpoint.pth")
@@ -641,7 +647,7 @@ def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
     assert any(moved)
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_trains_a_vit_with_register_tokens(image_folder, tmp_path):
     """--num_register_tokens: trained, and kept by checkpoint.pth (tensor and args)."""
     import keras_dino
@@ -659,7 +665,7 @@ def test_train_dino_trains_a_vit_with_register_tokens(image_folder, tmp_path):
     assert backbone.num_register_tokens == 2 and backbone.num_prefix_tokens == 3
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_trains_a_custom_xcit(image_folder, tmp_path):
     """--arch=xcit_*: an XCiT student and teacher, checkpointed under the official names."""
     from keras_dino.checkpoints import read_checkpoint
@@ -680,7 +686,7 @@ def test_train_dino_trains_a_custom_xcit(image_folder, tmp_path):
     assert "module.backbone.pos_embeder.token_projection.weight" in checkpoint["student"]
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_resnet_knn_during_training_and_quiet_output(image_folder, tmp_path):
     """A small ResNet trains from the command line, with k-NN every epoch, quietly."""
     out = tmp_path / "out"
@@ -749,7 +755,7 @@ def test_use_fp16_falls_back_to_float32_without_a_gpu():
     assert has_gpu() in (True, False)
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_on_a_cpu_says_it_trains_in_float32(tiny_training):
     from keras_dino.tools.common import has_gpu
 
@@ -760,7 +766,7 @@ def test_train_dino_on_a_cpu_says_it_trains_in_float32(tiny_training):
     assert [r["epoch"] for r in _log(out) if "epoch" in r] == [0, 1]
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.once
 def test_train_dino_checkpoint_args_record_the_run(tiny_training):
     """checkpoint.pth's args say what ran: seed, precision, batch, data, output, crops."""
     from keras_dino.checkpoints import read_checkpoint

@@ -6,6 +6,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from test_dino_training import tiny_dino
 
 import keras_dino
 from keras_dino import errors
@@ -119,14 +120,8 @@ def test_preprocess_images_warns_once_on_pixels_in_0_1():
 # ---------------------------------------------------------------------- evaluation
 
 
-def _tiny_dino():
-    return keras_dino.DINO(arch="tiny_test", vit_kwargs=dict(embed_dim=16, depth=1, num_heads=2),
-                           head_kwargs=dict(hidden_dim=16, bottleneck_dim=8), patch_size=8,
-                           out_dim=32, local_crops_number=2)
-
-
 def test_feature_functions_refuse_a_dino_model_and_name_its_teacher_backbone():
-    dino = _tiny_dino()
+    dino = tiny_dino()
     x = np.zeros((2, 32, 32, 3), "float32")
     for fn in (dense_features.cls_features, dense_features.patch_features,
                dense_features.mean_patch_features, dense_features.last_blocks_cls,

@@ -579,17 +579,13 @@ def test_bad_inputs_fail_with_named_input(tf_export, loaded):
 
 
 def _tiny_dino():
-    from keras_dino.training.dino import DINO
+    """The shared tiny DINO, made wider and deeper for the export at 96 pixels."""
+    from test_dino_training import tiny_dino
 
-    dino = DINO(
-        arch="vit_tiny",
-        patch_size=16,
-        out_dim=64,
-        vit_kwargs=dict(embed_dim=48, depth=2, num_heads=3),
-        head_kwargs=dict(hidden_dim=32, bottleneck_dim=16),
-        epochs=1,
-        warmup_epochs=0,
-    )
+    dino = tiny_dino(arch="vit_tiny", patch_size=16, out_dim=64,
+                     vit_kwargs=dict(embed_dim=48, depth=2, num_heads=3),
+                     head_kwargs=dict(hidden_dim=32, bottleneck_dim=16),
+                     epochs=1, warmup_epochs=0)
     # Make the teacher differ from the student, as after training.
     for v in dino.teacher.backbone.weights:
         v.assign(v + np.random.default_rng(0).normal(0, 0.02, v.shape).astype("float32"))

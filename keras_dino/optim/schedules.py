@@ -119,6 +119,15 @@ class DINOSchedules:
                   if f.name not in ("base_lr", "steps_per_epoch") and hasattr(config, f.name)}
         return cls(**values, base_lr=config.lr, steps_per_epoch=steps_per_epoch)
 
+    def traced_values(self) -> tuple:
+        """The settings a traced training step holds as constants.
+
+        `base_lr` is left out: the step sets it from the batch's shape while it is traced,
+        and a new shape traces a new step anyway.
+        """
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if f.name != "base_lr")
+
     def _check(self):
         if not self.steps_per_epoch:
             raise ValueError(
@@ -205,5 +214,11 @@ class ScheduleSetup(keras.callbacks.Callback):
             )
         iterations = check_epoch_of_whole_steps(steps, model.config.gradient_accumulation_steps)
         model.schedules.steps_per_epoch = iterations
+        # The step holds the schedules' settings as constants: trace a new one only when
+        # they changed since the current step was made (a second `fit` reuses it).
+        traced = model.schedules.traced_values()
+        if traced != getattr(model, "_schedules_traced", None):
+            model.make_train_function(force=True)
+            model._schedules_traced = traced
         if model._resume_epoch and int(ops.convert_to_numpy(model.optimizer.iterations)) == 0:
             model.optimizer.iterations.assign(model._resume_epoch * iterations)

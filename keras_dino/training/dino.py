@@ -533,8 +533,6 @@ class DINO(keras.Model):
             kwargs.setdefault("shuffle", False)
         if self._resume_epoch and "initial_epoch" not in kwargs:
             kwargs["initial_epoch"] = self._resume_epoch
-        # The schedules' constants are read when the step is traced: trace it anew.
-        self.train_function = None
         epochs = self.config.epochs if epochs is None else epochs
         return super().fit(x, y, epochs=epochs, callbacks=callbacks, **kwargs)
 

@@ -34,6 +34,8 @@ fi
 # JAX and torch run beside TensorFlow, their output printed when they end.
 logs="$(mktemp -d -t keras_dino_tests.XXXXXX)"
 trap 'rm -rf "${logs}"' EXIT
+# One XLA compilation cache for the run, shared by the processes (tests/conftest.py).
+export JAX_COMPILATION_CACHE_DIR="${logs}/jax_cache"
 declare -A pids
 for backend in jax torch; do
   run "${backend}" "$@" > "${logs}/${backend}.log" 2>&1 &

@@ -1,7 +1,10 @@
 """Shared test helpers: where the official fixtures live and which backend runs."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,6 +17,18 @@ if os.environ.get("KERAS_BACKEND") == "jax" and "xla_force_host_platform_device_
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     ).strip()
+
+# JAX compiles each new step function with XLA, most of the JAX tests' time. Many tests
+# build the same small network and compile the same program: XLA's compilation cache
+# gives them the executable compiled the first time (the same program, so the same
+# numbers). The cache lives for this test run only (scripts/test.sh shares one between
+# its processes); subprocesses that run a tool with JAX inherit it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jax_cache = tempfile.mkdtemp(prefix="keras_dino_jax_cache.")
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("KERAS_DINO_SHARED", REPO.parent / "shared"))

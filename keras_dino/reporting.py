@@ -6,6 +6,7 @@ import os
 CURVES = (
     ("train_loss", "loss"),
     ("train_knn_top1", "k-NN top-1 (%)"),
+    ("train_jaccard", "attention Jaccard (best head)"),
     ("train_teacher_entropy", "teacher entropy"),
     ("train_kl", "KL(teacher || student)"),
     ("train_lr", "learning rate"),
@@ -72,7 +73,9 @@ def plot_training_curves(log_path, output_path, out_dim: int | None = None) -> s
     """Draws the per-epoch curves of a `log.txt` to a PNG.
 
     One panel per logged value: the loss, the k-NN accuracy (when
-    `keras_dino.callbacks.KNNEvaluation` ran), the teacher's entropy and the KL divergence
+    `keras_dino.callbacks.KNNEvaluation` ran), the Jaccard index of the thresholded
+    attention against true masks (`jaccard`, which `bench/emergence.py` logs), the
+    teacher's entropy and the KL divergence
     from teacher to student (the collapse indicators; with `out_dim`, the entropy of a
     uniform output, `log(out_dim)`, is drawn as a dashed line), the learning rate, the
     weight decay, the teacher momentum and temperature. Values never logged get no panel.

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 import emergence  # noqa: E402 (bench/ is not a package)
 
 
+@pytest.mark.once
 def test_ellipse_mask_is_the_pixels_whose_centres_are_inside():
     # 4x4: the corner pixels' centres (0.5, 0.5) are at (-0.75, -0.75) in units of the
     # half-axes, outside (0.5625 * 2 > 1); the others are inside.

@@ -186,6 +186,27 @@ def test_fit_logs_schedule_values_and_callbacks_report():
         assert all(math.isfinite(v) for v in history.history[key])
 
 
+def test_a_second_fit_reuses_the_traced_step_until_the_schedules_change():
+    """The step holds the schedules' settings as constants: `fit` reuses it while they are
+    unchanged, and traces a new one when an epoch has another number of steps."""
+    model = tiny_dino()
+    model.fit(tiny_crops(n=8), batch_size=4, epochs=1, verbose=0)  # 2 steps an epoch
+    first = model.train_function
+    model.fit(tiny_crops(n=8, seed=1), batch_size=4, epochs=2, initial_epoch=1, verbose=0)
+    assert model.train_function is first
+    stale = float(model.schedules.lr(6))  # step 6 at 2 steps an epoch: past the end
+    history = model.fit(tiny_crops(n=12, seed=2), batch_size=4, epochs=3, initial_epoch=2,
+                        verbose=0)  # 3 steps an epoch
+    assert model.train_function is not first
+    assert model.schedules.steps_per_epoch == 3
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 7
+    # The last step (step 6) ran with the schedules of 3 steps an epoch: the cosine's
+    # middle, not the end value that 2 steps an epoch would give.
+    fresh = float(model.schedules.lr(6))
+    assert abs(fresh - stale) > 0.1 * fresh
+    assert history.history["lr"][-1] == pytest.approx(fresh, rel=1e-6)
+
+
 def test_teacher_and_center_momenta_of_the_model_run_in_the_step():
     model = tiny_dino(epochs=1, warmup_epochs=0, momentum_teacher=0.25,
                       final_momentum_teacher=0.25, center_momentum=0.5)

@@ -1,6 +1,7 @@
 """`DINO`: self-distillation with no labels, trained with `model.fit`."""
 
 import dataclasses
+import functools
 import types
 
 import keras
@@ -489,6 +490,15 @@ class DINO(keras.Model):
         if backend not in STEPS:
             raise NotImplementedError(f"DINO does not support the {backend} backend.")
         return STEPS[backend](self, *args)
+
+    def make_train_function(self, force=False):
+        if keras.backend.backend() == "jax" and (force or self.train_function is None):
+            # Keras jits `self.train_step`, and JAX keeps one trace per function: a bound
+            # method of the same model counts as the same function, so a new step would
+            # reuse the trace holding the old schedules' constants. A new function object
+            # per step function is traced anew.
+            self.train_step = functools.partial(type(self).train_step, self)
+        return super().make_train_function(force=force)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # DINO builds its networks at construction and its optimizer at compile, so the

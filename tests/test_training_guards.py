@@ -86,9 +86,10 @@ def test_layer_decay_multipliers_and_the_first_adamw_step():
     variables = model.trainable_variables
     for variable in variables:
         name = groups.name_of(variable)
-        exponent = max(DEPTH - _expected_layer(name), 0)  # embedding r**3 .. last block 1
+        # BEiT's and DINOv2's rule: embedding r**4, blocks r**3 .. r, norm and head 1
+        exponent = max(DEPTH + 1 - _expected_layer(name), 0)
         assert optimizer.lr_scale_of(variable) == r**exponent, name
-    assert {optimizer.lr_scale_of(v) for v in variables} == {1.0, r, r**2, r**3}
+    assert {optimizer.lr_scale_of(v) for v in variables} == {1.0, r, r**2, r**3, r**4}
     rng = np.random.default_rng(0)
     grads = [rng.normal(size=v.shape).astype("float32") for v in variables]
     before = [ops.convert_to_numpy(v).astype("float64") for v in variables]
@@ -97,7 +98,7 @@ def test_layer_decay_multipliers_and_the_first_adamw_step():
     wd = float(ops.convert_to_numpy(model.schedules.wd(0)))
     for variable, g, p in zip(variables, grads, before, strict=True):
         name = groups.name_of(variable)
-        scaled = lr * r ** max(DEPTH - _expected_layer(name), 0)
+        scaled = lr * r ** max(DEPTH + 1 - _expected_layer(name), 0)
         # First AdamW step: m = (1 - b1) g and v = (1 - b2) g^2, so the bias-corrected
         # moments are g and g^2: p (1 - lr wd) - lr g / (|g| + eps), at the layer's lr.
         decay = wd if name in groups.regularized else 0.0
@@ -135,9 +136,10 @@ def test_resnet_freeze_blocks_counts_the_stem_and_stages():
     groups = model.parameter_groups()
     assert groups.depth == 3
     assert {n.split(".")[1] for n in groups.frozen} == {"conv1", "bn1", "layer1", "layer2"}
-    assert groups.lr_scales["backbone.conv1.weight"] == 0.125
-    assert groups.lr_scales["backbone.layer2.0.conv1.weight"] == 0.5
-    assert groups.lr_scales["backbone.layer3.0.conv1.weight"] == 1.0
+    assert groups.lr_scales["backbone.conv1.weight"] == 0.0625  # the stem: r**(L+1)
+    assert groups.lr_scales["backbone.layer2.0.conv1.weight"] == 0.25
+    assert groups.lr_scales["backbone.layer3.0.conv1.weight"] == 0.5  # the last stage: r
+    assert groups.lr_scales["head.mlp.0.weight"] == 1.0
     assert layer_of("backbone.layer3.0.bn2.bias", 3) == 3
     with pytest.raises(ValueError, match="ResNet has 3 stages"):
         tiny_dino(arch="resnet_test", resnet_kwargs=resnet, freeze_blocks=4)
@@ -228,7 +230,8 @@ def test_xcit_layers_run_through_its_blocks_then_its_class_attention_blocks():
     assert layers["backbone.blocks.0.attn.temperature"] == 1
     assert layers["backbone.cls_attn_blocks.0.norm1.weight"] == 2
     assert layers["backbone.cls_attn_blocks.1.norm1.weight"] == 3
-    assert groups.lr_scales["backbone.patch_embed.proj.0.0.weight"] == 0.125
+    assert groups.lr_scales["backbone.patch_embed.proj.0.0.weight"] == 0.0625
+    assert groups.lr_scales["backbone.cls_attn_blocks.1.norm1.weight"] == 0.5
     assert groups.lr_scales["backbone.norm.weight"] == groups.lr_scales["head.mlp.0.weight"] == 1.0
     frozen = set(groups.frozen)
     assert "backbone.cls_attn_blocks.0.attn.qkv.weight" in frozen

@@ -309,9 +309,9 @@ class ParameterGroups:
     the embedding, 1 .. `depth` the blocks or ResNet stages, `depth + 1` the last norm
     and the head): `frozen` holds the parameters of layers 0 .. N (none for N = 0), which
     the optimizer neither updates nor decays and the teacher does not average; a
-    parameter of layer `i` learns at `lr_scales[name] = r ** (depth - i)` times the
-    learning rate (`r ** depth` for the embedding, 1 for the last block, the last norm
-    and the head).
+    parameter of layer `i` learns at `lr_scales[name] = r ** (depth + 1 - i)` times the
+    learning rate (`r ** (depth + 1)` for the embedding, `r` for the last block, 1 for the
+    last norm and the head: BEiT's and DINOv2's rule).
 
     Example:
 
@@ -377,7 +377,9 @@ def parameter_groups(
     >>> "backbone.pos_embed" in groups.frozen, "backbone.blocks.1.norm1.weight" in groups.frozen
     (True, False)
     >>> groups.lr_scales["backbone.patch_embed.proj.weight"], groups.lr_scales["head.mlp.0.weight"]
-    (0.25, 1.0)
+    (0.125, 1.0)
+    >>> groups.lr_scales["backbone.blocks.1.norm1.weight"]  # the last block: r
+    0.5
 
     >>> from keras_dino.models import DINOHead, MultiCropWrapper, vit_tiny
     >>> net = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(out_dim=64, in_dim=192))
@@ -415,7 +417,7 @@ def parameter_groups(
         depth=depth,
         layers=layers,
         frozen=tuple(n for n, i in layers.items() if freeze_blocks and i <= freeze_blocks),
-        lr_scales={n: layer_decay ** max(depth - i, 0) for n, i in layers.items()},
+        lr_scales={n: layer_decay ** max(depth + 1 - i, 0) for n, i in layers.items()},
         regularized=tuple(regularized),
         not_regularized=tuple(not_regularized),
         last_layer=tuple(n for n in entries if n.startswith("head.last_layer.")),

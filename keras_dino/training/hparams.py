@@ -158,10 +158,10 @@ class DINOConfig:
         embedding (patch embedding, class and position tokens, registers; a ResNet's stem)
         and first N blocks (a ResNet's first N stages) stay fixed, not updated nor
         weight-decayed, and so do the teacher's copies (0: off).""", bounds=(0, None))
-    layer_decay: float = _setting(1.0, """Layer-wise learning-rate decay r: of L blocks
-        (ResNet stages), block i learns at r**(L-i) of the learning rate, the embedding at
-        r**L, the last norm and the head at the full rate (BEiT, DINOv2 fine-tuning; 1:
-        off). In (0, 1].""", bounds=(0.0, 1.0))
+    layer_decay: float = _setting(1.0, """Layer-wise learning-rate decay r, as in BEiT and
+        DINOv2 fine-tuning: of L blocks (ResNet stages) counted from 0, block i learns at
+        r**(L-i) of the learning rate (the last block at r), the embedding at r**(L+1), the
+        last norm and the head at the full rate (1: off). In (0, 1].""", bounds=(0.0, 1.0))
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -186,6 +186,38 @@ def test_fit_logs_schedule_values_and_callbacks_report():
         assert all(math.isfinite(v) for v in history.history[key])
 
 
+def test_a_keras_file_restores_the_optimizer_and_training_continues_exactly(tmp_path):
+    """model.save / keras.saving.load_model mid-run: the loaded DINO is compiled with the
+    same optimizer (its own settings kept), its moments and step count restored, and the
+    next epoch gives the same weights as the original's next epoch."""
+    import warnings
+
+    from keras_dino.optim import AdamW
+
+    model = tiny_dino()
+    model.compile(optimizer=AdamW(model.schedules, beta_2=0.95))
+    model.fit(tiny_crops(), batch_size=4, epochs=2, verbose=0, shuffle=False)
+    model.save(tmp_path / "dino.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. Keras' "compile() was not called"
+        restored = keras.saving.load_model(tmp_path / "dino.keras")
+    assert type(restored.optimizer) is AdamW and restored.optimizer.beta_2 == 0.95
+    assert int(ops.convert_to_numpy(restored.optimizer.iterations)) == 4
+    assert len(restored.optimizer.variables) == len(model.optimizer.variables)
+    for a, b in zip(model.optimizer.variables, restored.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b),
+                                      err_msg=a.path)
+    logs = [
+        m.fit(tiny_crops(seed=1), batch_size=4, epochs=3, initial_epoch=2, verbose=0,
+              shuffle=False).history
+        for m in (model, restored)
+    ]
+    assert logs[0] == logs[1]
+    for a, b in zip(model.weights, restored.weights, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b),
+                                      err_msg=a.path)
+
+
 def test_a_second_fit_reuses_the_traced_step_until_the_schedules_change():
     """The step holds the schedules' settings as constants: `fit` reuses it while they are
     unchanged, and traces a new one when an epoch has another number of steps."""

@@ -305,6 +305,33 @@ class DINO(keras.Model):
             self._configure_optimizer(inner)
             self.optimizer.build(self.trainable_variables)
 
+    def get_compile_config(self):
+        """What `compile` was given, for a `.keras` file: a DINO optimizer by its official
+        name and its own settings (its schedules are this model's), so that loading the
+        file compiles the model again and restores the optimizer's state (moments, step
+        count: where the schedules stand)."""
+        config = super().get_compile_config()
+        inner = getattr(getattr(self, "optimizer", None), "inner_optimizer",
+                        getattr(self, "optimizer", None))
+        if config and isinstance(inner, DINOOptimizer):
+            name = next(n for n, cls in OPTIMIZERS.items() if type(inner) is cls)
+            config = {**config, "optimizer": {"dino_optimizer": name,
+                                              "config": inner.get_config()}}
+        return config
+
+    def compile_from_config(self, config):
+        """Compiles as `get_compile_config` recorded (`keras.saving.load_model` calls it
+        before it restores the optimizer's variables)."""
+        config = dict(config)
+        optimizer = config.pop("optimizer", None)
+        config = keras.saving.deserialize_keras_object(config)
+        if isinstance(optimizer, dict) and "dino_optimizer" in optimizer:
+            optimizer = OPTIMIZERS[optimizer["dino_optimizer"]](
+                self.schedules, **optimizer["config"])
+        elif optimizer is not None:
+            optimizer = keras.saving.deserialize_keras_object(optimizer)
+        self.compile(optimizer=optimizer, **{k: v for k, v in config.items() if v is not None})
+
     def parameter_groups(self) -> ParameterGroups:
         """The student's parameters as the official optimizer groups them.
 

@@ -371,3 +371,46 @@ def test_source_type_detection(tmp_path):
     assert detect_source_type(str(tmp_path / "train-*")) == "tfrecord"
     with pytest.raises(TypeError):
         detect_source_type(3)
+
+
+def test_arrays_source_gives_the_crops_of_the_same_images_as_a_dataset(aug):
+    """A uint8 array (with labels shaped as keras.datasets gives them) is a source: the
+    same crops, seed for seed, as the same images through a tf.data.Dataset; sharded
+    across input pipelines without loss; bad arrays named with their fix."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 20, 24, 3), dtype=np.uint8)
+    labels = np.arange(10, 16).reshape(6, 1)  # cifar10.load_data()'s label shape
+    assert detect_source_type(images) == detect_source_type((images, labels)) == "arrays"
+    options = dict(augmentation=aug, seed=3, deterministic=True, with_labels=True)
+    ds, info = multicrop_dataset((images, labels), 2, return_info=True, **options)
+    reference = multicrop_dataset(
+        tf.data.Dataset.from_tensor_slices((images, labels[:, 0])), 2, **options)
+    assert info.source_type == "arrays" and info.num_images == 6
+    assert int(ds.cardinality()) == 3
+    batches, expected = list(ds), list(reference)
+    assert len(batches) == len(expected) == 3
+    for (crops, y), (ref_crops, ref_y) in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(y.numpy(), ref_y.numpy())
+        for c, r in zip(crops, ref_crops, strict=True):
+            np.testing.assert_array_equal(c.numpy(), r.numpy())
+    assert sorted(sum((y.numpy().tolist() for _, y in batches), [])) == list(range(10, 16))
+    # Unlabelled and grayscale arrays; two input pipelines share the images out.
+    gray = multicrop_dataset(images[..., 0], 3, augmentation=aug, seed=0, with_labels=True)
+    for crops, y in gray:
+        assert [tuple(c.shape) for c in crops] == [(3, 16, 16, 3)] * 2 + [(3, 8, 8, 3)] * 2
+        assert y.numpy().tolist() == [-1, -1, -1]
+    shards = []
+    for pipeline in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline)
+        part, part_info = multicrop_dataset((images, labels), 2, augmentation=aug, seed=0,
+                                            with_labels=True, input_context=context,
+                                            drop_remainder=False, return_info=True)
+        assert part_info.num_images == 3
+        shards += sum((y.numpy().tolist() for _, y in part), [])
+    assert sorted(shards) == list(range(10, 16))
+    with pytest.raises(ValueError, match="must be uint8 pixels in \\[0, 255\\]; got float32"):
+        multicrop_dataset((images / 255.0).astype(np.float32), 2, augmentation=aug)
+    with pytest.raises(ValueError, match="Channels first .* x.transpose\\(0, 2, 3, 1\\)"):
+        multicrop_dataset(images.transpose(0, 3, 1, 2), 2, augmentation=aug)
+    with pytest.raises(ValueError, match="6 images but labels of shape \\(5, 1\\)"):
+        multicrop_dataset((images, labels[:5]), 2, augmentation=aug)

@@ -179,6 +179,9 @@ def multicrop_dataset(
       `"tfds:imagenet2012:train[:90%]"`; otherwise `tfds_split`).
     * "dataset": a `tf.data.Dataset` of images (uint8 `[H, W, C]` or encoded bytes),
       `(image, label)` tuples or dicts with "image" (and "label").
+    * "arrays": images in memory, a uint8 NumPy array `(N, H, W, 3)` or `(images,
+      labels)` as `keras.datasets.cifar10.load_data()` returns them (held in the graph:
+      keep it under about 2 GB; larger sets belong in a folder or TFRecords).
 
     Bad input: with `validate=True`, folder and file sources are scanned (every file
     read and decoded once, JPEGs at 1/8 scale, in parallel; each input pipeline scans

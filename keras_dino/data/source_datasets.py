@@ -14,6 +14,7 @@ import glob as _glob
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from keras_dino.data.sources import (
@@ -24,7 +25,7 @@ from keras_dino.data.sources import (
 )
 from keras_dino.errors import DataSourceNotFoundError
 
-SOURCE_TYPES = ("folder", "files", "list", "tfrecord", "tfds", "dataset")
+SOURCE_TYPES = ("folder", "files", "list", "tfrecord", "tfds", "dataset", "arrays")
 # Text files that list image paths, one per line.
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
@@ -76,6 +77,10 @@ def detect_source_type(source) -> str:
     """
     if isinstance(source, tf.data.Dataset):
         return "dataset"
+    if isinstance(source, np.ndarray) or (
+            isinstance(source, tuple) and len(source) == 2
+            and isinstance(source[0], np.ndarray)):
+        return "arrays"
     if isinstance(source, (list, tuple)):
         return "files"
     if isinstance(source, (str, os.PathLike)):
@@ -96,8 +101,9 @@ def detect_source_type(source) -> str:
             f"{s!r} is neither a directory, a file, a glob nor a TFDS name; check the path "
             f"(relative paths start from {os.getcwd()}).")
     raise TypeError(
-        "source must be a directory, a list of files, a TFRecord glob, a TFDS name or a "
-        f"tf.data.Dataset, got {type(source).__name__}"
+        "source must be a directory, a list of files, a TFRecord glob, a TFDS name, a "
+        "tf.data.Dataset or a uint8 NumPy array of images (N, H, W, 3) (optionally "
+        f"(images, labels)), got {type(source).__name__}"
     )
 
 
@@ -293,6 +299,42 @@ def dataset_source(ds: tf.data.Dataset, opts: SourceOptions) -> SourceDataset:
     return SourceDataset(opts.shuffled(_dataset_elements(ds)))
 
 
+def arrays_source(source, opts: SourceOptions) -> SourceDataset:
+    """Images in memory: a uint8 array `(N, H, W, 3)` (grayscale `(N, H, W)` or
+    `(N, H, W, 1)` too), or `(images, labels)` as `keras.datasets.cifar10.load_data()`
+    gives them (labels of shape `(N,)` or `(N, 1)`)."""
+    images, labels = source if isinstance(source, tuple) else (source, None)
+    if images.ndim == 3:  # grayscale (N, H, W), made RGB with the other sources' rule
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"in-memory images must be an array (N, H, W, 3), channels last and RGB (or "
+            f"grayscale (N, H, W)); got shape {images.shape}. Channels first (N, 3, H, W): "
+            "pass x.transpose(0, 2, 3, 1).")
+    if images.dtype != np.uint8:
+        raise ValueError(
+            f"in-memory images must be uint8 pixels in [0, 255]; got {images.dtype}. "
+            "The pipeline normalises them itself: pass the raw pixels (from [0, 1]: "
+            "np.round(x * 255).astype('uint8')).")
+    if len(images) == 0:
+        raise ValueError("the array of images is empty")
+    if labels is None:
+        labels = np.full(len(images), -1, np.int32)
+    else:
+        labels = np.asarray(labels)
+        if labels.size != len(images) or labels.ndim > 2:
+            raise ValueError(
+                f"{len(images)} images but labels of shape {labels.shape}: give one label "
+                "per image, shape (N,) or (N, 1).")
+        labels = labels.reshape(-1).astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    count = len(images)
+    if opts.num_pipelines > 1:
+        ds = ds.shard(opts.num_pipelines, opts.pipeline_id)
+        count = len(range(opts.pipeline_id, count, opts.num_pipelines))
+    return SourceDataset(opts.shuffled(ds, size=count), num_images=count)
+
+
 SOURCE_BUILDERS = {
     "folder": folder_source,
     "files": files_source,
@@ -300,4 +342,5 @@ SOURCE_BUILDERS = {
     "tfrecord": tfrecord_source,
     "tfds": tfds_source,
     "dataset": dataset_source,
+    "arrays": arrays_source,
 }

@@ -75,6 +75,11 @@ def test_config_is_frozen_and_a_new_value_is_a_new_checked_config():
     (dict(gradient_accumulation_steps=4, steps_per_epoch=6), "multiple of 4"),
     (dict(center_momentum=-0.5), "center_momentum must be in \\[0, 1\\]"),
     (dict(epochs=2.5), "epochs must be a whole number"),
+    (dict(teacher_temp=-0.04), "teacher_temp must be > 0 \\(a softmax temperature"),
+    (dict(student_temp=0.0), "student_temp must be > 0"),
+    (dict(lr=-0.001), "lr must be >= 0"),
+    (dict(drop_path_rate=1.5), "drop_path_rate must be in \\[0, 1\\]"),
+    (dict(out_dim=0), "out_dim must be >= 1"),
 ])
 def test_every_config_is_valid(values, message):
     with pytest.raises(ValueError, match=message):

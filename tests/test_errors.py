@@ -129,7 +129,8 @@ def test_feature_functions_refuse_a_dino_model_and_name_its_teacher_backbone():
         with pytest.raises(errors.WrongModelError) as info:
             fn(dino, x)
         assert isinstance(info.value, TypeError)
-        _short(info.value, "not a DINO training model", "model.teacher.backbone")
+        _short(info.value, f"keras_dino.evaluation.{fn.__name__} takes a backbone",
+               "not a DINO training model", "model.teacher.backbone")
     with pytest.raises(errors.WrongModelError, match="model.teacher.backbone"):
         extract_features(dino, (x, np.arange(2)), verbose=0)
     wrapper = MultiCropWrapper(vit_tiny(16, depth=1), DINOHead(192, 8))

@@ -60,6 +60,23 @@ def test_knn_rejects_k_larger_than_train_set():
         knn_classifier(np.eye(3), [0, 1, 2], np.eye(3), [0, 1, 2], k=5)
 
 
+def test_knn_names_features_and_labels_that_do_not_match():
+    """One label per feature and one feature width, or a ValueError (not an accuracy:
+    10 features with 9 labels scored 100% before)."""
+    features, labels = np.eye(10, dtype="float32"), np.arange(10)
+    with pytest.raises(ValueError, match="10 train features but 9 train labels"):
+        knn_classifier(features, labels[:9], features, labels, k=5)
+    with pytest.raises(ValueError, match="10 test features but 4 test labels"):
+        knn_classifier(features, labels, features, labels[:4], k=5)
+    with pytest.raises(ValueError, match="10 dimensions and test features 6: extract both"):
+        knn_classifier(features, labels, features[:, :6], labels, k=5)
+    with pytest.raises(ValueError, match="train_features must be \\(N, D\\)"):
+        knn_classifier(features[0], labels[:1], features, labels, k=1)
+    # (N, 1) labels, as keras.datasets gives them, are one label per feature
+    assert knn_classifier(features, labels[:, None], features, labels[:, None], k=1) == (
+        100.0, 100.0)
+
+
 def test_threshold_keeps_the_smallest_set_with_the_mass():
     rng = np.random.default_rng(0)
     maps = rng.random((6, 14, 14)) ** 4

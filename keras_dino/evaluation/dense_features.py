@@ -33,8 +33,8 @@ FEATURE_KINDS = ("cls", "patch", "mean_patch", "last_blocks", "block")
 GRID_KINDS = ("patch", "block")  # kinds whose features are (B, h, w, C) grids
 
 
-def _kind(backbone) -> str:
-    check_backbone(backbone, "keras_dino.evaluation.dense_features")
+def _kind(backbone, where="keras_dino.evaluation.dense_features") -> str:
+    check_backbone(backbone, where)
     if hasattr(backbone, "get_intermediate_layers"):
         return "vit"
     if hasattr(backbone, "cls_attn_blocks"):
@@ -66,8 +66,8 @@ def _multiscale(fn, backbone, images):
     return total / ops.sqrt(ops.sum(ops.square(total), axis=-1, keepdims=True))
 
 
-def _vector(fn, backbone, images, multiscale):
-    check_backbone(backbone, "keras_dino.evaluation.dense_features")
+def _vector(fn, backbone, images, multiscale, where):
+    check_backbone(backbone, f"keras_dino.evaluation.{where}")
     images = _images(images)
     if multiscale:
         return _multiscale(fn, backbone, images)
@@ -88,7 +88,7 @@ def cls_features(backbone, images, multiscale: bool = False):
     >>> tuple(cls_features(vit_tiny(16, depth=1), np.zeros((2, 32, 48, 3), "float32")).shape)
     (2, 192)
     """
-    return _vector(_cls, backbone, images, multiscale)
+    return _vector(_cls, backbone, images, multiscale, "cls_features")
 
 
 def _grid_shape(backbone, images) -> tuple:
@@ -101,8 +101,8 @@ def _grid(tokens, shape):
     return ops.reshape(tokens, (ops.shape(tokens)[0], shape[0], shape[1], tokens.shape[-1]))
 
 
-def _patches(backbone, images):
-    if _kind(backbone) == "resnet":
+def _patches(backbone, images, where="patch_features"):
+    if _kind(backbone, f"keras_dino.evaluation.{where}") == "resnet":
         return backbone.forward_features(images, training=False)[f"layer{len(backbone.stages)}"]
     tokens = backbone.forward_features(images, training=False)
     return _grid(tokens[:, backbone.num_prefix_tokens:], _grid_shape(backbone, images))
@@ -141,7 +141,7 @@ def mean_patch_features(backbone, images, multiscale: bool = False):
     >>> tuple(x.shape)
     (1, 192)
     """
-    return _vector(_mean_patch, backbone, images, multiscale)
+    return _vector(_mean_patch, backbone, images, multiscale, "mean_patch_features")
 
 
 def last_blocks_cls(backbone, images, n: int = 4, avgpool_patchtokens: bool = False,
@@ -162,7 +162,7 @@ def last_blocks_cls(backbone, images, n: int = 4, avgpool_patchtokens: bool = Fa
     def fn(model, x):
         return linear_features(model, x, n, avgpool_patchtokens)
 
-    return _vector(fn, backbone, images, multiscale)
+    return _vector(fn, backbone, images, multiscale, "last_blocks_cls")
 
 
 def _block_index(block: int, count: int, what: str) -> int:
@@ -194,7 +194,7 @@ def block_output(backbone, images, block: int = -1, normalize: bool = True,
     (2, 7, 192)
     """
     images = _images(images)
-    kind = _kind(backbone)
+    kind = _kind(backbone, "keras_dino.evaluation.block_output")
     if kind == "resnet":
         i = _block_index(block, len(backbone.stages), "stages")
         grid = backbone.forward_features(images, training=False)[f"layer{i + 1}"]

@@ -11,6 +11,24 @@ def l2_normalize(features):
     return features / ops.maximum(norm, 1e-12)
 
 
+def _check_features_and_labels(train_features, train_labels, test_features, test_labels):
+    """A `ValueError` naming the mismatch, before it becomes a wrong accuracy."""
+    dims = []
+    for name, features, labels in (("train", train_features, train_labels),
+                                   ("test", test_features, test_labels)):
+        shape = tuple(getattr(features, "shape", None) or np.shape(features))
+        if len(shape) != 2:
+            raise ValueError(f"{name}_features must be (N, D); got shape {shape}.")
+        if shape[0] != labels.shape[0]:
+            raise ValueError(f"{shape[0]} {name} features but {labels.shape[0]} {name} "
+                             "labels: give one label per feature.")
+        dims.append(shape[1])
+    if dims[0] != dims[1]:
+        raise ValueError(
+            f"train features have {dims[0]} dimensions and test features {dims[1]}: "
+            "extract both with the same backbone.")
+
+
 def knn_classifier(
     train_features,
     train_labels,
@@ -48,8 +66,9 @@ def knn_classifier(
     >>> knn_classifier(train, labels, train, labels, k=1)
     (100.0, 100.0)
     """
-    train_labels = np.asarray(train_labels).astype("int32")
-    test_labels = np.asarray(test_labels).astype("int32")
+    train_labels = np.asarray(train_labels).astype("int32").reshape(-1)
+    test_labels = np.asarray(test_labels).astype("int32").reshape(-1)
+    _check_features_and_labels(train_features, train_labels, test_features, test_labels)
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     n_train = train_labels.shape[0]

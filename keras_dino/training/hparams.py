@@ -96,7 +96,8 @@ class DINOConfig:
         xcit_medium_24_p8, ...), or a custom name with vit_kwargs or resnet_kwargs.""",
                          official=True)
     patch_size: int = _setting(16, "Size in pixels of input square patches.", official=True)
-    out_dim: int = _setting(65536, "Dimensionality of the DINO head output.", official=True)
+    out_dim: int = _setting(65536, "Dimensionality of the DINO head output.", official=True,
+                            bounds=(1, None))
     norm_last_layer: bool = _setting(True, "Weight-normalize the last layer of the head.",
                                      official=True)
     momentum_teacher: float = _setting(0.996, "Base EMA parameter for the teacher update.",
@@ -106,26 +107,29 @@ class DINOConfig:
     teacher_temp: float = _setting(0.04, "Final teacher temperature.", official=True)
     warmup_teacher_temp_epochs: int = _setting(0, "Teacher temperature warm-up epochs.",
                                                official=True, bounds=(0, None))
-    weight_decay: float = _setting(0.04, "Initial weight decay.", official=True)
+    weight_decay: float = _setting(0.04, "Initial weight decay.", official=True,
+                                   bounds=(0.0, None))
     weight_decay_end: float = _setting(0.4, "Final weight decay (cosine schedule).",
-                                       official=True)
+                                       official=True, bounds=(0.0, None))
     clip_grad: float = _setting(3.0, "Per-parameter gradient norm clipping (0 disables).",
-                                official=True)
+                                official=True, bounds=(0.0, None))
     batch_size_per_gpu: int | None = _setting(None, """Batch size per replica (the model's
         default, None, records the batch its training step sees; the command's is the
         official 64).""", official=True, flag_default=64)
     epochs: int = _setting(100, "Number of epochs of training.", official=True,
                            bounds=(1, None))
     freeze_last_layer: int = _setting(1, "Epochs during which the head's last layer is "
-                                      "frozen.", official=True)
+                                      "frozen.", official=True, bounds=(0, None))
     lr: float = _setting(0.0005, "Peak learning rate at batch size 256 (linear scaling).",
-                         official=True)
-    warmup_epochs: int = _setting(10, "Linear learning-rate warm-up epochs.", official=True)
+                         official=True, bounds=(0.0, None))
+    warmup_epochs: int = _setting(10, "Linear learning-rate warm-up epochs.", official=True,
+                                  bounds=(0, None))
     min_lr: float = _setting(1e-6, "Final learning rate of the cosine schedule.",
-                             official=True)
+                             official=True, bounds=(0.0, None))
     optimizer: str = _setting("adamw", "Optimizer.", official=True,
                               choices=("adamw", "sgd", "lars"))
-    drop_path_rate: float = _setting(0.1, "Stochastic depth rate.", official=True)
+    drop_path_rate: float = _setting(0.1, "Stochastic depth rate.", official=True,
+                                     bounds=(0.0, 1.0))
     local_crops_number: int = _setting(8, """Number of small local views (the training
         step checks that it gets 2 + local_crops_number crops).""", official=True,
                                        bounds=(0, None))
@@ -167,6 +171,11 @@ class DINOConfig:
         for field in dataclasses.fields(self):
             value = _checked(field, getattr(self, field.name))
             object.__setattr__(self, field.name, value)
+        for name in ("warmup_teacher_temp", "teacher_temp", "student_temp"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"{name} must be > 0 (a softmax temperature: the official teacher "
+                    f"temperature is 0.04, the student's 0.1); got {getattr(self, name)}.")
         if self.warmup_teacher_temp_epochs > self.epochs:
             raise ValueError(
                 f"warmup_teacher_temp_epochs ({self.warmup_teacher_temp_epochs}) cannot "

@@ -581,6 +581,17 @@ def test_train_dino_teacher_weights(image_folder, tmp_path):
 
 
 @pytest.mark.once
+def test_train_dino_unknown_arch_is_one_line_with_the_closest_name(tmp_path):
+    """A misspelt --arch ends before the data is read, in one line that suggests the name
+    meant (not a traceback from building the model)."""
+    result = _run_script("train_dino.py", "--arch=vit_smal", "--data_path=embedded:train",
+                         f"--output_dir={tmp_path}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error: unknown arch 'vit_smal'; did you mean 'vit_small'?" in result.stderr
+    assert "Traceback" not in result.stderr and "framework.log" not in result.stderr
+
+
+@pytest.mark.once
 def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
     result = _run_script("train_dino.py", "--final_momentum_teacher=98")
     assert result.returncode == 1, result.stderr[-2000:]

@@ -126,6 +126,13 @@ def test_official_sizes_and_parameter_counts():
     assert (xcit("xcit_medium_24_p8").eta, xcit("xcit_nano_12_p16").tokens_norm) == (1e-5, False)
     with pytest.raises(ValueError, match="unknown XCiT 'xcit_huge'"):
         xcit("xcit_huge")
+    from keras_dino.models.backbones import backbone_config
+
+    with pytest.raises(ValueError, match="unknown XCiT 'xcit_smal_12_p16'; did you mean "
+                                         "'xcit_small_12_p16'"):
+        backbone_config("xcit_smal_12_p16")
+    with pytest.raises(ValueError, match="unknown ResNet 'resnet5'; did you mean 'resnet50'"):
+        backbone_config("resnet5")
     with pytest.raises(ValueError, match="patch size 8 or 16"):
         XCiT(patch_size=4)
 

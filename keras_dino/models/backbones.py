@@ -1,5 +1,7 @@
 """One way to build any DINO backbone from the official `--arch` name."""
 
+import difflib
+
 from keras_dino.models.resnet import RESNETS, ResNet
 from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
 from keras_dino.models.xcit import XCITS, XCiT
@@ -30,6 +32,12 @@ def is_xcit(arch: str) -> bool:
     return arch in XCITS or arch.startswith("xcit")
 
 
+def _guess(name, known) -> str:
+    """`"did you mean 'x'? "` for the closest known name, or `""`."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
 def backbone_config(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None) -> tuple:
     """`(class, arguments)` of the backbone that `arch` and the overrides describe.
 
@@ -53,8 +61,8 @@ def backbone_config(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None) ->
             config[_RESNET_ALIASES.get(key, key)] = value
         if arch not in RESNETS and "layers" not in config:
             raise ValueError(
-                f"unknown ResNet '{arch}' (known: {', '.join(RESNETS)}); give resnet_kwargs "
-                "with at least `layers` for a custom one."
+                f"unknown ResNet '{arch}'; {_guess(arch, RESNETS)}(known: {', '.join(RESNETS)}); "
+                "give resnet_kwargs with at least `layers` for a custom one."
             )
         return ResNet, config
     if is_xcit(arch):
@@ -62,17 +70,19 @@ def backbone_config(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None) ->
         config.update(vit_kwargs or {})
         missing = {"embed_dim", "depth", "num_heads"} - set(config)
         if missing:
-            raise ValueError(f"unknown XCiT '{arch}' (known: {', '.join(XCITS)}); give "
-                             f"vit_kwargs with {', '.join(sorted(missing))} for a custom one.")
+            raise ValueError(f"unknown XCiT '{arch}'; {_guess(arch, XCITS)}(known: "
+                             f"{', '.join(XCITS)}); give vit_kwargs with "
+                             f"{', '.join(sorted(missing))} for a custom one.")
         return XCiT, config
     config = dict(ARCHITECTURES.get(arch, {}))
     config.update(vit_kwargs or {})
     missing = {"embed_dim", "depth", "num_heads"} - set(config)
     if missing:
+        guess = _guess(arch, [*ARCHITECTURES, *RESNETS, *XCITS])
         raise ValueError(
-            f"unknown arch '{arch}' (known: {', '.join([*ARCHITECTURES, *RESNETS])}); give "
-            f"vit_kwargs with {', '.join(sorted(missing))} for a custom Vision Transformer, "
-            "or resnet_kwargs for a custom ResNet."
+            f"unknown arch '{arch}'; {guess}(known: {', '.join([*ARCHITECTURES, *RESNETS])}, "
+            f"the xcit_* names); give vit_kwargs with {', '.join(sorted(missing))} for a custom "
+            "Vision Transformer, or resnet_kwargs for a custom ResNet."
         )
     config["patch_size"] = patch_size
     return VisionTransformer, config

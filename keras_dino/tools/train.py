@@ -247,11 +247,17 @@ def _nested_settings():
 
 def config_from_flags() -> DINOConfig:
     """The `DINOConfig` of the flags, or a usage error naming the wrong value."""
+    from keras_dino.models.backbones import backbone_config
+
     values = {field.name: F[field.name].value for field in config_flags()}
     try:
-        return DINOConfig(**values, **_nested_settings())
+        config = DINOConfig(**values, **_nested_settings())
+        if not (F.pretrained_weights and not F["arch"].present):  # else the file's arch
+            backbone_config(config.arch, config.patch_size, config.vit_kwargs,
+                            config.resnet_kwargs)
     except (TypeError, ValueError) as error:
         raise app.UsageError(str(error)) from None
+    return config
 
 
 def _teacher_arguments() -> dict:
@@ -329,6 +335,8 @@ def _main(argv):
     noise = framework_noise_to(_noise_log_path())
     try:
         run()
+    except app.UsageError:
+        raise  # one line that names the fix; the framework's log has nothing to add
     except Exception:
         say(f"(TensorFlow/XLA messages of this run: {noise})")
         raise

@@ -115,7 +115,7 @@ class DINOConfig:
                                 official=True, bounds=(0.0, None))
     batch_size_per_gpu: int | None = _setting(None, """Batch size per replica (the model's
         default, None, records the batch its training step sees; the command's is the
-        official 64).""", official=True, flag_default=64)
+        official 64).""", official=True, flag_default=64, bounds=(1, None))
     epochs: int = _setting(100, "Number of epochs of training.", official=True,
                            bounds=(1, None))
     freeze_last_layer: int = _setting(1, "Epochs during which the head's last layer is "

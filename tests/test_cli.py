@@ -174,3 +174,17 @@ def test_eval_knn_runs_on_the_backend_of_the_flag(tmp_path):
     top1, top5 = knn_classifier(*dumped, k=3, T=0.07)
     assert (log["top1"], log["top5"]) == (top1, top5)
     assert f"3-NN classifier result: Top1: {top1}, Top5: {top5}" in result.stdout
+
+
+def test_tools_keep_the_frameworks_start_up_noise_out_of_the_terminal(tmp_path):
+    """TensorFlow's C++ start-up lines (oneDNN, CUDA probing) go to a temporary file that
+    is deleted when the tool ends on a user error: the terminal shows the one line."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(PYTHONPATH=str(REPO), KERAS_BACKEND="tensorflow", TMPDIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_dino", "extract-features", "--data_path=nowhere"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "keras-dino extract-features: error: --data_path=nowhere does not exist."]
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ Nothing here imports Keras at module level: a tool chooses its backend from `--b
 import contextlib
 import os
 import sys
+import tempfile
 
 
 def select_backend(argv):
@@ -120,22 +121,49 @@ def run_absl(main, doc, argv=None):
     app.run(guarded, argv=argv)
 
 
+def _remove(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
 def run_tool(define_flags, run, doc=None):
     """The absl entry point of a tool: defines its flags, parses them and calls `run`.
 
     The tools take flags only; a stray positional argument (a typo such as a missing
     `--`) is a usage error rather than something silently ignored. `doc` (the tool's
-    docstring) heads `--help`.
+    docstring) heads `--help`. The frameworks' start-up noise goes to a temporary file
+    (`framework_noise_to`), which is deleted at the end unless the tool failed on
+    something other than a user error: then its path is printed.
     """
     from absl import app, flags
+
+    from keras_dino.errors import KerasDinoError
+
+    name = os.path.basename(sys.argv[0]).replace(" ", "_") or "tool"
+    # Before a framework is imported (some flags' definitions import Keras).
+    noise = framework_noise_to(
+        os.path.join(tempfile.gettempdir(), f"keras_dino_{name}_{os.getpid()}.log"))
+    failed = []
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        run(flags.FLAGS)
+        try:
+            run(flags.FLAGS)
+        except (app.UsageError, KerasDinoError, FileNotFoundError, NotADirectoryError):
+            raise  # one line that names the fix
+        except Exception:
+            failed.append(True)
+            print(f"(TensorFlow/XLA messages of this run: {noise})", file=sys.stderr,
+                  flush=True)
+            raise
 
-    define_flags()
-    run_absl(main, doc)
+    try:
+        define_flags()
+        run_absl(main, doc)
+    finally:
+        if not failed:
+            _remove(noise)
 
 
 def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arch="vit_small"):

@@ -97,28 +97,53 @@ def show_as_main(doc):
                 flag_values.register_key_flag_for_module(sys.argv[0], flag)
 
 
-def run_absl(main, doc, argv=None):
+def run_absl(main, doc, argv=None, define_flags=None, quiet=True):
     """`absl.app.run(main, argv)` with the tool's `doc` and flags shown by `--help`.
 
     A mistake found once the flags are parsed (an `absl.app.UsageError` of the tool, a
     missing file or folder, any `keras_dino.errors` exception) ends the command with its
     one-line message on the standard error and exit status 1, not a traceback.
+
+    With `quiet` (the tools but `train`, which keeps the log in its output folder), the
+    frameworks' start-up noise goes to a temporary file (`framework_noise_to`) from
+    before `define_flags` (some flags' definitions import Keras); the file is deleted at
+    the end unless the tool failed on something other than a user error: then its path
+    is printed.
     """
     from absl import app
 
     from keras_dino.errors import KerasDinoError
 
+    user_errors = (app.UsageError, KerasDinoError, FileNotFoundError, NotADirectoryError)
+    noise, failed = None, []
+    if quiet:
+        name = os.path.basename(sys.argv[0]).replace(" ", "_") or "tool"
+        noise = framework_noise_to(
+            os.path.join(tempfile.gettempdir(), f"keras_dino_{name}_{os.getpid()}.log"))
+
     def guarded(argv):
         try:
             return main(argv)
-        except (app.UsageError, KerasDinoError, FileNotFoundError, NotADirectoryError) as error:
+        except user_errors as error:
             # KeyError's str() quotes its message; an OSError's str() adds errno and path.
             message = str(error.args[0]) if isinstance(error, KeyError) else str(error)
             print(f"{sys.argv[0]}: error: {message}", file=sys.stderr, flush=True)
             sys.exit(getattr(error, "exitcode", 1))
+        except Exception:
+            if noise:
+                failed.append(True)
+                print(f"(TensorFlow/XLA messages of this run: {noise})", file=sys.stderr,
+                      flush=True)
+            raise
 
-    show_as_main(doc)
-    app.run(guarded, argv=argv)
+    try:
+        if define_flags is not None:
+            define_flags()
+        show_as_main(doc)
+        app.run(guarded, argv=argv)
+    finally:
+        if noise and not failed:
+            _remove(noise)
 
 
 def _remove(path):
@@ -131,39 +156,17 @@ def run_tool(define_flags, run, doc=None):
 
     The tools take flags only; a stray positional argument (a typo such as a missing
     `--`) is a usage error rather than something silently ignored. `doc` (the tool's
-    docstring) heads `--help`. The frameworks' start-up noise goes to a temporary file
-    (`framework_noise_to`), which is deleted at the end unless the tool failed on
-    something other than a user error: then its path is printed.
+    docstring) heads `--help`; the frameworks' noise stays out of the terminal
+    (`run_absl`).
     """
     from absl import app, flags
-
-    from keras_dino.errors import KerasDinoError
-
-    name = os.path.basename(sys.argv[0]).replace(" ", "_") or "tool"
-    # Before a framework is imported (some flags' definitions import Keras).
-    noise = framework_noise_to(
-        os.path.join(tempfile.gettempdir(), f"keras_dino_{name}_{os.getpid()}.log"))
-    failed = []
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        try:
-            run(flags.FLAGS)
-        except (app.UsageError, KerasDinoError, FileNotFoundError, NotADirectoryError):
-            raise  # one line that names the fix
-        except Exception:
-            failed.append(True)
-            print(f"(TensorFlow/XLA messages of this run: {noise})", file=sys.stderr,
-                  flush=True)
-            raise
+        run(flags.FLAGS)
 
-    try:
-        define_flags()
-        run_absl(main, doc)
-    finally:
-        if not failed:
-            _remove(noise)
+    run_absl(main, doc, define_flags=define_flags)
 
 
 def define_backbone_flags(flag_values, patch_size=16, presets="dino_vits16", arch="vit_small"):

@@ -634,4 +634,4 @@ def export_report(model):
 
 def main():
     """The command: parses the flags of `sys.argv` and trains."""
-    run_absl(_main, __doc__)
+    run_absl(_main, __doc__, quiet=False)  # its noise goes to <output_dir>/framework.log

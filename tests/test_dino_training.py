@@ -216,6 +216,18 @@ def test_a_keras_file_restores_the_optimizer_and_training_continues_exactly(tmp_
     for a, b in zip(model.weights, restored.weights, strict=True):
         np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b),
                                       err_msg=a.path)
+    # An optimizer class of one's own is found by its registered name, or named.
+
+    class Unregistered(AdamW):
+        pass
+
+    model = tiny_dino()
+    model.compile(optimizer=Unregistered(model.schedules))
+    model.save(tmp_path / "own.keras")
+    with pytest.raises(ValueError, match="optimizer 'Unregistered', which is not registered"):
+        keras.saving.load_model(tmp_path / "own.keras")
+    assert keras.saving.load_model(tmp_path / "own.keras", compile=False).get_config() == (
+        model.get_config())
 
 
 def test_a_second_fit_reuses_the_traced_step_until_the_schedules_change():

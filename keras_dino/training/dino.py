@@ -314,7 +314,9 @@ class DINO(keras.Model):
         inner = getattr(getattr(self, "optimizer", None), "inner_optimizer",
                         getattr(self, "optimizer", None))
         if config and isinstance(inner, DINOOptimizer):
-            name = next(n for n, cls in OPTIMIZERS.items() if type(inner) is cls)
+            # A subclass of the user's: by its registered name (keras.saving).
+            name = next((n for n, cls in OPTIMIZERS.items() if type(inner) is cls),
+                        keras.saving.get_registered_name(type(inner)))
             config = {**config, "optimizer": {"dino_optimizer": name,
                                               "config": inner.get_config()}}
         return config
@@ -326,8 +328,14 @@ class DINO(keras.Model):
         optimizer = config.pop("optimizer", None)
         config = keras.saving.deserialize_keras_object(config)
         if isinstance(optimizer, dict) and "dino_optimizer" in optimizer:
-            optimizer = OPTIMIZERS[optimizer["dino_optimizer"]](
-                self.schedules, **optimizer["config"])
+            name = optimizer["dino_optimizer"]
+            cls = OPTIMIZERS.get(name) or keras.saving.get_registered_object(name)
+            if cls is None:
+                raise ValueError(
+                    f"this model was compiled with the optimizer {name!r}, which is not "
+                    "registered here: register it (keras.saving.register_keras_serializable)"
+                    " before loading, or load with compile=False and compile it yourself.")
+            optimizer = cls(self.schedules, **optimizer["config"])
         elif optimizer is not None:
             optimizer = keras.saving.deserialize_keras_object(optimizer)
         self.compile(optimizer=optimizer, **{k: v for k, v in config.items() if v is not None})

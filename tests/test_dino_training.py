@@ -218,8 +218,18 @@ def test_a_keras_file_restores_the_optimizer_and_training_continues_exactly(tmp_
                                       err_msg=a.path)
     # An optimizer class of one's own is found by its registered name, or named.
 
+    @keras.saving.register_keras_serializable(package="keras_dino_tests")
+    class RegisteredAdamW(AdamW):
+        pass
+
     class Unregistered(AdamW):
         pass
+
+    model = tiny_dino()
+    model.compile(optimizer=RegisteredAdamW(model.schedules))
+    model.save(tmp_path / "registered.keras")
+    restored = keras.saving.load_model(tmp_path / "registered.keras")
+    assert type(restored.optimizer) is RegisteredAdamW
 
     model = tiny_dino()
     model.compile(optimizer=Unregistered(model.schedules))

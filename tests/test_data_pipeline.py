@@ -414,3 +414,7 @@ def test_arrays_source_gives_the_crops_of_the_same_images_as_a_dataset(aug):
         multicrop_dataset(images.transpose(0, 3, 1, 2), 2, augmentation=aug)
     with pytest.raises(ValueError, match="6 images but labels of shape \\(5, 1\\)"):
         multicrop_dataset((images, labels[:5]), 2, augmentation=aug)
+    # Fewer images than a batch: named at once, not an iterator error at the first step.
+    with pytest.raises(ValueError, match="6 images make no full batch of 8: lower batch_size"):
+        multicrop_dataset(images, 8, augmentation=aug)
+    assert len(list(multicrop_dataset(images, 8, augmentation=aug, drop_remainder=False))) == 1

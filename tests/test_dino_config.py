@@ -80,6 +80,7 @@ def test_config_is_frozen_and_a_new_value_is_a_new_checked_config():
     (dict(lr=-0.001), "lr must be >= 0"),
     (dict(drop_path_rate=1.5), "drop_path_rate must be in \\[0, 1\\]"),
     (dict(out_dim=0), "out_dim must be >= 1"),
+    (dict(patch_size=0), "patch_size must be >= 1"),
 ])
 def test_every_config_is_valid(values, message):
     with pytest.raises(ValueError, match=message):

@@ -318,6 +318,11 @@ def multicrop_dataset(
         # The scan counted the images: Keras then knows the epoch's length (tf.data
         # cannot, through the map and ignore_errors) and re-iterates every epoch.
         batches = num_images // local_batch if drop_remainder else -(-num_images // local_batch)
+        if batches == 0:
+            raise ValueError(
+                f"{num_images} images make no full batch of {local_batch}: lower "
+                "batch_size, pass drop_remainder=False, or repeat=True (batches then run "
+                "across epochs).")
         ds = ds.apply(tf.data.experimental.assert_cardinality(max(batches, 1)))
     ds = ds.prefetch(prefetch)
     options = tf.data.Options()

@@ -95,7 +95,8 @@ class DINOConfig:
         torchvision ResNet (resnet18, resnet50, ...), an XCiT (xcit_small_12_p16,
         xcit_medium_24_p8, ...), or a custom name with vit_kwargs or resnet_kwargs.""",
                          official=True)
-    patch_size: int = _setting(16, "Size in pixels of input square patches.", official=True)
+    patch_size: int = _setting(16, "Size in pixels of input square patches.", official=True,
+                               bounds=(1, None))
     out_dim: int = _setting(65536, "Dimensionality of the DINO head output.", official=True,
                             bounds=(1, None))
     norm_last_layer: bool = _setting(True, "Weight-normalize the last layer of the head.",

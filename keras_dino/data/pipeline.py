@@ -19,6 +19,7 @@ from keras_dino.data.source_datasets import (
     read_image_list,
 )
 from keras_dino.data.sources import IMAGE_EXTENSIONS, decode_image, ensure_rgb_uint8
+from keras_dino.errors import InputError
 
 __all__ = [
     "LIST_EXTENSIONS",
@@ -319,7 +320,7 @@ def multicrop_dataset(
         # cannot, through the map and ignore_errors) and re-iterates every epoch.
         batches = num_images // local_batch if drop_remainder else -(-num_images // local_batch)
         if batches == 0:
-            raise ValueError(
+            raise InputError(
                 f"{num_images} images make no full batch of {local_batch}: lower "
                 "batch_size, pass drop_remainder=False, or repeat=True (batches then run "
                 "across epochs).")

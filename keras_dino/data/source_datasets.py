@@ -23,7 +23,7 @@ from keras_dino.data.sources import (
     log_skipped,
     scan_images,
 )
-from keras_dino.errors import DataSourceNotFoundError
+from keras_dino.errors import DataSourceNotFoundError, InputError
 
 SOURCE_TYPES = ("folder", "files", "list", "tfrecord", "tfds", "dataset", "arrays")
 # Text files that list image paths, one per line.
@@ -307,23 +307,23 @@ def arrays_source(source, opts: SourceOptions) -> SourceDataset:
     if images.ndim == 3:  # grayscale (N, H, W), made RGB with the other sources' rule
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"in-memory images must be an array (N, H, W, 3), channels last and RGB (or "
             f"grayscale (N, H, W)); got shape {images.shape}. Channels first (N, 3, H, W): "
             "pass x.transpose(0, 2, 3, 1).")
     if images.dtype != np.uint8:
-        raise ValueError(
+        raise InputError(
             f"in-memory images must be uint8 pixels in [0, 255]; got {images.dtype}. "
             "The pipeline normalises them itself: pass the raw pixels (from [0, 1]: "
             "np.round(x * 255).astype('uint8')).")
     if len(images) == 0:
-        raise ValueError("the array of images is empty")
+        raise InputError("the array of images is empty")
     if labels is None:
         labels = np.full(len(images), -1, np.int32)
     else:
         labels = np.asarray(labels)
         if labels.size != len(images) or labels.ndim > 2:
-            raise ValueError(
+            raise InputError(
                 f"{len(images)} images but labels of shape {labels.shape}: give one label "
                 "per image, shape (N,) or (N, 1).")
         labels = labels.reshape(-1).astype(np.int32)

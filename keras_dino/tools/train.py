@@ -330,12 +330,14 @@ def _noise_log_path():
 
 
 def _main(argv):
+    from keras_dino.errors import KerasDinoError
+
     del argv
     # Before any framework is imported: their start-up noise goes to a file.
     noise = framework_noise_to(_noise_log_path())
     try:
         run()
-    except app.UsageError:
+    except (app.UsageError, KerasDinoError):
         raise  # one line that names the fix; the framework's log has nothing to add
     except Exception:
         say(f"(TensorFlow/XLA messages of this run: {noise})")

@@ -11,7 +11,6 @@ is imported here: a tool picks its backend from `--backend` (else KERAS_BACKEND)
 Keras is first imported.
 """
 
-import difflib
 import importlib
 import sys
 
@@ -70,8 +69,10 @@ def main(argv=None):
     if name not in TOOLS and name.replace("_", "-") in TOOLS:
         name = name.replace("_", "-")  # the module's spelling works too
     if name not in TOOLS:
-        close = difflib.get_close_matches(name, TOOLS, n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        from keras_dino.errors import did_you_mean
+
+        hint = did_you_mean(name, TOOLS, cutoff=0.5)
+        hint = f" D{hint[1:]}" if hint else ""
         sys.stderr.write(f"keras-dino: unknown tool '{name}'.{hint} "
                          "'keras-dino --help' lists the tools.\n")
         return 2

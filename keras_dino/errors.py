@@ -15,6 +15,9 @@ True
 unknown preset 'dino_vits61'; did you mean 'dino_vits16'?
 """
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "ArchitectureMismatchError",
     "CheckpointError",
@@ -33,6 +36,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "VideoInputError",
     "WrongModelError",
+    "did_you_mean",
 ]
 
 
@@ -45,6 +49,29 @@ class _PlainMessage:
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""
+
+
+def did_you_mean(name, known: Iterable[str], n: int = 1, cutoff: float = 0.6,
+                 spell=repr) -> str:
+    """`"did you mean 'x'?"` for the names of `known` closest to `name`, or `""`.
+
+    The one "did you mean" of keras_dino's messages (presets, architectures, tools):
+    up to `n` names, closest first, each written by `spell` (quoted by default).
+
+    Example:
+
+    >>> did_you_mean("dino_vits61", ["dino_vits16", "dino_vitb16", "dino_resnet50"])
+    "did you mean 'dino_vits16'?"
+    >>> did_you_mean("resnt50", ["resnet50", "resnet101", "vit_small"], n=2)
+    "did you mean 'resnet50' or 'resnet101'?"
+    >>> did_you_mean("vit_small", ["arch_a"], spell=lambda c: f"--arch={c}")
+    ''
+    """
+    close = [spell(c) for c in difflib.get_close_matches(str(name), list(known), n, cutoff)]
+    if not close:
+        return ""
+    names = ", ".join(close[:-1]) + " or " + close[-1] if len(close) > 1 else close[0]
+    return f"did you mean {names}?"
 
 
 # ------------------------------------------------------------------------------ presets

@@ -1,7 +1,6 @@
 """One way to build any DINO backbone from the official `--arch` name."""
 
-import difflib
-
+from keras_dino.errors import did_you_mean
 from keras_dino.models.resnet import RESNETS, ResNet
 from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
 from keras_dino.models.xcit import XCITS, XCiT
@@ -34,8 +33,8 @@ def is_xcit(arch: str) -> bool:
 
 def _guess(name, known) -> str:
     """`"did you mean 'x'? "` for the closest known name, or `""`."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
+    hint = did_you_mean(name, known)
+    return f"{hint} " if hint else ""
 
 
 def backbone_config(arch, patch_size=16, vit_kwargs=None, resnet_kwargs=None) -> tuple:

@@ -23,9 +23,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
-from keras_dino.errors import UnknownPresetError
+from keras_dino.errors import UnknownPresetError, did_you_mean
 from keras_dino.models.backbones import backbone_config
 from keras_dino.preprocessing import EvalConfig
 
@@ -218,10 +217,8 @@ def unknown_preset_message(name: str, what: str = "not a preset") -> str:
     >>> print(unknown_preset_message("dino_resnet"))
     'dino_resnet' is not a preset; did you mean 'dino_resnet50'? keras_dino.list_presets() lists them.
     """
-    close = difflib.get_close_matches(str(name), list(PRESETS), n=3, cutoff=0.6)
-    names = [repr(c) for c in close]
-    names = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
-    hint = f"; did you mean {names}?" if close else "."
+    hint = did_you_mean(name, PRESETS, n=3)
+    hint = f"; {hint}" if hint else "."
     return f"'{name}' is {what}{hint} keras_dino.list_presets() lists them."
 
 

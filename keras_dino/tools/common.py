@@ -401,6 +401,7 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
     `VisionTransformer` (e.g. `num_heads` for custom widths).
     """
     from keras_dino.checkpoints.pretrained import resolve_backbone
+    from keras_dino.errors import did_you_mean
     from keras_dino.models.resnet import RESNETS
     from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
     from keras_dino.models.xcit import XCITS
@@ -413,13 +414,11 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
         if pretrained_weights:
             say(f"no --pretrained_weights: using the official weights of {pretrained_weights}.")
         elif arch not in ARCHITECTURES:
-            import difflib
-
             from absl import app
 
             names = [*ARCHITECTURES, *RESNETS, *XCITS]
-            close = difflib.get_close_matches(arch, names, n=1)
-            hint = f"did you mean --arch={close[0]}? " if close else ""
+            hint = did_you_mean(arch, names, spell=lambda name: f"--arch={name}")
+            hint = f"{hint} " if hint else ""
             raise app.UsageError(
                 f"--arch={arch}: no --pretrained_weights, and no official weights or random "
                 f"initialisation of that name; {hint}Known: {', '.join(ARCHITECTURES)}, "

@@ -97,31 +97,34 @@ def show_as_main(doc):
                 flag_values.register_key_flag_for_module(sys.argv[0], flag)
 
 
-def run_absl(main, doc, argv=None, define_flags=None, quiet=True):
+def run_absl(main, doc, argv=None, define_flags=None, noise_log=None):
     """`absl.app.run(main, argv)` with the tool's `doc` and flags shown by `--help`.
 
     A mistake found once the flags are parsed (an `absl.app.UsageError` of the tool, a
     missing file or folder, any `keras_dino.errors` exception) ends the command with its
     one-line message on the standard error and exit status 1, not a traceback.
 
-    With `quiet` (the tools but `train`, which keeps the log in its output folder), the
-    frameworks' start-up noise goes to a temporary file (`framework_noise_to`) from
-    before `define_flags` (some flags' definitions import Keras); the file is deleted at
-    the end unless the tool failed on something other than a user error: then its path
-    is printed.
+    The frameworks' start-up noise stays out of the terminal (`framework_noise_to`). By
+    default it goes to a temporary file from before `define_flags` (some flags'
+    definitions import Keras), deleted at the end unless the tool failed on something
+    other than a user error: then its path is printed. `noise_log`, a function called
+    once the flags are parsed, names a file to keep instead (`train`:
+    `<output_dir>/framework.log`).
     """
     from absl import app
 
     from keras_dino.errors import KerasDinoError
 
     user_errors = (app.UsageError, KerasDinoError, FileNotFoundError, NotADirectoryError)
-    noise, failed = None, []
-    if quiet:
+    noise, failed = [], []
+    if noise_log is None:
         name = os.path.basename(sys.argv[0]).replace(" ", "_") or "tool"
-        noise = framework_noise_to(
-            os.path.join(tempfile.gettempdir(), f"keras_dino_{name}_{os.getpid()}.log"))
+        noise.append(framework_noise_to(
+            os.path.join(tempfile.gettempdir(), f"keras_dino_{name}_{os.getpid()}.log")))
 
     def guarded(argv):
+        if noise_log is not None:
+            noise.append(framework_noise_to(noise_log()))
         try:
             return main(argv)
         except user_errors as error:
@@ -130,10 +133,9 @@ def run_absl(main, doc, argv=None, define_flags=None, quiet=True):
             print(f"{sys.argv[0]}: error: {message}", file=sys.stderr, flush=True)
             sys.exit(getattr(error, "exitcode", 1))
         except Exception:
-            if noise:
-                failed.append(True)
-                print(f"(TensorFlow/XLA messages of this run: {noise})", file=sys.stderr,
-                      flush=True)
+            failed.append(True)
+            print(f"(TensorFlow/XLA messages of this run: {noise[0]})", file=sys.stderr,
+                  flush=True)
             raise
 
     try:
@@ -142,8 +144,8 @@ def run_absl(main, doc, argv=None, define_flags=None, quiet=True):
         show_as_main(doc)
         app.run(guarded, argv=argv)
     finally:
-        if noise and not failed:
-            _remove(noise)
+        if noise and noise_log is None and not failed:
+            _remove(noise[0])
 
 
 def _remove(path):

@@ -24,7 +24,6 @@ import tempfile
 from keras_dino.tools.common import (
     append_log,
     architecture_name,
-    framework_noise_to,
     has_gpu,
     mixed_precision_policy,
     resolve_data_path,
@@ -330,18 +329,8 @@ def _noise_log_path():
 
 
 def _main(argv):
-    from keras_dino.errors import KerasDinoError
-
     del argv
-    # Before any framework is imported: their start-up noise goes to a file.
-    noise = framework_noise_to(_noise_log_path())
-    try:
-        run()
-    except (app.UsageError, KerasDinoError):
-        raise  # one line that names the fix; the framework's log has nothing to add
-    except Exception:
-        say(f"(TensorFlow/XLA messages of this run: {noise})")
-        raise
+    run()
 
 
 def _launch():
@@ -636,4 +625,5 @@ def export_report(model):
 
 def main():
     """The command: parses the flags of `sys.argv` and trains."""
-    run_absl(_main, __doc__, quiet=False)  # its noise goes to <output_dir>/framework.log
+    # Its frameworks' messages go to <output_dir>/framework.log (kept with the run).
+    run_absl(_main, __doc__, noise_log=_noise_log_path)

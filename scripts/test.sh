@@ -32,6 +32,14 @@ if [[ "${KERAS_DINO_TEST_SERIAL:-0}" == 1 ]]; then
 fi
 
 # JAX and torch run beside TensorFlow, their output printed when they end.
+# Three processes share the cores: each computes on one thread (TensorFlow's and XLA's
+# Eigen pools, torch's and numpy's OpenMP), so no process spins waiting for a core that
+# another holds. Measured on 2 cores: 14:40 instead of 17:13 for the three processes,
+# 14% less CPU time. A variable already set is kept.
+export TF_NUM_INTRAOP_THREADS="${TF_NUM_INTRAOP_THREADS:-1}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+if [[ "${XLA_FLAGS:-}" != *xla_cpu_multi_thread_eigen* ]]; then
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false"
+fi
 logs="$(mktemp -d -t keras_dino_tests.XXXXXX)"
 trap 'rm -rf "${logs}"' EXIT
 # One XLA compilation cache for the run, shared by the processes (tests/conftest.py).

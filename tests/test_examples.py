@@ -86,11 +86,15 @@ def _typed(flag):
     return text
 
 
-def _run_script(script, *args, timeout=120):
-    """Runs examples/<script> in a subprocess with these command-line arguments."""
+def _run_script(script, *args, timeout=120, backend=None):
+    """Runs examples/<script> in a subprocess with these command-line arguments (and
+    KERAS_BACKEND=`backend` when given)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if backend:
+        env["KERAS_BACKEND"] = backend
     return subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=timeout, env=env,
     )
 
 
@@ -221,19 +225,20 @@ def test_export_tool_needs_weights_once():
     assert export._weights(values, []) == "dino_vits8"
 
 
-@pytest.mark.tf_only
-@pytest.mark.slow
+@pytest.mark.once  # the tool runs in its own TensorFlow process
 def test_export_tool_old_and_new_flags(checkpoint, tmp_path):
     """The 0.1 command line still exports (with deprecation messages); --describe reads it."""
     result = _run_script(
         "export_saved_model.py", str(checkpoint), "--out", str(tmp_path / "exports"),
         "--model-name", "mini", "--image-size", "32", "--num-heads", "2", timeout=300,
+        backend="tensorflow",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--out is deprecated" in result.stderr and "use --model_name" in result.stderr
     assert (tmp_path / "exports" / "mini" / "1" / "saved_model.pb").is_file()
     assert "docker run" in result.stdout
-    result = _run_script("export_saved_model.py", f"--describe={tmp_path / 'exports' / 'mini'}")
+    result = _run_script("export_saved_model.py", f"--describe={tmp_path / 'exports' / 'mini'}",
+                         backend="tensorflow")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "serve_bytes" in result.stdout
 
@@ -482,14 +487,16 @@ def tiny_training(image_folder, tmp_path_factory):
 
     2 epochs of 4 steps (32 images, batch 8) with --momentum_teacher=0.5
     --final_momentum_teacher=0.9, through --batched_crops (the crops of a batch made at
-    once), with the official --use_fp16=true on this CPU, and run settings that
-    checkpoint.pth's args must record.
+    once) in split mode (--photometric_on_device), a ViT with 2 register tokens, with
+    the official --use_fp16=true on this CPU, and run settings that checkpoint.pth's args
+    must record.
     """
     out, data = tmp_path_factory.mktemp("tiny_training") / "out", image_folder / "train"
     result = _train_dino(f"--data_path={data}", f"--output_dir={out}",
                          "--momentum_teacher=0.5", "--final_momentum_teacher=0.9",
                          "--batched_crops=true", "--use_fp16=true", "--seed=7",
-                         "--saveckp_freq=5", "--global_crops_scale=0.3,1.0")
+                         "--saveckp_freq=5", "--global_crops_scale=0.3,1.0",
+                         "--photometric_on_device", "--num_register_tokens=2")
     assert result.returncode == 0, result.stderr[-3000:]
     return result, out, data
 
@@ -600,12 +607,9 @@ def test_train_dino_final_momentum_teacher_out_of_range_is_a_usage_error():
 
 
 @pytest.mark.once
-def test_train_dino_photometric_on_device(image_folder, tmp_path):
+def test_train_dino_photometric_on_device(tiny_training):
     """Split mode from the command line: uint8 crops in, photometric part in the step."""
-    out = tmp_path / "out"
-    result = _train_dino(f"--data_path={image_folder / 'train'}", f"--output_dir={out}",
-                         "--photometric_on_device")
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, out, _ = tiny_training
     assert "split mode: the input pipeline sends uint8 crops" in result.stdout
     epochs = [r for r in _log(out) if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [0, 1]
@@ -659,16 +663,12 @@ def test_train_dino_continues_from_pretrained_weights(image_folder, tmp_path):
 
 
 @pytest.mark.once
-def test_train_dino_trains_a_vit_with_register_tokens(image_folder, tmp_path):
+def test_train_dino_trains_a_vit_with_register_tokens(tiny_training):
     """--num_register_tokens: trained, and kept by checkpoint.pth (tensor and args)."""
     import keras_dino
     from keras_dino.checkpoints import read_checkpoint
 
-    out = tmp_path / "out"
-    result = _run_script("train_dino.py", "--backend=tensorflow", *TINY_RUN, "--epochs=1",
-                         "--num_register_tokens=2", f"--data_path={image_folder / 'train'}",
-                         f"--output_dir={out}", timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _, out, _ = tiny_training
     checkpoint = read_checkpoint(out / "checkpoint.pth")
     assert checkpoint["args"]["vit_kwargs"]["num_register_tokens"] == 2
     assert checkpoint["teacher"]["backbone.register_tokens"].shape == (1, 2, 32)

@@ -332,8 +332,7 @@ def test_linear_classifier_exports_with_its_logits(tmp_path):
                   "logits at 480x320")
 
 
-@pytest.mark.tf_only
-@pytest.mark.slow
+@pytest.mark.once  # the tool runs in its own TensorFlow process
 def test_export_tool_writes_onnx_and_litert(tmp_path):
     out_dir = tmp_path / "exports"
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}

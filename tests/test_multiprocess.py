@@ -274,7 +274,7 @@ def test_tf_worker_killed_fails_cleanly_then_restart_resumes(tmp_path, one_proce
     assert not (out / "backup").exists()
 
 
-@pytest.mark.tf_only
+@pytest.mark.once  # the workers are TensorFlow processes; this one only reads their files
 def test_tf_train_dino_cli_two_workers(tmp_path):
     """examples/train_dino.py --strategy=multi_worker: per-worker shards, chief-only files."""
     from keras_dino.data import list_image_files

@@ -195,31 +195,39 @@ def _log_epochs(output_dir):
 
 @pytest.fixture(scope="module")
 def one_process_weights(tmp_path_factory):
-    """The reference: one process, one device, the same global batches in the same order.
+    """The reference of a backend: one process, one device, the same global batches in
+    the same order, trained by the job script in a subprocess as the workers are (JAX:
+    compiled alike). `one_process_weights("tensorflow")`; each backend's trains once.
 
-    TensorFlow: trained here; JAX: in a subprocess compiled as the JAX processes are.
+    Every process of these tests is a subprocess: the tests run once, in any pytest
+    process (tests/conftest.py).
     """
-    import keras
+    trained = {}
 
-    if keras.backend.backend() != "jax":
-        keras.distribution.set_distribution(None)
-        return dino_job.final_weights(dino_job.train_single(EPOCHS))
-    tmp = tmp_path_factory.mktemp("one_process")
-    with Processes(tmp / "logs") as procs:
-        procs.start(
-            "single",
-            [JOB, "--backend=jax", f"--output_dir={tmp / 'out'}", f"--epochs={EPOCHS}",
-             f"--results={tmp / 'r.npz'}"],
-            _env("jax", XLA_FLAGS=JAX_XLA_FLAGS),
-        )
-        _assert_ok(procs, procs.wait())
-    return dict(np.load(tmp / "r.npz"))
+    def weights(backend):
+        if backend not in trained:
+            tmp = tmp_path_factory.mktemp(f"one_process_{backend}")
+            extra = {"XLA_FLAGS": JAX_XLA_FLAGS} if backend == "jax" else {}
+            with Processes(tmp / "logs") as procs:
+                procs.start(
+                    "single",
+                    [JOB, f"--backend={backend}", f"--output_dir={tmp / 'out'}",
+                     f"--epochs={EPOCHS}", f"--results={tmp / 'r.npz'}"],
+                    _env(backend, **extra),
+                )
+                _assert_ok(procs, procs.wait())
+            result = dict(np.load(tmp / "r.npz"))
+            assert int(result["replicas"]) == 1 and bool(result["chief"])
+            trained[backend] = result
+        return trained[backend]
+
+    return weights
 
 
 # ------------------------------------------------------------------ TensorFlow workers
 
 
-@pytest.mark.tf_only
+@pytest.mark.once
 def test_tf_two_workers_equal_one_process(tmp_path, one_process_weights):
     """2 MultiWorkerMirroredStrategy workers; only worker 0 (the chief) writes."""
     outs = [tmp_path / "worker0_out", tmp_path / "worker1_out"]  # as on two machines
@@ -230,7 +238,7 @@ def test_tf_two_workers_equal_one_process(tmp_path, one_process_weights):
     r0, r1 = np.load(results[0]), np.load(results[1])
     assert int(r0["replicas"]) == int(r1["replicas"]) == 2
     assert bool(r0["chief"]) and not bool(r1["chief"])
-    _assert_same_weights(r0, one_process_weights)
+    _assert_same_weights(r0, one_process_weights("tensorflow"))
     _assert_same_weights(r1, r0)
     # Chief only: log.txt and checkpoint.pth from worker 0; worker 1 wrote nothing. The
     # backup (BackupAndRestore) is deleted when training completes.
@@ -239,7 +247,7 @@ def test_tf_two_workers_equal_one_process(tmp_path, one_process_weights):
     assert not outs[1].exists()
 
 
-@pytest.mark.tf_only
+@pytest.mark.once
 def test_tf_worker_killed_fails_cleanly_then_restart_resumes(tmp_path, one_process_weights):
     """SIGKILL worker 1 after epoch 2: worker 0 fails with an error, no hang; a restart
     of both resumes from the chief's backup of epoch 2 and ends as an uninterrupted run."""
@@ -268,7 +276,7 @@ def test_tf_worker_killed_fails_cleanly_then_restart_resumes(tmp_path, one_proce
         _assert_ok(procs, procs.wait())
     r0, r1 = np.load(results[0]), np.load(results[1])
     assert r0["epochs_run"].tolist() == r1["epochs_run"].tolist() == [2]  # only epoch 3
-    _assert_same_weights(r0, one_process_weights)
+    _assert_same_weights(r0, one_process_weights("tensorflow"))
     _assert_same_weights(r1, r0)
     assert _log_epochs(out) == [0, 1, 2]
     assert not (out / "backup").exists()
@@ -323,7 +331,7 @@ def test_jax_two_processes_equal_one_process(tmp_path, one_process_weights):
     r0, r1 = np.load(results[0]), np.load(results[1])
     assert int(r0["replicas"]) == int(r1["replicas"]) == 2
     assert bool(r0["chief"]) and not bool(r1["chief"])
-    _assert_same_weights(r0, one_process_weights)
+    _assert_same_weights(r0, one_process_weights("jax"))
     _assert_same_weights(r1, r0)
     assert sorted(p.name for p in outs[0].iterdir()) == ["checkpoint.pth", "log.txt"]
     assert _log_epochs(outs[0]) == list(range(EPOCHS))
@@ -352,7 +360,7 @@ def test_jax_process_killed_fails_cleanly_then_restart_resumes(tmp_path, one_pro
         _assert_ok(procs, procs.wait())
     r0, r1 = np.load(results[0]), np.load(results[1])
     assert r0["epochs_run"].tolist() == r1["epochs_run"].tolist() == [2]
-    _assert_same_weights(r0, one_process_weights)
+    _assert_same_weights(r0, one_process_weights("jax"))
     _assert_same_weights(r1, r0)
     assert _log_epochs(out) == [0, 1, 2]
     assert not (out / "backup").exists()

@@ -134,15 +134,6 @@ def final_weights(model):
     return out
 
 
-def train_single(epochs=3, callbacks=()):
-    """The reference: one process, one device, the same global batches."""
-    model = tiny_dino(epochs)
-    model.compile()
-    model.fit(dataset(), epochs=epochs, steps_per_epoch=STEPS_PER_EPOCH, verbose=0,
-              callbacks=list(callbacks))
-    return model
-
-
 def _kill_callback(epoch, backup_dir):
     import keras
 

@@ -123,9 +123,9 @@ def run_absl(main, doc, argv=None, define_flags=None, noise_log=None):
             os.path.join(tempfile.gettempdir(), f"keras_dino_{name}_{os.getpid()}.log")))
 
     def guarded(argv):
-        if noise_log is not None:
-            noise.append(framework_noise_to(noise_log()))
         try:
+            if noise_log is not None:
+                noise.append(framework_noise_to(noise_log()))
             return main(argv)
         except user_errors as error:
             # KeyError's str() quotes its message; an OSError's str() adds errno and path.
@@ -134,8 +134,9 @@ def run_absl(main, doc, argv=None, define_flags=None, noise_log=None):
             sys.exit(getattr(error, "exitcode", 1))
         except Exception:
             failed.append(True)
-            print(f"(TensorFlow/XLA messages of this run: {noise[0]})", file=sys.stderr,
-                  flush=True)
+            if noise:
+                print(f"(TensorFlow/XLA messages of this run: {noise[0]})", file=sys.stderr,
+                      flush=True)
             raise
 
     try:

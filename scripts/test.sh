@@ -16,18 +16,17 @@ export KERAS_DINO_ONCE_BACKEND=torch
 
 ruff check keras_dino tests examples bench
 
-run() {  # run <niceness> <backend> [pytest arguments]
-  local niceness="$1" backend="$2"
-  shift 2
-  KERAS_BACKEND="${backend}" nice -n "${niceness}" \
-    python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+run() {
+  local backend="$1"
+  shift
+  KERAS_BACKEND="${backend}" python -m pytest -q -p no:cacheprovider --durations=15 "$@"
 }
 
 status=0
 if [[ "${KERAS_DINO_TEST_SERIAL:-0}" == 1 ]]; then
   for backend in tensorflow jax torch; do
     echo "=== pytest, KERAS_BACKEND=${backend}"
-    run 0 "${backend}" "$@" || status=$?
+    run "${backend}" "$@" || status=$?
   done
   exit "${status}"
 fi
@@ -55,14 +54,12 @@ trap 'rm -rf "${logs}"' EXIT
 # One XLA compilation cache for the run, shared by the processes (tests/conftest.py).
 export JAX_COMPILATION_CACHE_DIR="${logs}/jax_cache"
 declare -A pids
-# TensorFlow's process has the most work: the other two yield the CPU to it (nice 5), so
-# it does not end alone on one core while the other core idles.
 for backend in jax torch; do
-  run 5 "${backend}" "$@" > "${logs}/${backend}.log" 2>&1 &
+  run "${backend}" "$@" > "${logs}/${backend}.log" 2>&1 &
   pids[${backend}]=$!
 done
 echo "=== pytest, KERAS_BACKEND=tensorflow"
-run 0 tensorflow "$@" || status=$?
+run tensorflow "$@" || status=$?
 for backend in torch jax; do
   backend_status=0
   wait "${pids[${backend}]}" || backend_status=$?

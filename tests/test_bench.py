@@ -90,8 +90,8 @@ def test_bf16_loss_curve_tracks_float32():
     """mixed_bfloat16 from the same start on the same CIFAR-10 crops follows float32.
 
     Run in the torch process: measured alone on a 2-core CPU, this run takes 35 s under
-    torch, 46 s under JAX and 84 s under JAX without XLA's optimisations (which
-    scripts/test.sh turns off for the tests' compilations).
+    torch on one thread, 46 s under JAX with XLA's defaults, and 84 s under JAX on one
+    thread without XLA's optimisations (scripts/test.sh's setting for the JAX process).
     """
     sys.path.insert(0, os.path.join(REPO, "bench"))
     from bf16_loss_curve import loss_curves, summarise

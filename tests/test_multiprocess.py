@@ -199,8 +199,9 @@ def one_process_weights(tmp_path_factory):
     the same order, trained by the job script in a subprocess as the workers are (JAX:
     compiled alike). `one_process_weights("tensorflow")`; each backend's trains once.
 
-    Every process of these tests is a subprocess: the tests run once, in any pytest
-    process (tests/conftest.py).
+    Every process these tests train is a subprocess, so the tests need no backend of
+    their own: the TensorFlow ones are `once` tests (tests/conftest.py); the JAX ones stay
+    in the JAX process.
     """
     trained = {}
 

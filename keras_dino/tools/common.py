@@ -116,16 +116,17 @@ def run_absl(main, doc, argv=None, define_flags=None, noise_log=None):
     from keras_dino.errors import KerasDinoError
 
     user_errors = (app.UsageError, KerasDinoError, FileNotFoundError, NotADirectoryError)
-    noise, failed = [], []
-    if noise_log is None:
+    noise, temporary, failed = None, noise_log is None, False
+    if temporary:
         name = os.path.basename(sys.argv[0]).replace(" ", "_") or "tool"
-        noise.append(framework_noise_to(
-            os.path.join(tempfile.gettempdir(), f"keras_dino_{name}_{os.getpid()}.log")))
+        noise = framework_noise_to(
+            os.path.join(tempfile.gettempdir(), f"keras_dino_{name}_{os.getpid()}.log"))
 
     def guarded(argv):
+        nonlocal noise, failed
         try:
-            if noise_log is not None:
-                noise.append(framework_noise_to(noise_log()))
+            if not temporary:
+                noise = framework_noise_to(noise_log())
             return main(argv)
         except user_errors as error:
             # KeyError's str() quotes its message; an OSError's str() adds errno and path.
@@ -133,9 +134,9 @@ def run_absl(main, doc, argv=None, define_flags=None, noise_log=None):
             print(f"{sys.argv[0]}: error: {message}", file=sys.stderr, flush=True)
             sys.exit(getattr(error, "exitcode", 1))
         except Exception:
-            failed.append(True)
+            failed = True
             if noise:
-                print(f"(TensorFlow/XLA messages of this run: {noise[0]})", file=sys.stderr,
+                print(f"(TensorFlow/XLA messages of this run: {noise})", file=sys.stderr,
                       flush=True)
             raise
 
@@ -145,8 +146,8 @@ def run_absl(main, doc, argv=None, define_flags=None, noise_log=None):
         show_as_main(doc)
         app.run(guarded, argv=argv)
     finally:
-        if noise and noise_log is None and not failed:
-            _remove(noise[0])
+        if temporary and not failed:
+            _remove(noise)
 
 
 def _remove(path):

@@ -188,3 +188,17 @@ def test_tools_keep_the_frameworks_start_up_noise_out_of_the_terminal(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "keras-dino extract-features: error: --data_path=nowhere does not exist."]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`keras-dino train ... | head -1`: the reader goes away; the tool stops with status 1
+    and no traceback (Python's BrokenPipeError, its flush at exit included)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "tensorflow"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keras_dino", "train", "--data_path=nowhere",
+         f"--output_dir={tmp_path / 'out'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc.stdout.close()  # nobody reads: the first line written breaks the pipe
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert stderr == "", stderr[-2000:]

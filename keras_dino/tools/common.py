@@ -109,7 +109,8 @@ def run_absl(main, doc, argv=None, define_flags=None, noise_log=None):
     definitions import Keras), deleted at the end unless the tool failed on something
     other than a user error: then its path is printed. `noise_log`, a function called
     once the flags are parsed, names a file to keep instead (`train`:
-    `<output_dir>/framework.log`).
+    `<output_dir>/framework.log`). Output into a closed pipe (`... | head`) ends the
+    command quietly with status 1.
     """
     from absl import app
 
@@ -133,6 +134,12 @@ def run_absl(main, doc, argv=None, define_flags=None, noise_log=None):
             message = str(error.args[0]) if isinstance(error, KeyError) else str(error)
             print(f"{sys.argv[0]}: error: {message}", file=sys.stderr, flush=True)
             sys.exit(getattr(error, "exitcode", 1))
+        except BrokenPipeError:
+            # The reader of the output went away (`keras-dino train ... | head`): stop
+            # quietly, as a command-line tool does, without a traceback; the rest of the
+            # output goes nowhere, including Python's own flush at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except Exception:
             failed = True
             if noise:

@@ -139,6 +139,16 @@ def test_a_full_checkpoint_gives_its_heads_and_a_preset_name_its_architecture(tm
     assert "architecture from checkpoint.pth: vit (width 32, depth 2, 2 heads)/8" in (
         capsys.readouterr().out)
     assert architecture_name(keras_dino.models.vit_small(patch_size=16)) == "vit_small/16"
+    # Every family names itself (its converter does): an official name, else the shape.
+    from keras_dino.models.resnet import RESNETS, ResNet
+    from keras_dino.models.xcit import XCITS, XCiT
+
+    assert architecture_name(ResNet(**RESNETS["resnet50"])) == "resnet50"
+    assert architecture_name(ResNet("basic", (1, 1), stage_widths=(8, 16), stem_width=8)) == (
+        "resnet (basic blocks 1,1, widths 8,16, stem 8)")
+    assert architecture_name(XCiT(**XCITS["xcit_small_12_p8"])) == "xcit_small_12_p8"
+    assert architecture_name(XCiT(patch_size=8, embed_dim=32, depth=1, num_heads=4)) == (
+        "xcit (width 32, depth 1, 4 heads)/8")
 
 
 def test_visualize_features_takes_a_vit16_file_with_its_default_flags(mini16, tmp_path, capsys):

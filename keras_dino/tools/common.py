@@ -448,17 +448,11 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
 
 def architecture_name(backbone):
     """How the tools name a backbone's architecture: `vit_small/16`, `vit (width 48,
-    depth 2, 4 heads)/16`, `+4 registers`, or the ResNet's or XCiT's name."""
-    from keras_dino.models.vision_transformer import ARCHITECTURES, VisionTransformer
+    depth 2, 4 heads)/16`, `+4 registers`, `resnet50`, `resnet (basic blocks 1,1,1,1,
+    widths 32,64,128,256, stem 32)`, `xcit_small_12_p16`: its family's converter says."""
+    from keras_dino.checkpoints import converters
 
-    if not isinstance(backbone, VisionTransformer):
-        return backbone.name
-    shape = (backbone.embed_dim, backbone.depth, backbone.num_heads)
-    name = next((arch for arch, c in ARCHITECTURES.items()
-                 if (c["embed_dim"], c["depth"], c["num_heads"]) == shape),
-                f"vit (width {shape[0]}, depth {shape[1]}, {shape[2]} heads)")
-    registers = getattr(backbone, "num_register_tokens", 0)
-    return f"{name}/{backbone.patch_size}" + (f" +{registers} registers" if registers else "")
+    return converters.for_model(backbone).architecture_name(backbone)
 
 
 def backbone_from_flags(F, weights=None):

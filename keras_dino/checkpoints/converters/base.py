@@ -15,8 +15,8 @@ SOURCE = "the checkpoint"  # how an error names a file when the caller names non
 
 class Converter:
     """One family of official backbones. Subclasses set the attributes and override
-    `matches`, `claims`, `read_config`, `check`, `build_config`, `build` and
-    `dino_arguments`; the registry (`keras_dino.checkpoints.converters`) holds one
+    `matches`, `claims`, `read_config`, `check`, `build_config`, `build`,
+    `dino_arguments` and `architecture_name`; the registry (`keras_dino.checkpoints.converters`) holds one
     instance per family.
 
     Attributes:
@@ -180,6 +180,21 @@ class Converter:
         ('vit_custom', 16, 384)
         """
         raise NotImplementedError
+
+    def architecture_name(self, backbone) -> str:
+        """How the tools name `backbone`'s architecture (`vit_small/16`, `resnet50`): the
+        official `arch` name when its shape is one, else the shape in words.
+
+        Example:
+
+        >>> from keras_dino.checkpoints import converters
+        >>> from keras_dino.models.resnet import ResNet
+        >>> backbone = ResNet("basic", (1, 1, 1, 1), stage_widths=(32, 64, 128, 256),
+        ...                   stem_width=32)
+        >>> converters.for_model(backbone).architecture_name(backbone)
+        'resnet (basic blocks 1,1,1,1, widths 32,64,128,256, stem 32)'
+        """
+        return backbone.name
 
     def __repr__(self):
         return f"<{type(self).__name__} '{self.family}'>"

@@ -53,6 +53,15 @@ class ResNetConverter(Converter):
     def build(self, config, arch=None):
         return ResNet(**config, name=arch if arch and arch not in RESNETS else "resnet")
 
+    def architecture_name(self, backbone):
+        name = resnet_name(backbone)
+        if name != "custom":
+            return name
+        widths = ",".join(str(w) for w in backbone.stage_widths)
+        return (f"resnet ({backbone.block} blocks "
+                f"{','.join(str(n) for n in backbone.layers_per_stage)}, widths {widths}, "
+                f"stem {backbone.stem_width})")
+
     def dino_arguments(self, state_dict, kwargs, args, source=SOURCE):
         config = self.read_config(state_dict)
         arch = kwargs.get("arch") or args.get("arch") or "resnet"

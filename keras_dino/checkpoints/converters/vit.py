@@ -71,6 +71,14 @@ class ViTConverter(Converter):
     def build(self, config, arch=None):
         return VisionTransformer(**config)
 
+    def architecture_name(self, backbone):
+        shape = (backbone.embed_dim, backbone.depth, backbone.num_heads)
+        name = next((arch for arch, c in ARCHITECTURES.items()
+                     if (c["embed_dim"], c["depth"], c["num_heads"]) == shape),
+                    f"vit (width {shape[0]}, depth {shape[1]}, {shape[2]} heads)")
+        registers = backbone.num_register_tokens
+        return f"{name}/{backbone.patch_size}" + (f" +{registers} registers" if registers else "")
+
     def dino_arguments(self, state_dict, kwargs, args, source=SOURCE):
         arch = kwargs.get("arch") or args.get("arch")
         heads = self._num_heads((kwargs.get("vit_kwargs") or {}).get("num_heads"), (arch,), args)

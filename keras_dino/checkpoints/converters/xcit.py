@@ -63,6 +63,12 @@ class XCiTConverter(Converter):
     def build(self, config, arch=None):
         return XCiT(**config, name=arch if arch else "xcit")
 
+    def architecture_name(self, backbone):
+        shape = (backbone.patch_size, backbone.embed_dim, backbone.depth, backbone.num_heads)
+        return next((arch for arch, c in XCITS.items()
+                     if (c["patch_size"], c["embed_dim"], c["depth"], c["num_heads"]) == shape),
+                    f"xcit (width {shape[1]}, depth {shape[2]}, {shape[3]} heads)/{shape[0]}")
+
     def dino_arguments(self, state_dict, kwargs, args, source=SOURCE):
         config = self.read_config(state_dict)
         arch = kwargs.get("arch") or args.get("arch") or "xcit_custom"

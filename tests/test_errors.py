@@ -88,6 +88,18 @@ def test_float_pixels_in_0_255_name_preprocess_images(kind):
         keras.ops.convert_to_numpy(model(normalised)))
 
 
+@pytest.mark.parametrize("kind", ["vit", "resnet", "xcit"])
+def test_one_image_without_a_batch_axis_names_the_fix(kind):
+    """(H, W, 3) into a backbone: one line saying to add the batch axis (it was a Keras
+    error from inside the patch embedding or the stem's padding)."""
+    model = _backbones()[kind]
+    with pytest.raises(errors.InputError) as info:
+        model(np.zeros((32, 32, 3), "float32"))
+    _short(info.value, "got one image of shape (32, 32, 3)", "add a batch axis (images[None])")
+    with pytest.raises(errors.InputError, match=r"a batch of channels-last RGB images"):
+        model(np.zeros((1, 1, 32, 32, 3), "float32"))
+
+
 def test_dtype_check_does_not_break_symbolic_inputs():
     model = vit_tiny(patch_size=16, depth=1)
     inputs = keras.Input((32, 32, 3))

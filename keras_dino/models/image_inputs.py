@@ -11,7 +11,8 @@ _FIX = ("pass keras_dino.preprocess_images(images) (resize, crop, normalise) or 
 
 
 def check_rgb_images(shape) -> None:
-    """Raises a `ValueError` naming the shape unless it is `(..., H, W, 3)` (or unknown).
+    """Raises an `InputError` naming the shape unless it is a batch `(B, H, W, 3)` (or
+    unknown).
 
     Example:
 
@@ -20,11 +21,25 @@ def check_rgb_images(shape) -> None:
     Traceback (most recent call last):
     ...
     keras_dino.errors.InputError: expected channels-last RGB images (..., H, W, 3); got shape (2, 3, 32, 32).
+    >>> check_rgb_images((32, 32, 3))
+    Traceback (most recent call last):
+    ...
+    keras_dino.errors.InputError: got one image of shape (32, 32, 3); the backbone takes a batch (B, H, W, 3): add a batch axis (images[None]).
     """
-    if shape is not None and shape[-1] not in (None, 3):
+    try:
+        rank = len(shape)
+    except (TypeError, ValueError):  # None, or a tf.TensorShape of unknown rank
+        return
+    if rank and shape[-1] not in (None, 3):
         raise InputError(
             f"expected channels-last RGB images (..., H, W, 3); got shape {tuple(shape)}."
         )
+    if rank == 3:
+        raise InputError(f"got one image of shape {tuple(shape)}; the backbone takes a batch "
+                         "(B, H, W, 3): add a batch axis (images[None]).")
+    if rank != 4:
+        raise InputError(f"expected a batch of channels-last RGB images (B, H, W, 3); got "
+                         f"shape {tuple(shape)}.")
 
 
 def _dtype_name(dtype) -> str:

@@ -47,7 +47,8 @@ def preprocess_images(images, size: int = 224, resize_size: int | None = None):
 
     Args:
         images: uint8 (or float 0..255) images, `(H, W, 3)` or a batch `(B, H, W, 3)`
-            of images of one size.
+            of images of one size, or a list of `(H, W, 3)` images of any sizes (each
+            resized and cropped on its own, then stacked).
         size: side of the square output.
         resize_size: shorter side after the resize; defaults to `round(size * 256 / 224)`.
 
@@ -61,6 +62,11 @@ def preprocess_images(images, size: int = 224, resize_size: int | None = None):
     >>> tuple(x.shape)
     (224, 224, 3)
     """
+    if isinstance(images, (list, tuple)) and len({np.shape(i) for i in images}) > 1:
+        if any(np.ndim(i) != 3 for i in images):
+            raise ValueError("a list of images holds (H, W, 3) images; got shapes "
+                             f"{sorted({np.shape(i) for i in images})}.")
+        return ops.stack([preprocess_images(i, size, resize_size) for i in images])
     _warn_if_unit_range(images)
     images = ops.convert_to_tensor(images)
     single = len(images.shape) == 3

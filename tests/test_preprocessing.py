@@ -96,6 +96,18 @@ def test_float_images_are_accepted():
     )
 
 
+def test_a_list_of_images_of_different_sizes_is_one_batch():
+    """Photos as they come (each its own size): each is resized and cropped, then stacked."""
+    rng = np.random.default_rng(5)
+    photos = [rng.integers(0, 256, shape, np.uint8) for shape in ((100, 120, 3), (80, 90, 3))]
+    batch = _np(keras_dino.preprocess_images(photos, size=64))
+    assert batch.shape == (2, 64, 64, 3)
+    for image, row in zip(photos, batch):
+        np.testing.assert_array_equal(row, _np(keras_dino.preprocess_images(image, size=64)))
+    with pytest.raises(ValueError, match=r"a list of images holds \(H, W, 3\) images"):
+        keras_dino.preprocess_images([photos[0], photos[1][None]])
+
+
 @pytest.mark.parametrize(
     "shape",
     [(256, 256), (256, 256, 4), (2, 256, 256, 1), (256,), (1, 2, 256, 256, 3)],

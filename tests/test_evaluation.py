@@ -55,6 +55,21 @@ def test_knn_matches_brute_force(k):
     assert 100.0 / num_classes < got[0] < 100.0  # informative but not trivial data
 
 
+def test_knn_takes_class_names_as_labels():
+    """String labels (class names) give the accuracy of their integer indices; integral
+    float labels are indices."""
+    rng = np.random.default_rng(0)
+    names = np.array(["cat", "dog", "ant", "bee"])
+    centers = rng.normal(size=(4, 8))
+    train_idx, test_idx = rng.integers(0, 4, 60), rng.integers(0, 4, 25)
+    train = (centers[train_idx] + 0.8 * rng.normal(size=(60, 8))).astype("float32")
+    test = (centers[test_idx] + 0.8 * rng.normal(size=(25, 8))).astype("float32")
+    by_index = knn_classifier(train, train_idx, test, test_idx, k=5)
+    assert knn_classifier(train, names[train_idx], test, names[test_idx], k=5) == by_index
+    assert knn_classifier(train, train_idx.astype("float64"), test, test_idx, k=5) == by_index
+    assert 25.0 < by_index[0] < 100.0  # informative but not trivial
+
+
 def test_knn_rejects_k_larger_than_train_set():
     with pytest.raises(ValueError, match="k must be"):
         knn_classifier(np.eye(3), [0, 1, 2], np.eye(3), [0, 1, 2], k=5)

@@ -11,6 +11,23 @@ def l2_normalize(features):
     return features / ops.maximum(norm, 1e-12)
 
 
+def _class_indices(train_labels, test_labels):
+    """Both label arrays as int32 class indices: integers (or integral floats) as they
+    are, anything else (class names) numbered in sorted order over both arrays."""
+    train = np.asarray(train_labels).reshape(-1)
+    test = np.asarray(test_labels).reshape(-1)
+
+    def integral(a):
+        return a.dtype.kind in "iub" or (a.dtype.kind == "f" and np.all(np.mod(a, 1) == 0))
+
+    if integral(train) and integral(test):
+        return train.astype("int32"), test.astype("int32")
+    _, indices = np.unique(np.concatenate([train.astype(str), test.astype(str)]),
+                           return_inverse=True)
+    indices = indices.reshape(-1).astype("int32")
+    return indices[: train.shape[0]], indices[train.shape[0]:]
+
+
 def _check_features_and_labels(train_features, train_labels, test_features, test_labels):
     """A `ValueError` naming the mismatch, before it becomes a wrong accuracy."""
     dims = []
@@ -48,12 +65,14 @@ def knn_classifier(
 
     Args:
         train_features: `(N, D)` features of the labelled reference set.
-        train_labels: `(N,)` integer labels.
+        train_labels: `(N,)` labels: integer class indices, or class names (strings, any
+            non-integer values), numbered in sorted order over both sets.
         test_features: `(M, D)` features to classify.
-        test_labels: `(M,)` integer labels.
+        test_labels: `(M,)` labels, as `train_labels`.
         k: number of neighbours (the paper reports 10, 20, 100 and 200; 20 is best).
         T: temperature of the vote weights, 0.07.
-        num_classes: number of classes; by default `max(label) + 1`.
+        num_classes: number of classes; by default `max(label) + 1` (class names: their
+            number).
         chunk_size: test features per similarity matrix.
 
     Returns:
@@ -66,8 +85,7 @@ def knn_classifier(
     >>> knn_classifier(train, labels, train, labels, k=1)
     (100.0, 100.0)
     """
-    train_labels = np.asarray(train_labels).astype("int32").reshape(-1)
-    test_labels = np.asarray(test_labels).astype("int32").reshape(-1)
+    train_labels, test_labels = _class_indices(train_labels, test_labels)
     _check_features_and_labels(train_features, train_labels, test_features, test_labels)
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1

@@ -167,7 +167,10 @@ def test_on_error_raise_names_the_files(messy_folder, aug):
 def test_empty_or_undecodable_folders_raise_before_training(tmp_path, aug):
     empty = tmp_path / "empty"
     (empty / "class_a").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no image files found"):
+    from keras_dino.errors import InputError
+
+    with pytest.raises(InputError, match="no image files found in .*empty: point the data "
+                       "source at a folder that holds jpg/jpeg/png/bmp/gif/webp images"):
         multicrop_dataset(empty, 2, augmentation=aug)
     junk = tmp_path / "junk"
     junk.mkdir()

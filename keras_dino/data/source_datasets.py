@@ -147,7 +147,9 @@ def parse_tfds_name(source: str, default_split: str = "train") -> tuple[str, str
 def _image_files(files, labels, where, opts, class_names=None) -> SourceDataset:
     """Image files (already listed): sharded, scanned when asked, read, shuffled."""
     if not files:
-        raise ValueError(f"no image files found in {where}")
+        kinds = "/".join(e.lstrip(".") for e in opts.extensions) if opts.extensions else "any"
+        raise InputError(f"no image files found in {where}: point the data source at a "
+                         f"folder that holds {kinds} images (in it or its subfolders)")
     if opts.num_pipelines > 1:
         files = files[opts.pipeline_id::opts.num_pipelines]
         labels = labels[opts.pipeline_id::opts.num_pipelines]

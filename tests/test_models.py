@@ -102,9 +102,13 @@ def test_factory_kwargs_override_the_recipe():
     assert model.blocks[0].attn.qkv_bias is False
 
 
-def test_img_size_must_be_a_multiple_of_the_patch_size():
-    with pytest.raises(ValueError, match="multiple"):
-        VisionTransformer(img_size=100, patch_size=16)
+def test_a_patch_size_that_does_not_divide_img_size_floors_like_the_official_one():
+    """The official PatchEmbed counts (img_size // patch_size) ** 2 patches, its strided
+    convolution dropping the remainder; so does this one (`--patch_size=15` trains)."""
+    assert VisionTransformer(img_size=100, patch_size=16).num_patches == 36
+    assert VisionTransformer(img_size=224, patch_size=15).num_patches == 196
+    with pytest.raises(ValueError, match=r"patch_size must be in \[1, img_size=32\]; got 48"):
+        VisionTransformer(img_size=32, patch_size=48)
 
 
 # ---------------------------------------------------------------------------- shapes
@@ -112,7 +116,7 @@ def test_img_size_must_be_a_multiple_of_the_patch_size():
 
 @pytest.mark.parametrize(
     "patch_size, img_size, h, w",
-    [(16, 224, 32, 48), (14, 56, 42, 28)],
+    [(16, 224, 32, 48), (14, 56, 42, 28), (15, 224, 50, 37)],
 )
 def test_any_patch_size_and_non_square_inputs(patch_size, img_size, h, w):
     model = _small_vit(patch_size=patch_size, img_size=img_size)

@@ -89,8 +89,8 @@ class VisionTransformer(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}.")
+        if not 0 < patch_size <= img_size:
+            raise ValueError(f"patch_size must be in [1, img_size={img_size}]; got {patch_size}.")
         self.img_size = img_size
         self.patch_size = patch_size
         self.embed_dim = embed_dim

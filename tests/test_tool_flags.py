@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 # Runs in one backend's process (tests/conftest.py): flag parsing; tools run in subprocesses with their own backend.
 pytestmark = pytest.mark.once
@@ -333,3 +334,26 @@ def test_train_starts_from_the_architecture_of_the_file(tmp_path):
     result = _command(*run, "--patch_size=16")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "patch_size=16" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("tool, flag", [("visualize_attention", "--image_path"),
+                                        ("visualize_features", "--image_path"),
+                                        ("visualize_features", "--image_path2")])
+def test_a_wrong_image_path_ends_before_the_weights_load(tool, flag, tmp_path, monkeypatch):
+    """The image is read first: a typo in its path is one line at once, not after a
+    download of the default weights (or an offline download error)."""
+    from absl import app
+
+    module = _tool(tool)
+
+    def load_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the image was read")
+
+    monkeypatch.setattr(module, "backbone_from_flags", load_weights)
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (40, 30)).save(image)
+    paths = {"--image_path": image, "--image_path2": image, flag: tmp_path / "missing.jpg"}
+    args = [f"{name}={path}" for name, path in paths.items()
+            if name == "--image_path" or tool == "visualize_features"]
+    with pytest.raises(app.UsageError, match=f"{flag}=.*missing.jpg is not a file"):
+        module.run(_flags(tool, *args, f"--output_dir={tmp_path}"))

@@ -52,8 +52,8 @@ def run(F):
         save_threshold_masks,
     )
 
+    image, path = read_image(F.image_path)  # a wrong path ends before the weights load
     backbone = backbone_from_flags(F)
-    image, path = read_image(F.image_path)
     patch = backbone.patch_size
     x, shown = attention_input(image, [int(v) for v in F.image_size], patch)
     maps = cls_attention_maps(backbone, x)

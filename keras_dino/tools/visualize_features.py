@@ -68,12 +68,14 @@ def run(F):
 
     from keras_dino.evaluation import attention_input, feature_images
 
+    paths = [F.image_path] + ([F.image_path2] if F.image_path2 else [])
+    # The images first: a wrong path ends before the weights load (or download).
+    images = [read_image(path, flag) for path, flag in zip(paths, ("--image_path",
+                                                                   "--image_path2"))]
     backbone = backbone_from_flags(F)
     stride = getattr(backbone, "patch_size", 32)  # a ResNet's last map: stride 32
-    paths = [F.image_path] + ([F.image_path2] if F.image_path2 else [])
     inputs, shown, names, originals = [], [], [], []
-    for path, flag in zip(paths, ("--image_path", "--image_path2")):
-        image, name = read_image(path, flag)
+    for image, name in images:
         originals.append(image.shape[:2])
         x, picture = attention_input(image, [int(v) for v in F.image_size], stride)
         inputs.append(x)

@@ -66,8 +66,18 @@ def did_you_mean(name, known: Iterable[str], n: int = 1, cutoff: float = 0.6,
     "did you mean 'resnet50' or 'resnet101'?"
     >>> did_you_mean("vit_small", ["arch_a"], spell=lambda c: f"--arch={c}")
     ''
+
+    The words of a snake_case name in another order come first:
+
+    >>> did_you_mean("teacher_momentum", ["center_momentum", "momentum_teacher"])
+    "did you mean 'momentum_teacher'?"
     """
-    close = [spell(c) for c in difflib.get_close_matches(str(name), list(known), n, cutoff)]
+    known = list(known)
+    words = sorted(str(name).lower().split("_"))
+    swapped = [c for c in known if c != name and sorted(c.lower().split("_")) == words]
+    close = swapped + [c for c in difflib.get_close_matches(str(name), known, n, cutoff)
+                       if c not in swapped]
+    close = [spell(c) for c in close[:n]]
     if not close:
         return ""
     names = ", ".join(close[:-1]) + " or " + close[-1] if len(close) > 1 else close[0]

@@ -121,6 +121,16 @@ def test_dino_keywords_and_config_are_the_same_model():
     assert (model.schedules.base_lr, model.schedules.momentum_teacher) == (0.05, 0.996)
 
 
+def test_a_misspelt_setting_names_the_setting_meant():
+    """Keras' "Unrecognized keyword arguments" gave no hint; Keras' own keywords still work
+    (name=, as above)."""
+    with pytest.raises(ValueError, match=r"^DINO has no setting 'teacher_momentum' \(did you "
+                       r"mean 'momentum_teacher'\?\), 'zzz'; keras_dino.DINOConfig.settings"):
+        DINO(**TINY, teacher_momentum=0.99, zzz=1)
+    with pytest.raises(ValueError, match=r"'warmup_epoch' \(did you mean 'warmup_epochs'\?\)"):
+        DINO(**TINY, warmup_epoch=2)
+
+
 def test_keras_config_keeps_its_keys_and_round_trips():
     model = DINO(**TINY, momentum_teacher=0.9, final_momentum_teacher=0.95)
     config = json.loads(json.dumps(model.get_config()))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import inspect
 import types
 
 import keras
@@ -11,6 +12,7 @@ from keras_dino import callbacks as dino_callbacks
 from keras_dino import distribute
 from keras_dino.checkpoints import dino_checkpoint, warm_start
 from keras_dino.checkpoints.teacher import frozen_teacher
+from keras_dino.errors import did_you_mean
 from keras_dino.losses import batch_center, dino_loss, teacher_entropy
 from keras_dino.models.backbones import build_backbone
 from keras_dino.models.dino_head import DINOHead
@@ -33,6 +35,22 @@ from keras_dino.training.hparams import (
 )
 from keras_dino.training.inputs import check_training_input, crops_of
 from keras_dino.training.steps import STEPS
+
+
+def _refuse_unknown_arguments(kwargs: dict) -> None:
+    """A `ValueError` naming the misspelt settings (`DINO(lrate=...)`) and the closest
+    names, for keywords that are neither `DINOConfig` fields nor a Keras layer's."""
+    layer_arguments = inspect.signature(keras.layers.Layer.__init__).parameters
+    unknown = [k for k in kwargs if k not in layer_arguments and k not in (
+        "input_shape", "input_dim", "batch_input_shape", "batch_size", "weights")]
+    if not unknown:
+        return
+    known = [f.name for f in dataclasses.fields(DINOConfig)]
+    known += ["config", "photometric", "teacher", "teacher_checkpoint_key"]
+    named = ", ".join(f"{k!r}" + (f" ({did_you_mean(k, known)})" if did_you_mean(k, known) else "")
+                      for k in unknown)
+    raise ValueError(f"DINO has no setting {named}; keras_dino.DINOConfig.settings() lists "
+                     "them.")
 
 
 @keras.saving.register_keras_serializable(package="keras_dino")
@@ -160,6 +178,7 @@ class DINO(keras.Model):
                 f"DINO's first argument is a keras_dino.training.hparams.DINOConfig; got "
                 f"{config!r}: pass the hyper-parameters by name, e.g. DINO(arch='vit_small')."
             )
+        _refuse_unknown_arguments(kwargs)
         super().__init__(**kwargs)
         self.distillation = distillation
         self._dino_config = config

@@ -154,6 +154,30 @@ def test_feature_functions_refuse_a_dino_model_and_name_its_teacher_backbone():
     assert tuple(features.shape) == (2, 16)
 
 
+def test_attention_functions_name_the_backbones_that_have_attention():
+    """A ResNet (no self-attention) or a DINO training model into the attention functions:
+    a WrongModelError naming the fix, not an AttributeError ('patch_grid')."""
+    from keras_dino.evaluation.attention_maps import cls_attention_maps, save_attention_examples
+    from keras_dino.evaluation.attention_segmentation import attention_segmentation_masks
+    from keras_dino.evaluation.video_attention import frame_attention
+
+    resnet = _backbones()["resnet"]
+    image = np.zeros((32, 32, 3), "float32")
+    for call, what in ((lambda: cls_attention_maps(resnet, image), "attention maps"),
+                       (lambda: save_attention_examples(resnet, [], "unused"), "attention maps"),
+                       (lambda: attention_segmentation_masks(resnet, image), "segmentation"),
+                       (lambda: frame_attention(resnet, image), "attention videos")):
+        with pytest.raises(errors.WrongModelError) as info:
+            call()
+        _short(info.value, what, "a ResNet has none: use a Vision Transformer or an XCiT")
+    dino = keras_dino.DINO(arch="vit_t", patch_size=8, out_dim=16, epochs=1,
+                           vit_kwargs=dict(embed_dim=16, depth=1, num_heads=2),
+                           head_kwargs=dict(hidden_dim=16, bottleneck_dim=8))
+    with pytest.raises(errors.WrongModelError, match=r"pass its teacher backbone "
+                       r"\(model.teacher.backbone\)"):
+        cls_attention_maps(dino, image)
+
+
 def test_dense_features_refuse_raw_pixels():
     with pytest.raises(errors.InputError, match="got uint8 images"):
         dense_features.cls_features(vit_tiny(16, depth=1), np.zeros((1, 32, 32, 3), "uint8"))

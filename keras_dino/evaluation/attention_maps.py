@@ -4,6 +4,28 @@ import numpy as np
 from keras import ops
 
 
+def require_self_attention(backbone, what: str = "attention maps") -> None:
+    """A `WrongModelError` naming the fix unless `backbone` has a last self-attention to
+    read (a Vision Transformer or an XCiT; a ResNet or a DINO training model has none).
+
+    Example:
+
+    >>> from keras_dino.models.resnet import ResNet
+    >>> require_self_attention(ResNet("basic", (1, 1), stage_widths=(8, 16)))
+    Traceback (most recent call last):
+    ...
+    keras_dino.errors.WrongModelError: attention maps need a backbone's self-attention; a ResNet has none: use a Vision Transformer or an XCiT.
+    """
+    from keras_dino.errors import WrongModelError
+
+    if hasattr(backbone, "get_last_selfattention"):
+        return
+    name = type(backbone).__name__
+    fix = ("pass its teacher backbone (model.teacher.backbone)" if hasattr(backbone, "teacher")
+           else "use a Vision Transformer or an XCiT")
+    raise WrongModelError(f"{what} need a backbone's self-attention; a {name} has none: {fix}.")
+
+
 def cls_attention_maps(backbone, image):
     """Per-head attention of the CLS token to every patch, `(heads, grid_h, grid_w)`.
 
@@ -20,6 +42,7 @@ def cls_attention_maps(backbone, image):
     >>> maps.shape
     (3, 4, 2)
     """
+    require_self_attention(backbone)
     image = ops.convert_to_tensor(image, "float32")
     if len(image.shape) == 3:
         image = image[None]
@@ -273,8 +296,7 @@ def save_attention_examples(backbone, image_files, output_dir, eval_config=None)
 
     from keras_dino.preprocessing import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 
-    if not hasattr(backbone, "get_last_selfattention"):
-        raise ValueError(f"a {type(backbone).__name__} has no self-attention to show.")
+    require_self_attention(backbone)
     config = eval_config or EvalConfig()
     folders = []
     for i, file in enumerate(image_files):

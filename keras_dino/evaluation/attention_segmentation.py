@@ -40,6 +40,7 @@ from keras_dino.evaluation.attention_maps import (
     attention_resize_shape,
     attention_threshold_mask,
     cls_attention_maps,
+    require_self_attention,
     upsample_nearest,
 )
 
@@ -245,9 +246,7 @@ def attention_segmentation_masks(backbone, image, image_size=480,
     >>> masks.shape, masks.dtype.name  # resized to 20x30, cut to 16x24
     ((2, 16, 24), 'bool')
     """
-    if not hasattr(backbone, "get_last_selfattention"):
-        raise ValueError(f"segmentation from attention needs a backbone's self-attention; a "
-                         f"{type(backbone).__name__} has none (use a ViT or an XCiT).")
+    require_self_attention(backbone, "segmentation masks from attention")
     x, _ = attention_input(image, image_size, backbone.patch_size)
     maps = cls_attention_maps(backbone, x)
     return upsample_nearest(attention_threshold_mask(maps, threshold), backbone.patch_size)

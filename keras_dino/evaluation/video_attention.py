@@ -35,6 +35,7 @@ from keras_dino.evaluation.attention_maps import (
     attention_resize_shape,
     attention_threshold_mask,
     cls_attention_maps,
+    require_self_attention,
     upsample_nearest,
 )
 
@@ -291,8 +292,7 @@ def frame_attention(backbone, image, resize: int | Sequence[int] | None = None,
     >>> att.maps.shape, att.heatmap.shape, att.masks.shape
     ((3, 3, 5), (24, 40), (3, 24, 40))
     """
-    if not hasattr(backbone, "get_last_selfattention"):
-        raise ValueError(f"a {type(backbone).__name__} has no self-attention to show.")
+    require_self_attention(backbone, "attention videos")
     patch = backbone.patch_size
     maps = cls_attention_maps(backbone, frame_input(image, patch, resize))
     heads = maps.shape[0]

@@ -443,7 +443,9 @@ def test_mixed_float16_uses_dynamic_loss_scaling():
 
 def test_bad_training_input_is_named():
     model = tiny_dino()
-    with pytest.raises(ValueError, match="tuple of crops"):
+    with pytest.raises(ValueError, match=r"tuple of crops.*; got a single tensor of shape "
+                       r"\(4, 16, 16, 3\)\. keras_dino.data.multicrop_dataset\(images, "
+                       r"batch_size\) makes them"):
         model.fit(np.zeros((4, 16, 16, 3), "float32"), batch_size=4, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="NHWC"):
         model.fit((np.zeros((4, 16, 16), "float32"),) * 2, batch_size=4, epochs=1, verbose=0)

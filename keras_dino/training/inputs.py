@@ -5,6 +5,9 @@ wrong input fails before any compilation), and once inside the traced step on th
 tensors themselves.
 """
 
+_FIX = ("keras_dino.data.multicrop_dataset(images, batch_size) makes them from images (a "
+        "folder, a tf.data.Dataset or arrays).")
+
 
 def crops_of(data, local_crops_number: int) -> list:
     """The list of crops of one training element, or a `ValueError` naming the problem.
@@ -23,7 +26,7 @@ def crops_of(data, local_crops_number: int) -> list:
     if not isinstance(data, (tuple, list)) or len(data) < 2:
         raise ValueError(
             "each training element must be a tuple of crops: 2 global crops first, then "
-            f"the local crops; got {type(data).__name__}."
+            f"the local crops; got {type(data).__name__}. {_FIX}"
         )
     crops = list(data)
     for i, crop in enumerate(crops):
@@ -76,7 +79,7 @@ def check_training_input(x) -> None:
     if len(shapes) < 2:
         raise ValueError(
             "each training element must be a tuple of crops: 2 global crops first, then the "
-            f"local crops; got a single tensor of shape {tuple(shapes[0] or ())}."
+            f"local crops; got a single tensor of shape {tuple(shapes[0] or ())}. {_FIX}"
         )
     for i, shape in enumerate(shapes):
         if shape is None or len(shape) != 4 or shape[-1] != 3:

@@ -260,3 +260,18 @@ def test_a_resumed_train_run_knows_the_best_it_kept(tmp_path):
     with open(tmp_path / "log.txt", "a") as log:
         log.write(json.dumps({"train_knn_top1": 41.5, "epoch": 2}) + "\n")
     assert best_of_interrupted_run(tmp_path) == (2, 41.5)
+
+
+@pytest.mark.once
+def test_a_run_that_replaces_a_finished_one_says_so(tmp_path):
+    """A finished run leaves checkpoint.pth and no backup/: rerunning its command trains
+    anew, and a line says it replaces the file; an interrupted run (backup/) resumes."""
+    from keras_dino.tools.train import replaced_run_note
+
+    assert replaced_run_note(tmp_path) is None  # a new folder
+    (tmp_path / "checkpoint.pth").write_bytes(b"")
+    note = replaced_run_note(tmp_path)
+    assert note.startswith(f"{tmp_path} holds an earlier run's checkpoint.pth and no backup/")
+    assert "this run starts anew and replaces it" in note and "--pretrained_weights" in note
+    (tmp_path / "backup").mkdir()
+    assert replaced_run_note(tmp_path) is None  # resumes from backup/

@@ -378,6 +378,9 @@ def run():
     augmentation = augmentation_recipe()
     data_path = _data_path(F.data_path)
     tell(f"keras_dino {__version__} on {keras.backend.backend()}; data: {data_path}")
+    note = replaced_run_note(F.output_dir)
+    if note:
+        tell(note)
     # Several replicas: each input pipeline (worker, process) reads its own shard of the
     # files and repeats it, and every worker runs the same number of steps per epoch.
     pipelines = []
@@ -506,6 +509,25 @@ def run():
 
 
 BEST_CHECKPOINT = "checkpoint_best.pth"
+
+
+def replaced_run_note(output_dir):
+    """The line that says a run replaces a finished one: `<output_dir>` holds a
+    `checkpoint.pth` but no `backup/` to resume from (a finished run leaves none, and
+    another program's run never had one). None otherwise.
+
+    Example:
+
+    >>> import tempfile
+    >>> replaced_run_note(tempfile.mkdtemp()) is None
+    True
+    """
+    if (os.path.isfile(os.path.join(output_dir, "checkpoint.pth"))
+            and not os.path.isdir(os.path.join(output_dir, "backup"))):
+        return (f"{output_dir} holds an earlier run's checkpoint.pth and no backup/ to resume "
+                "from: this run starts anew and replaces it (DINO.from_official_checkpoint "
+                "resumes such a file; --pretrained_weights starts from its weights)")
+    return None
 
 
 def _start_log_callback():

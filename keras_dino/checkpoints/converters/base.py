@@ -16,8 +16,8 @@ SOURCE = "the checkpoint"  # how an error names a file when the caller names non
 class Converter:
     """One family of official backbones. Subclasses set the attributes and override
     `matches`, `claims`, `read_config`, `check`, `build_config`, `build`,
-    `dino_arguments` and `architecture_name`; the registry (`keras_dino.checkpoints.converters`) holds one
-    instance per family.
+    `dino_arguments` and `architecture_name`; the registry
+    (`keras_dino.checkpoints.converters`) holds one instance per family.
 
     Attributes:
         family: the registry key (`"vit"`, `"resnet"`, `"xcit"`).

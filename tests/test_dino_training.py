@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -263,6 +264,22 @@ def test_a_second_fit_reuses_the_traced_step_until_the_schedules_change():
     fresh = float(model.schedules.lr(6))
     assert abs(fresh - stale) > 0.1 * fresh
     assert history.history["lr"][-1] == pytest.approx(fresh, rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::keras_dino.callbacks.CollapseDetected")
+def test_fit_that_outruns_the_schedules_says_so():
+    """DINO(epochs=E, steps_per_epoch=S) fixes the schedules; a fit with more epochs, or
+    other steps an epoch, would silently hold or rush them: a warning names both values."""
+    model = tiny_dino(epochs=1, steps_per_epoch=2)
+    with pytest.warns(UserWarning, match=r"fit\(epochs=2\) runs past the schedules of the "
+                      r"model \(epochs=1\): after epoch 1"):
+        model.fit(tiny_crops(n=8), batch_size=4, epochs=2, verbose=0)
+    with pytest.warns(UserWarning, match=r"fit runs 3 steps per epoch, but the schedules "
+                      r"count 2 \(steps_per_epoch=2 of the model\)"):
+        model.fit(tiny_crops(n=12), batch_size=4, epochs=1, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tiny_dino(epochs=1).fit(tiny_crops(n=12), batch_size=4, verbose=0)  # fit's steps
 
 
 def test_teacher_and_center_momenta_of_the_model_run_in_the_step():

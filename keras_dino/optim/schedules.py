@@ -9,6 +9,7 @@ schedules follow the optimizer's own counter on every backend and under
 
 import dataclasses
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -206,6 +207,7 @@ class ScheduleSetup(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
+        self._warn_on_a_schedule_that_fit_outruns(model.config)
         steps = model.config.steps_per_epoch or self.params.get("steps")
         if not steps:
             raise ValueError(
@@ -222,3 +224,23 @@ class ScheduleSetup(keras.callbacks.Callback):
             model._schedules_traced = traced
         if model._resume_epoch and int(ops.convert_to_numpy(model.optimizer.iterations)) == 0:
             model.optimizer.iterations.assign(model._resume_epoch * iterations)
+
+    def _warn_on_a_schedule_that_fit_outruns(self, config):
+        """A `UserWarning` when `fit` runs past the schedules the model was built with:
+        more epochs than `epochs`, or other epochs than `steps_per_epoch` counts (the
+        schedules would end early, or hold their final values for the epochs after)."""
+        fit_steps, fit_epochs = self.params.get("steps"), self.params.get("epochs")
+        if config.steps_per_epoch and fit_steps and fit_steps != config.steps_per_epoch:
+            warnings.warn(
+                f"fit runs {fit_steps} steps per epoch, but the schedules count "
+                f"{config.steps_per_epoch} (steps_per_epoch={config.steps_per_epoch} of the "
+                "model): lr, weight decay, teacher momentum and temperature would follow "
+                "other epochs than the run's. Leave steps_per_epoch out of the model (fit's "
+                "is taken) or give both the same value.", UserWarning, stacklevel=2)
+        if fit_epochs and fit_epochs > config.epochs:
+            warnings.warn(
+                f"fit(epochs={fit_epochs}) runs past the schedules of the model "
+                f"(epochs={config.epochs}): after epoch {config.epochs} the lr, weight decay, "
+                "teacher momentum and temperature hold their final values. Give the model "
+                f"epochs={fit_epochs}, or leave epochs out of fit (it takes the model's).",
+                UserWarning, stacklevel=2)

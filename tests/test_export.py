@@ -686,8 +686,11 @@ def test_resnet_export_serves_pooled_features(tmp_path):
     assert_within(out, expected, bound, "pooled")
     with pytest.raises(ValueError, match="patch tokens"):
         export.export_saved_model(model, tmp_path / "again", include_patch_tokens=True)
-    with pytest.raises(ValueError, match="unknown export format"):
+    with pytest.raises(ValueError, match=r"unknown export format 'tflite' \(TensorFlow Lite "
+                       r"is LiteRT now: format='litert'\)"):
         export.export(model, tmp_path / "x", format="tflite")
+    with pytest.raises(ValueError, match=r"'savedmodel' \(did you mean format='saved_model'"):
+        export.export(model, tmp_path / "x", format="savedmodel")
     lines = []
     export.describe(path, print_fn=lines.append)
     assert "bottleneck blocks [1, 1, 1, 1], 512 features" in lines[0]

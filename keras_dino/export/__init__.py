@@ -38,7 +38,7 @@ from keras_dino.export.metadata import (
     load_metadata,
 )
 from keras_dino.export.onnx import export_onnx
-from keras_dino.export.options import ExportOptions
+from keras_dino.export.options import ExportOptions, check_format
 from keras_dino.export.rest import rest_request_to_tensors, rest_response
 from keras_dino.export.saved_model import export_saved_model
 from keras_dino.export.tf_serving import config_blocks as _config_blocks  # noqa: F401
@@ -67,8 +67,7 @@ def export(model, base_dir, format: str = "saved_model", options: ExportOptions 
         keras_dino.export.export("dino_vits16", "exports", format=fmt, options=options)
     ```
     """
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; known: {', '.join(FORMATS)}.")
+    check_format(format)
     return FORMATS[format](model, base_dir, options, **kwargs)
 
 

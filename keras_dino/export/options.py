@@ -10,12 +10,33 @@ The evaluation view recorded in the metadata and applied by `serve_bytes` is
 
 import dataclasses
 
+from keras_dino.errors import did_you_mean
 from keras_dino.export import tf_serving
 from keras_dino.preprocessing import EvalConfig
 
 INPUT_DTYPES = ("uint8", "float32")
 DEFAULT_OPSET = 17
 FORMATS = ("saved_model", "onnx", "litert")
+
+
+def check_format(fmt) -> None:
+    """A `ValueError` naming the formats (and the one probably meant) unless `fmt` is one.
+
+    Example:
+
+    >>> check_format("tflite")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown export format 'tflite' (TensorFlow Lite is LiteRT now: format='litert'); known: saved_model, onnx, litert.
+    """
+    if fmt in FORMATS:
+        return
+    if str(fmt).lower().replace("_", "").replace("-", "") in ("tflite", "tensorflowlite"):
+        hint = " (TensorFlow Lite is LiteRT now: format='litert')"
+    else:
+        hint = did_you_mean(str(fmt).lower(), FORMATS, spell=lambda c: f"format='{c}'")
+        hint = f" ({hint})" if hint else ""
+    raise ValueError(f"unknown export format {fmt!r}{hint}; known: {', '.join(FORMATS)}.")
 
 # The options only some formats read; every other option applies to all three.
 _ONLY_FOR = {
@@ -119,8 +140,7 @@ class ExportOptions:
         >>> ExportOptions.for_format("onnx", float16=True).image_size is None
         True
         """
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}.")
+        check_format(fmt)
         if options is not None and not isinstance(options, ExportOptions):
             raise TypeError(f"options must be an ExportOptions; got {type(options).__name__} "
                             "(give model_name, version and the rest as keywords).")

@@ -150,6 +150,9 @@ def test_a_full_checkpoint_gives_its_heads_and_a_preset_name_its_architecture(tm
     assert architecture_name(XCiT(**XCITS["xcit_small_12_p8"])) == "xcit_small_12_p8"
     assert architecture_name(XCiT(patch_size=8, embed_dim=32, depth=1, num_heads=4)) == (
         "xcit (width 32, depth 1, 4 heads)/8")
+    import keras
+
+    assert architecture_name(keras.Sequential([keras.layers.Dense(2)], name="mine")) == "mine"
 
 
 def test_visualize_features_takes_a_vit16_file_with_its_default_flags(mini16, tmp_path, capsys):

@@ -38,6 +38,7 @@ def check_format(fmt) -> None:
         hint = f" ({hint})" if hint else ""
     raise ValueError(f"unknown export format {fmt!r}{hint}; known: {', '.join(FORMATS)}.")
 
+
 # The options only some formats read; every other option applies to all three.
 _ONLY_FOR = {
     "resize_size": ("saved_model",),

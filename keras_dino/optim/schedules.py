@@ -226,9 +226,10 @@ class ScheduleSetup(keras.callbacks.Callback):
             model.optimizer.iterations.assign(model._resume_epoch * iterations)
 
     def _warn_on_a_schedule_that_fit_outruns(self, config):
-        """A `UserWarning` when `fit` runs past the schedules the model was built with:
-        more epochs than `epochs`, or other epochs than `steps_per_epoch` counts (the
-        schedules would end early, or hold their final values for the epochs after)."""
+        """A `UserWarning` when `fit` does not run the schedules the model was built for:
+        more epochs than its `epochs` (the schedules hold their final values after), or
+        another number of steps an epoch than its `steps_per_epoch` (they would end early
+        or late)."""
         fit_steps, fit_epochs = self.params.get("steps"), self.params.get("epochs")
         if config.steps_per_epoch and fit_steps and fit_steps != config.steps_per_epoch:
             warnings.warn(

@@ -449,10 +449,14 @@ def load_backbone(pretrained_weights, arch, patch_size, checkpoint_key="teacher"
 def architecture_name(backbone):
     """How the tools name a backbone's architecture: `vit_small/16`, `vit (width 48,
     depth 2, 4 heads)/16`, `+4 registers`, `resnet50`, `resnet (basic blocks 1,1,1,1,
-    widths 32,64,128,256, stem 32)`, `xcit_small_12_p16`: its family's converter says."""
+    widths 32,64,128,256, stem 32)`, `xcit_small_12_p16`: its family's converter says
+    (another model: its name)."""
     from keras_dino.checkpoints import converters
 
-    return converters.for_model(backbone).architecture_name(backbone)
+    try:
+        return converters.for_model(backbone).architecture_name(backbone)
+    except TypeError:  # not a keras_dino backbone
+        return backbone.name
 
 
 def backbone_from_flags(F, weights=None):

@@ -360,3 +360,14 @@ def test_a_wrong_image_path_ends_before_the_weights_load(tool, flag, tmp_path, m
             if name == "--image_path" or tool == "visualize_features"]
     with pytest.raises(app.UsageError, match=f"{flag}=.*missing.jpg is not a file"):
         module.run(_flags(tool, *args, f"--output_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("value", ["0", "20,-1", "ten"])
+def test_eval_knn_takes_whole_numbers_of_neighbours(value):
+    """--nb_knn=0 stopped inside knn_classifier with a traceback; now a flag error."""
+    from absl import flags
+
+    with pytest.raises(flags.IllegalFlagValueError, match="--nb_knn takes whole numbers of "
+                       "at least 1"):
+        _flags("eval_knn", f"--nb_knn={value}")
+    assert _flags("eval_knn", "--nb_knn=10,20").nb_knn == ["10", "20"]

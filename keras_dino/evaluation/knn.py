@@ -3,6 +3,8 @@
 import numpy as np
 from keras import ops
 
+from keras_dino.errors import InputError
+
 
 def l2_normalize(features):
     """Rows divided by their L2 norm (`F.normalize(x, dim=1)`, eps 1e-12)."""
@@ -91,7 +93,8 @@ def knn_classifier(
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     n_train = train_labels.shape[0]
     if not 1 <= k <= n_train:
-        raise ValueError(f"k must be in [1, {n_train}] (the number of training features); got {k}.")
+        raise InputError(f"k must be in [1, {n_train}] (the number of training features); got "
+                         f"{k}.")
     train = l2_normalize(train_features)
     test = l2_normalize(test_features)
     train_t = ops.transpose(train)

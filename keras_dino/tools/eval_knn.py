@@ -51,6 +51,10 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("batch_size_per_gpu", 128, "Batch size of the feature extraction.", **fv)
     flags.DEFINE_list("nb_knn", [10, 20, 100, 200], "Numbers of nearest neighbours, "
                       "comma-separated (20 usually works best).", **fv)
+    flags.register_validator(
+        "nb_knn", lambda ks: all(str(k).isdigit() and int(k) >= 1 for k in ks),
+        message="--nb_knn takes whole numbers of at least 1, comma-separated (10,20,100,200)",
+        flag_values=flag_values)
     flags.DEFINE_float("temperature", 0.07, "Temperature of the vote weights.", **fv)
     flags.DEFINE_string("dump_features", None, "Folder where to save the extracted features.",
                         **fv)

@@ -264,6 +264,9 @@ def test_layout_models_config_and_metadata(tf_export, capsys):
 
     meta = export.load_metadata(base / "dino")
     assert meta["format"] == export.FORMAT
+    # A path that is not there is named as such, whatever kind of export it meant.
+    with pytest.raises(FileNotFoundError, match=r"missing.onnx does not exist: give an export"):
+        export.load_metadata(base / "missing.onnx")
     assert meta["model"]["patch_size"] == 16 and meta["model"]["embed_dim"] == 48
     assert meta["model"]["depth"] == 5 and meta["model"]["num_heads"] == NUM_HEADS
     assert str(CHECKPOINT.resolve()) in meta["model"]["weights_source"]

@@ -189,6 +189,10 @@ def _embedded_metadata(path: pathlib.Path):
 
 def _resolve_export_dir(path) -> pathlib.Path:
     path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: give an export, a SavedModel folder "
+                                "(or the model folder of its versions), a .onnx or a .tflite "
+                                "file.")
     if (path / "saved_model.pb").is_file():
         return path
     versions = [p for p in path.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()]

@@ -453,10 +453,9 @@ def architecture_name(backbone):
     (another model: its name)."""
     from keras_dino.checkpoints import converters
 
-    try:
-        return converters.for_model(backbone).architecture_name(backbone)
-    except TypeError:  # not a keras_dino backbone
+    if not isinstance(backbone, converters.backbone_classes()):
         return backbone.name
+    return converters.for_model(backbone).architecture_name(backbone)
 
 
 def backbone_from_flags(F, weights=None):

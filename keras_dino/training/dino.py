@@ -45,10 +45,10 @@ def _refuse_unknown_arguments(kwargs: dict) -> None:
         "input_shape", "input_dim", "batch_input_shape", "batch_size", "weights")]
     if not unknown:
         return
-    known = [f.name for f in dataclasses.fields(DINOConfig)]
-    known += ["config", "photometric", "teacher", "teacher_checkpoint_key"]
-    named = ", ".join(f"{k!r}" + (f" ({did_you_mean(k, known)})" if did_you_mean(k, known) else "")
-                      for k in unknown)
+    own = [p for p in inspect.signature(DINO.__init__).parameters if p not in ("self", "kwargs")]
+    known = [f.name for f in dataclasses.fields(DINOConfig)] + own
+    hints = {k: did_you_mean(k, known) for k in unknown}
+    named = ", ".join(f"{k!r} ({hint})" if hint else repr(k) for k, hint in hints.items())
     raise ValueError(f"DINO has no setting {named}; keras_dino.DINOConfig.settings() lists "
                      "them.")
 

@@ -16,10 +16,13 @@ and TFLOP/s from an analytic FLOP count.
 `--compare_accumulation` then measures the same effective batch without accumulation
 (`--batch` times `k` images a step) in the same process and prints both: the peak
 memory of each (reset between them on TensorFlow and torch GPUs; elsewhere the second,
-larger, peak is still its own) shows what accumulation saves.
+larger, peak is still its own) shows what accumulation saves. `--compare_remat` does the
+same for `--remat`: the configuration with rematerialised student blocks first, then
+without.
 """
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -271,6 +274,8 @@ def main(argv=None):
                         help="micro-batches of --batch per optimizer step")
     parser.add_argument("--compare_accumulation", action="store_true",
                         help="also measure the effective batch without accumulation first")
+    parser.add_argument("--compare_remat", action="store_true",
+                        help="measure with --remat, then without, in this process")
     parser.add_argument("--uint8_photometric", action="store_true",
                         help="feed uint8 crops through keras_dino.data.MultiCropPhotometric "
                         "inside the step (split mode)")
@@ -281,21 +286,25 @@ def main(argv=None):
         cfg.patch_size, cfg.global_size, cfg.local_size = 8, 32, 16
         cfg.local_crops, cfg.batch, cfg.out_dim = 2, 4, 256
         cfg.hidden_dim, cfg.bottleneck_dim, cfg.precision, cfg.steps = 64, 32, "fp32", 20
+    if cfg.compare_accumulation and cfg.compare_remat:
+        parser.error("--compare_accumulation and --compare_remat: one comparison a run")
+    # The smaller peak first: where it cannot be reset (JAX, host RSS) the second
+    # configuration's peak is still its own, the larger one.
+    configs = [cfg]
     if cfg.compare_accumulation and cfg.gradient_accumulation_steps > 1:
-        import copy
-
-        import keras
-
-        # The smaller peak first: where it cannot be reset (JAX, host RSS) the second
-        # configuration's peak is still its own, the larger one.
-        print(json.dumps(measure(cfg, reset_peak_memory())), flush=True)
-        keras.backend.clear_session()
         plain = copy.copy(cfg)
         plain.batch *= cfg.gradient_accumulation_steps
         plain.gradient_accumulation_steps = 1
-        print(json.dumps(measure(plain, reset_peak_memory())), flush=True)
-        return
-    print(json.dumps(measure(cfg, reset_peak_memory())), flush=True)
+        configs.append(plain)
+    if cfg.compare_remat:
+        configs = [copy.copy(cfg), copy.copy(cfg)]
+        configs[0].remat, configs[1].remat = True, False
+    for i, config in enumerate(configs):
+        if i:
+            import keras
+
+            keras.backend.clear_session()
+        print(json.dumps(measure(config, reset_peak_memory())), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Bad input gets a short error (or warning) that names the fix (`keras_dino.errors`)."""
 
+import functools
 import inspect
 import warnings
 
@@ -51,18 +52,21 @@ def test_every_error_is_a_keras_dino_error_and_its_builtin_type():
 # ----------------------------------------------------------------------- backbones
 
 
-def _backbones():
-    return {
-        "vit": vit_tiny(patch_size=16, depth=1),
-        "resnet": ResNet(block="basic", layers=(1, 1, 1, 1), name="rn"),
-        "xcit": XCiT(patch_size=8, embed_dim=32, depth=1, num_heads=4),
-    }
+@functools.cache
+def _backbone(kind):
+    """One small backbone of each family, built once for the tests of this module (calling
+    a backbone changes nothing in it)."""
+    if kind == "vit":
+        return vit_tiny(patch_size=16, depth=1)
+    if kind == "resnet":
+        return ResNet(block="basic", layers=(1, 1, 1, 1), name="rn")
+    return XCiT(patch_size=8, embed_dim=32, depth=1, num_heads=4)
 
 
 @pytest.mark.parametrize("kind", ["vit", "resnet", "xcit"])
 @pytest.mark.parametrize("dtype", ["uint8", "int32"])
 def test_integer_images_name_preprocess_images(kind, dtype):
-    model = _backbones()[kind]
+    model = _backbone(kind)
     for images in (np.zeros((1, 32, 32, 3), dtype),
                    keras.ops.convert_to_tensor(np.zeros((1, 32, 32, 3), dtype))):
         with pytest.raises(errors.InputError) as info:
@@ -73,7 +77,7 @@ def test_integer_images_name_preprocess_images(kind, dtype):
 
 @pytest.mark.parametrize("kind", ["vit", "resnet", "xcit"])
 def test_float_pixels_in_0_255_name_preprocess_images(kind):
-    model = _backbones()[kind]
+    model = _backbone(kind)
     raw = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
     with pytest.raises(errors.InputError) as info:
         model(raw)
@@ -92,7 +96,7 @@ def test_float_pixels_in_0_255_name_preprocess_images(kind):
 def test_one_image_without_a_batch_axis_names_the_fix(kind):
     """(H, W, 3) into a backbone: one line saying to add the batch axis (it was a Keras
     error from inside the patch embedding or the stem's padding)."""
-    model = _backbones()[kind]
+    model = _backbone(kind)
     with pytest.raises(errors.InputError) as info:
         model(np.zeros((32, 32, 3), "float32"))
     _short(info.value, "got one image of shape (32, 32, 3)", "add a batch axis (images[None])")
@@ -161,7 +165,7 @@ def test_attention_functions_name_the_backbones_that_have_attention():
     from keras_dino.evaluation.attention_segmentation import attention_segmentation_masks
     from keras_dino.evaluation.video_attention import frame_attention
 
-    resnet = _backbones()["resnet"]
+    resnet = _backbone("resnet")
     image = np.zeros((32, 32, 3), "float32")
     for call, what in ((lambda: cls_attention_maps(resnet, image), "attention maps"),
                        (lambda: save_attention_examples(resnet, [], "unused"), "attention maps"),

@@ -759,6 +759,24 @@ def test_use_fp16_falls_back_to_float32_without_a_gpu():
 
 
 @pytest.mark.once
+def test_bf16_on_a_cpu_without_bf16_instructions_under_torch_says_it_is_slow():
+    """torch emulates bfloat16 on a CPU without avx512_bf16 / AMX (6x a step on an AVX2-only
+    CPU): --bf16 still runs, with a note naming the fix; elsewhere no note."""
+    from keras_dino.tools.common import cpu_has_bf16, mixed_precision_policy
+
+    policy, note = mixed_precision_policy(False, True, gpu=False, backend="torch",
+                                          native_bf16=False)
+    assert policy == "mixed_bfloat16" and len(note) < 250
+    assert "avx512_bf16" in note and "drop --bf16" in note and "--backend=tensorflow" in note
+    for gpu, backend, native in ((True, "torch", False), (False, "torch", True),
+                                 (False, "torch", None), (False, "tensorflow", False),
+                                 (False, "jax", False)):
+        assert mixed_precision_policy(False, True, gpu, backend, native) == (
+            "mixed_bfloat16", None), (gpu, backend, native)
+    assert cpu_has_bf16() in (True, False, None)
+
+
+@pytest.mark.once
 def test_train_dino_on_a_cpu_says_it_trains_in_float32(tiny_training):
     from keras_dino.tools.common import has_gpu
 

@@ -24,6 +24,7 @@ import tempfile
 from keras_dino.tools.common import (
     append_log,
     architecture_name,
+    cpu_has_bf16,
     has_gpu,
     mixed_precision_policy,
     resolve_data_path,
@@ -361,7 +362,8 @@ def run():
     keras.utils.set_random_seed(F.seed)
     chief = launch.chief
     tell = say if chief else (lambda message: None)
-    policy, note = mixed_precision_policy(F.use_fp16, F.bf16, has_gpu())
+    policy, note = mixed_precision_policy(F.use_fp16, F.bf16, has_gpu(), keras.backend.backend(),
+                                          cpu_has_bf16())
     if policy:
         keras.config.set_dtype_policy(policy)
     if note:

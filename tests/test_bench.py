@@ -90,33 +90,33 @@ def test_flop_count_is_analytic():
     assert 120 < step_flops(cfg, 384, 12) / 1e9 < 128
 
 
-# Where bfloat16 runs at full speed: torch on a CPU with bfloat16 instructions, TensorFlow
-# on one without (torch emulates them there, 6x slower than its float32; TensorFlow's
-# bfloat16 steps are not slower than its float32 ones).
-@pytest.mark.backends("torch" if cpu_has_bf16() else "tensorflow")
+@pytest.mark.once
 def test_bf16_loss_curve_tracks_float32():
     """mixed_bfloat16 from the same start on the same CIFAR-10 crops follows float32.
 
-    Measured alone on one thread: with native bfloat16 (avx512_bf16), 35-40 s under torch
-    at batch 16 (46 s under JAX with XLA's defaults, 84 s under JAX without XLA's
-    optimisations, scripts/test.sh's setting for the JAX process). On an AVX2-only CPU, 48 s
-    under TensorFlow at batch 4, where torch took 143 s beside the other test processes.
-    Batch 4 keeps the margins: largest relative gap after the first window 0.00027 under
-    torch, 0.0014 under TensorFlow (bound 0.01); largest gap 0.8% of the loss's range under
-    torch, 5.7% under TensorFlow (bound 25%).
+    bench/bf16_loss_curve.py runs where bfloat16 runs at full speed: under torch on a CPU
+    with bfloat16 instructions (avx512_bf16 or AMX), under TensorFlow on one without
+    (torch emulates them there, 6x slower than its float32; TensorFlow's bfloat16 steps
+    are not slower than its float32 ones). Measured alone on one thread: 35-40 s under
+    torch with native bfloat16 at batch 16 (84 s under JAX without XLA's optimisations);
+    48 s under TensorFlow on an AVX2-only CPU at batch 4, where torch took 143 s beside
+    the other test processes. A subprocess of the torch process, which ends the test
+    command first. Batch 4 keeps the margins: largest relative gap after the first window
+    0.00027 under torch, 0.0014 under TensorFlow (bound 0.01); largest gap 0.8% of the
+    loss's range under torch, 5.7% under TensorFlow (bound 25%).
     """
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    from bf16_loss_curve import loss_curves, summarise
-
-    curves = loss_curves(steps=80, window=20, batch=4, out_dim=256)
-    summary = summarise(curves)
-    assert summary["windows"] == 4
-    fp32, bf16 = curves["float32"], curves["mixed_bfloat16"]
+    backend = "torch" if cpu_has_bf16() else "tensorflow"
+    *windows, summary = _run(["bench/bf16_loss_curve.py", "--steps=80", "--window=20",
+                              "--batch=4", "--out_dim=256"], backend)
+    assert summary["backend"] == backend and summary["windows"] == len(windows) == 4
+    assert [row["steps"] for row in windows] == [20, 40, 60, 80]
+    fp32 = [row["loss_fp32"] for row in windows]
+    bf16 = [row["loss_bf16"] for row in windows]
     assert fp32 != bf16  # bf16 really ran in bf16
     assert summary["max_rel_gap_after_first_window"] < 0.01, summary
     # the gap is small next to how far the loss itself moves over the run
     gap = max(abs(b - f) for f, b in zip(fp32, bf16))
-    assert gap < 0.25 * (max(fp32) - min(fp32)), (curves, summary)
+    assert gap < 0.25 * (max(fp32) - min(fp32)), (windows, summary)
 
 
 @pytest.mark.backends("torch")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Bazel check: `bazel build //...` (library, examples, benchmarks, tests) and
-# `bazel test` of the fast tests, with Debian's bazel-bootstrap (Bazel 4.2), offline, on
-# the installed Python environment. Installs nothing: CI runs
+# `bazel test` of //tests:runfiles (the fast tests whose targets declare files beyond the
+# library, where BUILD can fall behind the code), with Debian's bazel-bootstrap
+# (Bazel 4.2), offline, on the installed Python environment. Installs nothing: CI runs
 #   apt-get install -y bazel-bootstrap
-# first. Extra arguments go to `bazel test` (e.g. //tests:all_tests, or //tests:test_layers).
+# first. Extra arguments go to `bazel test` (e.g. //tests:fast, //tests:all_tests, or
+# //tests:test_layers).
 #
 # Env: PYTHON (default python3): the interpreter whose site-packages hold keras,
 #      tensorflow, jax, torch, pytest; KERAS_DINO_SHARED (default ../shared);
@@ -31,7 +33,7 @@ echo "=== bazel build //... //tests:all_tests"
 bazel "${STARTUP[@]}" build "${FLAGS[@]}" //... //tests:all_tests || status=$?
 if [[ "${status}" == 0 ]]; then
   targets=("$@")
-  [[ ${#targets[@]} -gt 0 ]] || targets=(//tests:fast)
+  [[ ${#targets[@]} -gt 0 ]] || targets=(//tests:runfiles)
   echo "=== bazel test ${targets[*]}"
   # Never a cached PASS: the Python packages and the fixtures are outside Bazel's view.
   bazel "${STARTUP[@]}" test "${FLAGS[@]}" --cache_test_results=no "${targets[@]}" \

@@ -71,8 +71,12 @@ def _runs_here(item, backend):
     marker = item.get_closest_marker("backends")
     if item.get_closest_marker("slow"):
         # Once per CI run, not once per backend: in the first backend it names, else in
-        # the TensorFlow process.
-        return backend == (marker.args[0] if marker else "tensorflow")
+        # the process of the `once` tests (any process if unset). torch runs them without
+        # compiling a step: the 12 files' slow tests took 124 s in the TensorFlow process,
+        # the longest of the three, and take about 50 s in torch's.
+        if marker:
+            return backend == marker.args[0]
+        return tf_only or ONCE_BACKEND is None or backend == ONCE_BACKEND
     return marker is None or backend in marker.args
 
 
@@ -83,10 +87,11 @@ def pytest_collection_modifyitems(config, items):
     in the TensorFlow process; `backends(...)` names the backends a test is about (for
     example `steps_per_execution > 1`, which Keras' torch trainer does not have); `slow`
     tests, long end-to-end runs where a second backend adds nothing, run in one process
-    only (the first of their `backends`, or TensorFlow); `once` tests assert what no
-    backend changes (documentation, import structure, command-line parsing, files read
-    with numpy, tools run in a subprocess with their own backend) and run in the process
-    of `KERAS_DINO_ONCE_BACKEND` only (scripts/test.sh: torch), in any process if unset.
+    only (the first of their `backends`, else with the `once` tests); `once` tests
+    assert what no backend changes (documentation, import structure, command-line
+    parsing, files read with numpy, tools run in a subprocess with their own backend)
+    and run in the process of `KERAS_DINO_ONCE_BACKEND` only (scripts/test.sh: torch),
+    in any process if unset.
     """
     import keras
 

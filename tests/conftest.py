@@ -72,8 +72,8 @@ def _runs_here(item, backend):
     if item.get_closest_marker("slow"):
         # Once per CI run, not once per backend: in the first backend it names, else in
         # the process of the `once` tests (any process if unset). torch runs them without
-        # compiling a step: the 12 files' slow tests took 124 s in the TensorFlow process,
-        # the longest of the three, and take about 50 s in torch's.
+        # compiling a step: the slow tests of 12 files took 110 s in the TensorFlow
+        # process, the longest of the three, and take about 50 s in torch's.
         if marker:
             return backend == marker.args[0]
         return tf_only or ONCE_BACKEND is None or backend == ONCE_BACKEND

@@ -69,6 +69,9 @@ def test_fit_logs_teacher_entropy_and_kl_that_add_up_to_the_loss():
 
 
 @pytest.mark.slow
+# a 3-epoch tiny DINO on 16 noise images may collapse (torch: at epoch 3); the k-NN is
+# what is checked here, the collapse monitor has its own tests
+@pytest.mark.filterwarnings("ignore::keras_dino.callbacks.CollapseDetected")
 def test_knn_evaluation_logs_the_accuracy_of_the_teacher_backbone():
     rng = np.random.default_rng(3)
     images = rng.normal(size=(24, 16, 16, 3)).astype("float32")

@@ -66,8 +66,9 @@ def _runs_here(item, backend):
     tf_only = item.get_closest_marker("tf_only") is not None
     if tf_only and backend != "tensorflow":
         return False
+    once_process = ONCE_BACKEND is None or backend == ONCE_BACKEND
     if item.get_closest_marker("once") and not tf_only:
-        return ONCE_BACKEND is None or backend == ONCE_BACKEND
+        return once_process
     marker = item.get_closest_marker("backends")
     if item.get_closest_marker("slow"):
         # Once per CI run, not once per backend: in the first backend it names, else in
@@ -76,7 +77,7 @@ def _runs_here(item, backend):
         # process, the longest of the three, and take about 50 s in torch's.
         if marker:
             return backend == marker.args[0]
-        return tf_only or ONCE_BACKEND is None or backend == ONCE_BACKEND
+        return tf_only or once_process
     return marker is None or backend in marker.args
 
 

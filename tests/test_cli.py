@@ -176,6 +176,26 @@ def test_eval_knn_runs_on_the_backend_of_the_flag(tmp_path):
     assert f"3-NN classifier result: Top1: {top1}, Top5: {top5}" in result.stdout
 
 
+def test_select_backend_sets_the_backend_and_tensorflows_cpu_kernels(monkeypatch):
+    """`--backend` wins over KERAS_BACKEND; TensorFlow's oneDNN kernels are asked for
+    (it picks them by itself only on CPUs with AVX-512 VNNI, AVX-VNNI, bf16 or AMX), and
+    a value the user set is kept."""
+    from keras_dino.tools.common import select_backend
+
+    for name in ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    select_backend(["keras-dino train", "--backend", "jax"])
+    assert os.environ["KERAS_BACKEND"] == "jax"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    select_backend(["keras-dino train", "--backend=torch"])
+    assert os.environ["KERAS_BACKEND"] == "torch"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
 def test_tools_keep_the_frameworks_start_up_noise_out_of_the_terminal(tmp_path):
     """TensorFlow's C++ start-up lines (oneDNN, CUDA probing) go to a temporary file that
     is deleted when the tool ends on a user error: the terminal shows the one line."""

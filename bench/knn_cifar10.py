@@ -8,8 +8,9 @@ same architecture at random initialisation. Prints one JSON line.
 Two recipes (`--arch`):
 * `resnet` (default): the quickstart's recipe, read from examples/flags/quickstart.flags
   (a small ResNet with a BatchNorm head, two global crops and no local crops, teacher
-  momentum 0.99 held), with the departures measured best for 20 minutes of 2 CPU cores
-  (RECIPES["resnet"]): batches of 128, global crop scale
+  momentum 0.99 held), at twice the quickstart's width (widths 32-256, WIDER; the
+  network these figures were measured with), with the departures measured best for 20
+  minutes of 2 CPU cores (RECIPES["resnet"]): batches of 128, global crop scale
   0.14-1 (the official suggestion without local crops), base lr 0.002 (54.7% against
   34.1% at random init; docs/benchmarks.md lists the variants measured).
 * `vit`: a 3-block ViT with patch 4 and scaled-down multi-crop (4 local crops), the
@@ -35,6 +36,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# TensorFlow's oneDNN CPU kernels, as `keras-dino train` asks for them
+# (keras_dino/tools/common.py, select_backend): before anything imports TensorFlow.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -59,6 +63,10 @@ RECIPES = {
                 local_crops_number=4, momentum_teacher=0.98, out_dim=1024, teacher_temp=0.04,
                 warmup_teacher_temp_epochs=0, weight_decay=0.04, weight_decay_end=0.4),
 }
+# The `resnet` run's network: the quickstart's ResNet at twice its width. The quickstart
+# chose half of it for 3,000 images in 5 minutes; the figures of docs/benchmarks.md (20
+# minutes on 50,000 images) were measured with this one.
+WIDER = dict(resnet_stem_width=32, resnet_widths="32,64,128,256")
 # The settings a run reports (and the `resnet` run takes from the quickstart's config).
 REPORTED = ("local_crops_number", "out_dim", "momentum_teacher", "final_momentum_teacher",
             "teacher_temp", "warmup_teacher_temp_epochs", "weight_decay", "weight_decay_end",
@@ -71,6 +79,7 @@ def quickstart_recipe(args):
     from keras_dino.tools import train
 
     given = {name: getattr(args, name) for name in REPORTED if getattr(args, name) is not None}
+    given.update(WIDER)
     given.update(batch_size_per_gpu=args.batch, batch_size=args.batch,
                  steps_per_epoch=args.steps_per_epoch, global_size=args.global_size,
                  local_size=args.global_size // 2,

@@ -133,7 +133,8 @@ def test_golden_spread_one_condition():
 @pytest.mark.once
 def test_knn_bench_trains_the_quickstart_recipe_with_its_stated_departures():
     """bench/knn_cifar10.py --arch=resnet reads examples/flags/quickstart.flags: the same
-    network, head and schedules; only RECIPES["resnet"] and the run's length differ."""
+    head and schedules, the network at twice the width; only that, RECIPES["resnet"] and
+    the run's length differ."""
     import dataclasses
 
     sys.path.insert(0, os.path.join(REPO, "bench"))
@@ -145,8 +146,13 @@ def test_knn_bench_trains_the_quickstart_recipe_with_its_stated_departures():
     config, crops = knn_cifar10.quickstart_recipe(knn_cifar10.parse_args([]))
     departures = {f.name for f in dataclasses.fields(config)
                   if getattr(config, f.name) != getattr(quickstart, f.name)}
-    assert departures == {"lr", "batch_size_per_gpu", "batch_size", "steps_per_epoch"}
+    assert departures == {"lr", "batch_size_per_gpu", "batch_size", "steps_per_epoch",
+                          "resnet_kwargs"}
     assert (config.lr, config.min_lr, config.batch_size_per_gpu) == (0.002, 5e-4, 128)
-    assert (config.arch, dict(config.resnet_kwargs)) == (
-        "resnet_quickstart", dict(quickstart.resnet_kwargs))
+    wider = dict(quickstart.resnet_kwargs)
+    wider.update(stem_width=2 * wider["stem_width"],
+                 stage_widths=[2 * width for width in wider["stage_widths"]])
+    assert config.arch == "resnet_quickstart"
+    assert dict(config.resnet_kwargs) == wider == dict(
+        block="basic", layers=[1, 1, 1, 1], stem_width=32, stage_widths=[32, 64, 128, 256])
     assert tuple(crops.global_crops_scale) == (0.14, 1.0) and crops.local_crops_number == 0

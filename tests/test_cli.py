@@ -182,8 +182,9 @@ def test_select_backend_sets_the_backend_and_tensorflows_cpu_kernels(monkeypatch
     a value the user set is kept."""
     from keras_dino.tools.common import select_backend
 
-    for name in ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"):
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     select_backend(["keras-dino train", "--backend", "jax"])
     assert os.environ["KERAS_BACKEND"] == "jax"
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"

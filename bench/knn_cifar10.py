@@ -36,9 +36,6 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# TensorFlow's oneDNN CPU kernels, as `keras-dino train` asks for them
-# (keras_dino/tools/common.py, select_backend): before anything imports TensorFlow.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -277,4 +274,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from keras_dino.tools.common import select_backend
+
+    # TensorFlow's environment as `keras-dino train` sets it (oneDNN CPU kernels, quiet
+    # start-up), before anything imports TensorFlow.
+    select_backend(sys.argv)
     main()

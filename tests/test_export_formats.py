@@ -494,6 +494,46 @@ def test_one_options_object_and_format_only_keywords(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.tf_only
+def test_onnx_conversion_retries_a_failing_optimizer_pass_with_tf2onnxs_safety_net(
+        monkeypatch):
+    """The conversion runs tf2onnx's optimizer without its graph copies; a pass that
+    raises makes it convert again with them (tf2onnx then skips the pass), and the
+    environment is left as it was: a TF2ONNX_CATCH_ERRORS of the user's own is obeyed."""
+    import onnxruntime
+    import tensorflow as tf
+    from tf2onnx import optimizer
+    from tf2onnx.optimizer.optimizer_base import GraphOptimizerBase
+
+    from keras_dino.export import onnx as onnx_export
+
+    seen = []
+
+    class Failing(GraphOptimizerBase):
+        def _optimize(self, graph):
+            seen.append(os.environ.get("TF2ONNX_CATCH_ERRORS"))
+            raise RuntimeError("a failing optimizer pass")
+
+    monkeypatch.setitem(optimizer._get_optimizers(), "failing_test_pass", Failing)
+    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
+    function = tf.function(lambda x: 2.0 * x + 1.0,
+                           input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    proto = onnx_export.convert(function)
+    # Without the net (it raised at once), then with it (skipped at every round of passes).
+    assert seen[0] == "FALSE" and len(seen) > 1 and set(seen[1:]) == {None}, seen
+    assert "TF2ONNX_CATCH_ERRORS" not in os.environ
+    session = onnxruntime.InferenceSession(proto.SerializeToString())
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(session.run(None, {session.get_inputs()[0].name: x})[0],
+                                  2 * x + 1)
+    # The user's own setting (here: no net) is used as it is, once.
+    monkeypatch.setenv("TF2ONNX_CATCH_ERRORS", "FALSE")
+    seen.clear()
+    with pytest.raises(RuntimeError, match="a failing optimizer pass"):
+        onnx_export.convert(function)
+    assert seen == ["FALSE"] and os.environ["TF2ONNX_CATCH_ERRORS"] == "FALSE"
+
+
 def test_export_modules_import_each_other_without_a_cycle():
     """Inside keras_dino.export, no module reaches itself through its imports, lazy
     (inside functions) imports included."""

@@ -10,6 +10,9 @@ kernel); outputs named as the SavedModel's (`cls_embedding`, `patch_tokens`,
 width). Needs the `export` extra: `pip install "keras-dino[export]"`.
 """
 
+import contextlib
+import os
+
 import numpy as np
 
 from keras_dino.export import single_file
@@ -43,11 +46,56 @@ def _erfc_handler(ctx, node, name, args):
     ctx.insert_new_node_on_output("Add", node.output[0], inputs=[node.output[0], one.output[0]])
 
 
+# tf2onnx's switch for its optimizer's safety net (tf2onnx.constants.ENV_TF2ONNX_CATCH_ERRORS).
+_CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
+
+
+@contextlib.contextmanager
+def _optimizer_safety_net(on):
+    """tf2onnx's graph optimizer with (`on`) or without its safety net.
+
+    With it, tf2onnx deep-copies the whole graph before each of its optimizer passes (49
+    copies for a 5-block ViT), so that it can keep the graph of before a pass that
+    raises: a third of a conversion's time (the official 5-block ViT of the test
+    fixtures: 20 s with the copies, 13 s without). Without it the same passes run, and
+    a failing pass fails the conversion. The graphs can differ by a node or two (the
+    copies change the order in which a pass meets the nodes; that ViT: 678 nodes
+    instead of 676) and compute the same numbers (bit-identical outputs at 224x160).
+    tf2onnx 1.16-1.17 turns the net off when
+    TF2ONNX_CATCH_ERRORS is set to any value (it compares the variable's name, not its
+    value, with "TRUE"); "FALSE" turns it off in a version that reads the value too.
+    """
+    previous = os.environ.get(_CATCH_ERRORS)
+    if on:
+        os.environ.pop(_CATCH_ERRORS, None)
+    else:
+        os.environ[_CATCH_ERRORS] = "FALSE"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_CATCH_ERRORS, None)
+        else:
+            os.environ[_CATCH_ERRORS] = previous
+
+
 def convert(function, opset=DEFAULT_OPSET):
-    """A `tf.function` with an input signature -> an `onnx.ModelProto` (tf2onnx)."""
+    """A `tf.function` with an input signature -> an `onnx.ModelProto` (tf2onnx).
+
+    tf2onnx's optimizer runs first without the safety net it keeps by default (a copy of
+    the graph before each pass); only if a pass raises does the conversion run again
+    with it, which then skips that pass as tf2onnx does by default. A
+    TF2ONNX_CATCH_ERRORS of the user's own is left as it is.
+    """
     tf2onnx = _require("tf2onnx")
     _require("onnx")
     import warnings
+
+    def run():
+        return tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=opset,
+            custom_op_handlers={"Erfc": (_erfc_handler, [])},
+        )[0]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -57,11 +105,14 @@ def convert(function, opset=DEFAULT_OPSET):
             patch_tf2onnx()
         except ImportError:  # pragma: no cover - older or newer Keras
             pass
-        proto, _ = tf2onnx.convert.from_function(
-            function, input_signature=function.input_signature, opset=opset,
-            custom_op_handlers={"Erfc": (_erfc_handler, [])},
-        )
-    return proto
+        if _CATCH_ERRORS in os.environ:
+            return run()
+        try:
+            with _optimizer_safety_net(False):
+                return run()
+        except Exception:  # a pass failed: again, with tf2onnx's default safety net
+            with _optimizer_safety_net(True):
+                return run()
 
 
 def name_dimensions(proto, outputs) -> None:

@@ -210,6 +210,7 @@ def test_linear_probe_learns_and_matches_torch_sgd():
     )
 
 
+@pytest.mark.once  # matplotlib's state, the same whichever Keras backend is imported
 def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
     # In a fresh process: `matplotlib.use` is process-wide.
     import os

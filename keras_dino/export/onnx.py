@@ -61,9 +61,9 @@ def _optimizer_safety_net(on):
     a failing pass fails the conversion. The graphs can differ by a node or two (the
     copies change the order in which a pass meets the nodes; that ViT: 678 nodes
     instead of 676) and compute the same numbers (bit-identical outputs at 224x160).
-    tf2onnx 1.16-1.17 turns the net off when
-    TF2ONNX_CATCH_ERRORS is set to any value (it compares the variable's name, not its
-    value, with "TRUE"); "FALSE" turns it off in a version that reads the value too.
+    tf2onnx 1.16-1.17 turns the net off when TF2ONNX_CATCH_ERRORS is set to any value
+    (it compares the variable's name, not its value, with "TRUE"); "FALSE" turns it off
+    in a version that reads the value too.
     """
     previous = os.environ.get(_CATCH_ERRORS)
     if on:
@@ -83,9 +83,10 @@ def convert(function, opset=DEFAULT_OPSET):
     """A `tf.function` with an input signature -> an `onnx.ModelProto` (tf2onnx).
 
     tf2onnx's optimizer runs first without the safety net it keeps by default (a copy of
-    the graph before each pass); only if a pass raises does the conversion run again
-    with it, which then skips that pass as tf2onnx does by default. A
-    TF2ONNX_CATCH_ERRORS of the user's own is left as it is.
+    the graph before each pass). If that conversion raises, it runs again with the net,
+    which skips a failing optimizer pass as tf2onnx does by default (an error of another
+    kind is raised by the second run). A TF2ONNX_CATCH_ERRORS of the user's own is used
+    as it is.
     """
     tf2onnx = _require("tf2onnx")
     _require("onnx")
@@ -110,7 +111,7 @@ def convert(function, opset=DEFAULT_OPSET):
         try:
             with _optimizer_safety_net(False):
                 return run()
-        except Exception:  # a pass failed: again, with tf2onnx's default safety net
+        except Exception:  # e.g. a failing pass: again, with tf2onnx's default safety net
             with _optimizer_safety_net(True):
                 return run()
 

@@ -31,7 +31,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # passes) are written: JAX's eager mode compiles each operation at each new shape
 # (~40 ms each, 1,136 of them in test_xcit.py's parity test), and writing those too cost
 # more than reading them back saved. Measured under JAX on test_resnet.py, test_models.py
-# and test_dino_training.py: 277 s of CPU time with this threshold (18 files written),
+# and test_dino_training.py: 277 and 291 s of CPU time with this threshold (18 files written),
 # 306 s writing every program (1,642 files), 308 s without the cache.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

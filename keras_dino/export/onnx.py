@@ -51,11 +51,12 @@ _CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
 
 
 @contextlib.contextmanager
-def _optimizer_safety_net(on):
-    """tf2onnx's graph optimizer with (`on`) or without its safety net.
+def _without_optimizer_safety_net():
+    """tf2onnx's graph optimizer without its safety net, for a conversion; for a caller
+    whose environment has no TF2ONNX_CATCH_ERRORS, which it has none of again afterwards.
 
-    With it, tf2onnx deep-copies the whole graph before each of its optimizer passes (49
-    copies for a 5-block ViT), so that it can keep the graph of before a pass that
+    With the net, tf2onnx deep-copies the whole graph before each of its optimizer passes
+    (49 copies for a 5-block ViT), so that it can keep the graph of before a pass that
     raises: a third of a conversion's time (the official 5-block ViT of the test
     fixtures: 20 s with the copies, 13 s without). Without it the same passes run, and
     a failing pass fails the conversion. The graphs can differ by a node or two (the
@@ -65,18 +66,11 @@ def _optimizer_safety_net(on):
     (it compares the variable's name, not its value, with "TRUE"); "FALSE" turns it off
     in a version that reads the value too.
     """
-    previous = os.environ.get(_CATCH_ERRORS)
-    if on:
-        os.environ.pop(_CATCH_ERRORS, None)
-    else:
-        os.environ[_CATCH_ERRORS] = "FALSE"
+    os.environ[_CATCH_ERRORS] = "FALSE"
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(_CATCH_ERRORS, None)
-        else:
-            os.environ[_CATCH_ERRORS] = previous
+        os.environ.pop(_CATCH_ERRORS, None)
 
 
 def convert(function, opset=DEFAULT_OPSET):
@@ -106,14 +100,13 @@ def convert(function, opset=DEFAULT_OPSET):
             patch_tf2onnx()
         except ImportError:  # pragma: no cover - older or newer Keras
             pass
-        if _CATCH_ERRORS in os.environ:
+        if _CATCH_ERRORS in os.environ:  # the user's own setting
             return run()
         try:
-            with _optimizer_safety_net(False):
+            with _without_optimizer_safety_net():
                 return run()
         except Exception:  # e.g. a failing pass: again, with tf2onnx's default safety net
-            with _optimizer_safety_net(True):
-                return run()
+            return run()
 
 
 def name_dimensions(proto, outputs) -> None:

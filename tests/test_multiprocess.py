@@ -146,7 +146,12 @@ def _tf_workers(procs, output_dirs, results, extra=None, script=JOB, args=()):
 
 # JAX processes compile with XLA's backend optimisations off: twice as fast to start on
 # a CPU, and the reference (also a subprocess, see one_process_weights) is compiled alike.
-JAX_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# The test command's choice of XLA's CPU kernel emitter (scripts/test.sh) carries over.
+_LEGACY_EMITTER = "--xla_cpu_use_fusion_emitters=false"
+JAX_XLA_FLAGS = " ".join(
+    ["--xla_backend_optimization_level=0"]
+    + [_LEGACY_EMITTER] * (_LEGACY_EMITTER in os.environ.get("XLA_FLAGS", "").split())
+)
 
 
 def _jax_processes(procs, output_dirs, results, extra=None):

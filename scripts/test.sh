@@ -69,6 +69,8 @@ if [[ "${XLA_FLAGS}" != *xla_cpu_use_fusion_emitters* ]] \
     && XLA_FLAGS="${XLA_FLAGS} --xla_cpu_use_fusion_emitters=false" \
     python -c "${xla_probe}" > /dev/null 2>&1; then
   export XLA_FLAGS="${XLA_FLAGS} --xla_cpu_use_fusion_emitters=false"
+elif [[ "${XLA_FLAGS}" != *xla_cpu_use_fusion_emitters* ]]; then
+  echo "(a program did not compile with --xla_cpu_use_fusion_emitters=false: XLA keeps its default emitter)"
 fi
 logs="$(mktemp -d -t keras_dino_tests.XXXXXX)"
 trap 'rm -rf "${logs}"' EXIT

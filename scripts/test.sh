@@ -65,12 +65,13 @@ if importlib.util.find_spec("jax"):
 import tensorflow as tf
 tf.function(lambda x: x + 1, jit_compile=True)(tf.zeros(1))
 '
-if [[ "${XLA_FLAGS}" != *xla_cpu_use_fusion_emitters* ]] \
-    && XLA_FLAGS="${XLA_FLAGS} --xla_cpu_use_fusion_emitters=false" \
-    python -c "${xla_probe}" > /dev/null 2>&1; then
-  export XLA_FLAGS="${XLA_FLAGS} --xla_cpu_use_fusion_emitters=false"
-elif [[ "${XLA_FLAGS}" != *xla_cpu_use_fusion_emitters* ]]; then
-  echo "(a program did not compile with --xla_cpu_use_fusion_emitters=false: XLA keeps its default emitter)"
+if [[ "${XLA_FLAGS}" != *xla_cpu_use_fusion_emitters* ]]; then
+  if XLA_FLAGS="${XLA_FLAGS} --xla_cpu_use_fusion_emitters=false" \
+      python -c "${xla_probe}" > /dev/null 2>&1; then
+    export XLA_FLAGS="${XLA_FLAGS} --xla_cpu_use_fusion_emitters=false"
+  else
+    echo "(a program did not compile with --xla_cpu_use_fusion_emitters=false: XLA keeps its default emitter)"
+  fi
 fi
 logs="$(mktemp -d -t keras_dino_tests.XXXXXX)"
 trap 'rm -rf "${logs}"' EXIT
